@@ -1,0 +1,23 @@
+"""gradiend_peft: GRADIEND as a PEFT method.
+
+Importing this package registers the ``GRADIEND`` method with peft (its only side effect), so that
+``get_peft_model(model, GradiendConfig(...))``, ``PeftConfig.from_pretrained`` and
+``PeftModel.from_pretrained`` work for GRADIEND adapters. Import it before loading an adapter with peft.
+"""
+
+from .registration import register as _register
+
+_register()
+
+from .gradients import NonFiniteGradientError, batch_gradients, per_example_encoder_dots  # noqa: E402
+from .tuner import GradiendConfig, GradiendModel  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GradiendConfig",
+    "GradiendModel",
+    "NonFiniteGradientError",
+    "batch_gradients",
+    "per_example_encoder_dots",
+]

@@ -1,0 +1,147 @@
+"""`GradiendConfig`: the configuration of a GRADIEND adapter."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+from peft.config import PeftConfig
+from peft.utils.peft_types import PeftType
+
+from ..registration import PEFT_TYPE_NAME
+from .constants import ACTIVATIONS, GRADIENT_KINDS, OBJECTIVES
+
+
+@dataclass
+class GradiendConfig(PeftConfig):
+    """Configuration of a GRADIEND adapter: a gradient encoder-decoder over chosen target modules.
+
+    GRADIEND encodes the gradient ``g`` of the language-modelling loss w.r.t. the target weights into a small
+    latent ``h = act(sum_m <E_m, g_m> + b_e)`` and decodes it back, ``d_m(h) = sum_j h_j D_m,j + c_m``, per target
+    module. Merging writes ``W_m += lr * d_m(feature_factor)`` into the base weights.
+
+    Args:
+        target_modules (`list[str]` or `str`, *optional*):
+            Module names (suffix match), a regular expression (full match), or ``"all-linear"``. ``None`` takes the
+            per-architecture default (every attention and MLP projection of every block).
+        exclude_modules (`list[str]` or `str`, *optional*): Modules never targeted.
+        layers_to_transform (`list[int]` or `int`, *optional*): Only these block indices (with list targets).
+        layers_pattern (`list[str]` or `str`, *optional*): The name of the block list, e.g. ``"layers"``.
+        include_embeddings (`bool`): Also target the input embedding matrix.
+        latent_dim (`int`): Size ``k`` of the latent feature (1 in the papers).
+        activation (`str`): Encoder activation, one of ``tanh`` (default), ``relu``, ``leakyrelu``, ``gelu``,
+            ``silu``, ``elu``, ``sigmoid``, ``hardtanh``, ``id``.
+        decoder_bias (`bool`): Whether the decoder has a bias ``c`` (needed for ``feature_factor=0`` edits).
+        source (`str`): The gradient the encoder reads: ``factual``, ``alternative`` (default) or ``diff``.
+        target (`str`): The gradient the decoder reconstructs: ``factual``, ``alternative`` or ``diff`` (default).
+        feature_classes (`list[str]`, *optional*): The two class names of the feature, e.g. ``["M", "F"]``.
+        class_signs (`dict[str, float]`, *optional*): The encoding sign of each class; defaults to ``+1`` for
+            ``feature_classes[0]`` and ``-1`` for ``feature_classes[1]``. Persisted with the adapter.
+        objective (`str`): ``masked_lm``, ``causal_lm`` or ``auto`` (decided from the base model).
+        normalize_gradients (`bool`): Bring gradients to unit RMS before encoding and reconstruction (the scale is
+            calibrated once, on the first training batch, and saved with the adapter). Merges stay in the units of
+            the raw gradient, so ``lr`` means what it means in the reference implementation.
+        feature_factor (`float`, *optional*): Default feature factor for `merge_and_unload`.
+        lr (`float`, *optional*): Default learning rate for `merge_and_unload`.
+        init_seed (`int`, *optional*): Seed of the adapter's initialisation (default: torch's global RNG).
+        kept_entries (`dict[str, int]`, *optional*): Set by pruning: how many input entries each module keeps.
+        target_shapes (`dict[str, list[int]]`, *optional*): Recorded at injection: each target weight's shape,
+            used to refuse an adapter loaded onto a base model of other shapes.
+        training_summary (`dict`, *optional*): Written by the trainer: the convergence verdict and its metrics.
+    """
+
+    target_modules: Optional[Union[list[str], str]] = field(
+        default=None,
+        metadata={"help": "Module names (suffix match), a regex (full match) or 'all-linear'; None: architecture default."},
+    )
+    exclude_modules: Optional[Union[list[str], str]] = field(
+        default=None, metadata={"help": "Module names or a regex of modules never to target."}
+    )
+    target_parameters: Optional[list[str]] = field(
+        default=None, metadata={"help": "Unsupported by GRADIEND; kept because peft reads it. Must stay None."}
+    )
+    layers_to_transform: Optional[Union[list[int], int]] = field(
+        default=None, metadata={"help": "Only target these block indices (list target_modules only)."}
+    )
+    layers_pattern: Optional[Union[list[str], str]] = field(
+        default=None, metadata={"help": "Name of the module list holding the blocks, e.g. 'layers' or 'h'."}
+    )
+    include_embeddings: bool = field(default=False, metadata={"help": "Also target the input embedding matrix."})
+    latent_dim: int = field(default=1, metadata={"help": "Size of the latent feature (1 in the papers)."})
+    activation: str = field(default="tanh", metadata={"help": f"Encoder activation, one of {ACTIVATIONS}."})
+    decoder_bias: bool = field(default=True, metadata={"help": "Whether the decoder has a bias."})
+    source: str = field(default="alternative", metadata={"help": "Encoder input: factual, alternative or diff."})
+    target: str = field(default="diff", metadata={"help": "Decoder target: factual, alternative or diff."})
+    feature_classes: Optional[list[str]] = field(
+        default=None, metadata={"help": "The two class names of the feature, e.g. ['M', 'F']."}
+    )
+    class_signs: Optional[dict[str, float]] = field(
+        default=None, metadata={"help": "Encoding sign per class; default +1 for the first class, -1 for the second."}
+    )
+    objective: str = field(default="auto", metadata={"help": f"One of {OBJECTIVES}."})
+    normalize_gradients: bool = field(
+        default=True, metadata={"help": "Bring gradients to unit RMS (scale calibrated once, saved)."}
+    )
+    feature_factor: Optional[float] = field(default=None, metadata={"help": "Default feature factor for merging."})
+    lr: Optional[float] = field(default=None, metadata={"help": "Default learning rate for merging."})
+    init_seed: Optional[int] = field(default=None, metadata={"help": "Seed of the adapter initialisation."})
+    kept_entries: Optional[dict[str, int]] = field(
+        default=None, metadata={"help": "Set by pruning: number of kept input entries per module."}
+    )
+    target_shapes: Optional[dict[str, list[int]]] = field(
+        default=None, metadata={"help": "Recorded at injection: the shape of every target weight."}
+    )
+    training_summary: Optional[dict] = field(
+        default=None, metadata={"help": "Written by the trainer: convergence verdict and metrics."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = PeftType(PEFT_TYPE_NAME)
+        if isinstance(self.target_modules, (set, tuple)):
+            self.target_modules = sorted(self.target_modules)
+        self._validate()
+
+    def _validate(self) -> None:
+        if isinstance(self.latent_dim, bool) or not isinstance(self.latent_dim, int) or self.latent_dim <= 0:
+            raise ValueError(f"latent_dim must be a positive integer, got {self.latent_dim!r}. Use e.g. latent_dim=1.")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"Unknown activation {self.activation!r}; choose one of {list(ACTIVATIONS)}.")
+        for name in ("source", "target"):
+            if getattr(self, name) not in GRADIENT_KINDS:
+                raise ValueError(
+                    f"Unknown {name} {getattr(self, name)!r}; choose one of {list(GRADIENT_KINDS)}."
+                )
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"Unknown objective {self.objective!r}; choose one of {list(OBJECTIVES)}.")
+        if self.target_parameters:
+            raise ValueError("GRADIEND targets modules, not bare parameters: leave target_parameters=None.")
+        if isinstance(self.target_modules, list) and not all(isinstance(t, str) and t for t in self.target_modules):
+            raise ValueError(f"target_modules must be non-empty strings, got {self.target_modules!r}.")
+        if self.feature_classes is not None:
+            classes = list(self.feature_classes)
+            if len(classes) != 2 or len(set(classes)) != 2 or not all(isinstance(c, str) and c for c in classes):
+                raise ValueError(
+                    f"feature_classes must be two different class names, e.g. ['M', 'F'], got {self.feature_classes!r}."
+                )
+            self.feature_classes = classes
+            if self.class_signs is None:
+                self.class_signs = {classes[0]: 1.0, classes[1]: -1.0}
+        if self.class_signs is not None:
+            if self.feature_classes is None or set(self.class_signs) != set(self.feature_classes):
+                raise ValueError(
+                    f"class_signs {self.class_signs!r} must name exactly the feature_classes {self.feature_classes!r}."
+                )
+            signs = {k: float(v) for k, v in self.class_signs.items()}
+            if sorted(signs.values()) != [-1.0, 1.0]:
+                raise ValueError(f"class_signs must give one class +1 and the other -1, got {self.class_signs!r}.")
+            self.class_signs = signs
+        for name in ("feature_factor", "lr"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not math.isfinite(float(value))):
+                raise ValueError(f"{name} must be a finite number, got {value!r}.")
+        if self.kept_entries is not None:
+            bad = {k: v for k, v in self.kept_entries.items() if not isinstance(v, int) or v <= 0}
+            if bad:
+                raise ValueError(f"kept_entries must map module names to positive integers, got {bad!r}.")

@@ -1,0 +1,33 @@
+"""Architecture-specific defaults for GRADIEND, in one table (like peft/utils/constants.py).
+
+The default input space is every weight matrix of the transformer blocks: attention and MLP projections of
+every layer, the LM head and the task heads excluded. Embeddings join with ``include_embeddings=True``.
+Each entry is a regular expression that ``re.fullmatch``-es a module name.
+"""
+
+from __future__ import annotations
+
+_DECODER_BLOCKS = r".*layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))"
+
+TRANSFORMERS_MODELS_TO_GRADIEND_TARGET_MODULES_MAPPING: dict[str, str] = {
+    "bert": r".*encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)",
+    "roberta": r".*encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)",
+    "xlm-roberta": r".*encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)",
+    "electra": r".*encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)",
+    "distilbert": r".*transformer\.layer\.\d+\.(attention\.(q_lin|k_lin|v_lin|out_lin)|ffn\.(lin1|lin2))",
+    "gpt2": r".*h\.\d+\.(attn\.(c_attn|c_proj)|mlp\.(c_fc|c_proj))",
+    "llama": _DECODER_BLOCKS,
+    "mistral": _DECODER_BLOCKS,
+    "qwen2": _DECODER_BLOCKS,
+    "qwen3": _DECODER_BLOCKS,
+    "gemma": _DECODER_BLOCKS,
+    "gemma2": _DECODER_BLOCKS,
+    "gemma3": _DECODER_BLOCKS,
+    "gemma3_text": _DECODER_BLOCKS,
+}
+
+MASKED_LM_MODEL_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "electra", "distilbert", "albert", "deberta-v2"})
+
+ACTIVATIONS = ("tanh", "relu", "leakyrelu", "gelu", "silu", "elu", "sigmoid", "hardtanh", "id")
+GRADIENT_KINDS = ("factual", "alternative", "diff")
+OBJECTIVES = ("auto", "masked_lm", "causal_lm")

@@ -1,0 +1,332 @@
+"""GRADIEND tuner layers: each target module holds its slice of the encoder-decoder.
+
+For a target weight ``W`` (any shape) and adapter ``a`` a layer stores
+
+- ``gradiend_encoder[a]``: ``E``, shape ``(k, *W.shape)``: this module's part of the encoder weight;
+- ``gradiend_decoder[a]``: ``D``, shape ``(k, *W.shape)``: this module's part of the decoder weight;
+- ``gradiend_decoder_bias[a]``: ``c``, shape ``W.shape`` (absent without a decoder bias);
+- ``gradiend_kept_indices[a]``: only for pruned adapters, the kept entries of ``W.flatten()``; then ``E`` and
+  ``D`` are ``(k, m)`` and ``c`` is ``(m,)`` over those entries alone.
+
+The encoding sums over layers, ``h = act(s * sum_m <E_m, g_m> + b_e)``, the decoding is local,
+``d_m(h) = sum_j h_j D_m,j + c_m``, and the weight shift of a merge or of run-time steering is
+``lr * d_m(feature_factor) / s`` (``s``: the adapter's gradient scale, so the shift is in gradient units).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from peft.tuners._buffer_dict import BufferDict
+from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+FeatureFactor = Union[float, Sequence[float], torch.Tensor]
+
+
+def _as_factor(feature_factor: FeatureFactor, k: int, device, dtype=torch.float32) -> torch.Tensor:
+    factor = torch.as_tensor(feature_factor, dtype=dtype, device=device).reshape(-1)
+    if factor.numel() == 1:
+        factor = factor.expand(k)
+    if factor.numel() != k:
+        raise ValueError(f"feature_factor has {factor.numel()} values but the adapter's latent_dim is {k}.")
+    if not torch.isfinite(factor).all():
+        raise ValueError(f"feature_factor must be finite, got {factor.tolist()}.")
+    return factor
+
+
+class GradiendLayer(BaseTunerLayer):
+    """Mixin holding one target module's share of every GRADIEND adapter (see the module docstring)."""
+
+    adapter_layer_names = ("gradiend_encoder", "gradiend_decoder", "gradiend_decoder_bias")
+    other_param_names = ("gradiend_kept_indices",)
+
+    def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
+        self.base_layer = base_layer
+        self.gradiend_encoder = nn.ParameterDict({})
+        self.gradiend_decoder = nn.ParameterDict({})
+        self.gradiend_decoder_bias = nn.ParameterDict({})
+        self.gradiend_kept_indices = BufferDict({}, persistent=True)
+        self._disable_adapters = False
+        self.merged_adapters: list[str] = []
+        # adapter -> (feature_factor tensor, lr, gradient scale) of a merge, to undo it exactly as applied
+        self._merge_record: dict[str, tuple[torch.Tensor, float, float]] = {}
+        self._original_weights: dict[str, torch.Tensor] = {}
+        # adapter -> (feature_factor tensor, lr, gradient scale) of active run-time steering
+        self._steering: dict[str, tuple[torch.Tensor, float, float]] = {}
+        weight = self.get_base_layer().weight
+        self.weight_shape = tuple(weight.shape)
+        self.kwargs = kwargs
+
+    # ----------------------------------------------------------------------------------------------- set-up
+    def update_layer(self, adapter_name: str, latent_dim: int, decoder_bias: bool, kept_entries: Optional[int]) -> None:
+        """Creates this module's adapter tensors (zeros; the tuner initialises them once all layers exist)."""
+        weight = self.get_base_layer().weight
+        entry_shape = self.weight_shape if kept_entries is None else (int(kept_entries),)
+        if kept_entries is not None:
+            if not 0 < kept_entries <= weight.numel():
+                raise ValueError(
+                    f"kept_entries={kept_entries} is out of range for a weight of {weight.numel()} entries."
+                )
+            # placeholder indices; the real ones come from pruning or from the loaded state dict
+            self.gradiend_kept_indices[adapter_name] = torch.arange(kept_entries, device=weight.device)
+        device = weight.device if weight.device.type != "meta" else torch.device("cpu")
+        self.gradiend_encoder[adapter_name] = nn.Parameter(torch.zeros(latent_dim, *entry_shape, device=device))
+        self.gradiend_decoder[adapter_name] = nn.Parameter(torch.zeros(latent_dim, *entry_shape, device=device))
+        if decoder_bias:
+            self.gradiend_decoder_bias[adapter_name] = nn.Parameter(torch.zeros(*entry_shape, device=device))
+        self.set_adapter(self.active_adapters)
+
+    def is_pruned(self, adapter_name: str) -> bool:
+        return adapter_name in self.gradiend_kept_indices
+
+    def num_entries(self, adapter_name: str) -> int:
+        """Number of input entries this module contributes to the adapter (``n_m``)."""
+        return self.gradiend_decoder[adapter_name][0].numel()
+
+    def select(self, adapter_name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """Restricts a weight-shaped tensor to the adapter's input entries, flattened to ``(n_m,)``."""
+        flat = tensor.reshape(-1)
+        if self.is_pruned(adapter_name):
+            return flat[self.gradiend_kept_indices[adapter_name]]
+        return flat
+
+    def scatter(self, adapter_name: str, flat: torch.Tensor) -> torch.Tensor:
+        """Inverse of `select`: a weight-shaped tensor with ``flat`` at the adapter's entries, zeros elsewhere."""
+        if not self.is_pruned(adapter_name):
+            return flat.reshape(self.weight_shape)
+        full = flat.new_zeros(math.prod(self.weight_shape))
+        full[self.gradiend_kept_indices[adapter_name]] = flat
+        return full.reshape(self.weight_shape)
+
+    def full_encoder(self, adapter_name: str) -> torch.Tensor:
+        """The encoder weight as ``(k, *W.shape)`` (pruned entries are zero)."""
+        encoder = self.gradiend_encoder[adapter_name]
+        if not self.is_pruned(adapter_name):
+            return encoder
+        return torch.stack([self.scatter(adapter_name, row) for row in encoder])
+
+    # ------------------------------------------------------------------------------------------ the maths
+    def encoder_dot(self, adapter_name: str, gradient: torch.Tensor) -> torch.Tensor:
+        """``<E_j, g>`` for every latent dimension ``j``: shape ``(k,)``."""
+        encoder = self.gradiend_encoder[adapter_name]
+        entries = self.select(adapter_name, gradient).to(encoder.dtype)
+        return encoder.reshape(encoder.shape[0], -1) @ entries
+
+    def decode(self, adapter_name: str, latent: torch.Tensor) -> torch.Tensor:
+        """``d(h) = sum_j h_j D_j + c`` over the adapter's entries, flattened to ``(n_m,)``, in scaled units."""
+        decoder = self.gradiend_decoder[adapter_name]
+        out = latent.to(decoder.dtype) @ decoder.reshape(decoder.shape[0], -1)
+        if adapter_name in self.gradiend_decoder_bias:
+            out = out + self.gradiend_decoder_bias[adapter_name].reshape(-1)
+        return out
+
+    def reconstruction_error(self, adapter_name: str, latent: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``sum (d(h) - target)^2`` over this module's entries; ``target`` is weight-shaped, already scaled."""
+        decoded = self.decode(adapter_name, latent)
+        return (decoded - self.select(adapter_name, target).to(decoded.dtype)).pow(2).sum()
+
+    def delta_weight(
+        self, adapter_name: str, feature_factor: FeatureFactor, lr: float, gradient_scale: float = 1.0
+    ) -> torch.Tensor:
+        """The weight shift ``lr * d(feature_factor) / s``, shaped like the base weight, in its dtype."""
+        k = self.gradiend_decoder[adapter_name].shape[0]
+        factor = _as_factor(feature_factor, k, self.gradiend_decoder[adapter_name].device)
+        decoded = self.decode(adapter_name, factor) * (float(lr) / float(gradient_scale))
+        weight = self.get_base_layer().weight
+        return self.scatter(adapter_name, decoded).to(dtype=weight.dtype, device=weight.device)
+
+    def per_example_dot(self, adapter_name: str, inputs: torch.Tensor, output_grad: torch.Tensor) -> torch.Tensor:
+        """``<E_j, G_i>`` for the per-example weight gradients ``G_i`` implied by one call: shape ``(B, k)``.
+
+        ``inputs`` is the call's input and ``output_grad`` the loss gradient w.r.t. its output (see
+        `gradiend_peft.gradients`); the per-example gradients themselves are never formed.
+        """
+        return linear_per_example_dot(self.full_encoder(adapter_name), inputs, output_grad, self.weight_layout)
+
+    # ------------------------------------------------------------------------------------ merge / steering
+    def merge(
+        self,
+        safe_merge: bool = False,
+        adapter_names: Optional[list[str]] = None,
+        feature_factor: FeatureFactor = 0.0,
+        lr: float = 0.0,
+        gradient_scales: Optional[dict[str, float]] = None,
+        keep_original: bool = False,
+    ) -> None:
+        """Adds ``lr * d(feature_factor) / s`` of each adapter to the base weight.
+
+        Args:
+            safe_merge (`bool`): Check the merged weight for NaN/inf before writing it.
+            adapter_names (`list[str]`, *optional*): Adapters to merge (default: the active ones).
+            feature_factor (`float` or sequence): The latent value to decode (length ``latent_dim``).
+            lr (`float`): The step size of the rewrite.
+            gradient_scales (`dict[str, float]`, *optional*): Each adapter's gradient scale (default 1).
+            keep_original (`bool`): Keep a copy of the weight so that `unmerge` restores it bit for bit.
+        """
+        adapter_names = check_adapters_to_merge(self, adapter_names)
+        if not adapter_names:
+            return
+        base = self.get_base_layer()
+        for name in adapter_names:
+            if name not in self.gradiend_decoder:
+                continue
+            scale = (gradient_scales or {}).get(name, 1.0)
+            factor = _as_factor(feature_factor, self.gradiend_decoder[name].shape[0], "cpu")
+            delta = self.delta_weight(name, factor, lr, scale)
+            if keep_original:
+                self._original_weights[name] = base.weight.data.detach().clone()
+            if safe_merge:
+                merged = base.weight.data + delta
+                if not torch.isfinite(merged).all():
+                    raise ValueError(f"NaNs or infinities would appear in the merged weight of adapter {name!r}.")
+                base.weight.data.copy_(merged)
+            else:
+                base.weight.data.add_(delta)
+            self._merge_record[name] = (factor, float(lr), float(scale))
+            self.merged_adapters.append(name)
+
+    def unmerge(self) -> None:
+        """Undoes every merge, newest first (exactly where the merge kept the original weight)."""
+        base = self.get_base_layer()
+        while self.merged_adapters:
+            name = self.merged_adapters.pop()
+            factor, lr, scale = self._merge_record.pop(name)
+            original = self._original_weights.pop(name, None)
+            if original is not None:
+                base.weight.data.copy_(original)
+            else:
+                base.weight.data.sub_(self.delta_weight(name, factor, lr, scale))
+
+    def set_steering(self, adapter_name: str, feature_factor: FeatureFactor, lr: float, gradient_scale: float) -> None:
+        k = self.gradiend_decoder[adapter_name].shape[0]
+        self._steering[adapter_name] = (_as_factor(feature_factor, k, "cpu"), float(lr), float(gradient_scale))
+
+    def clear_steering(self) -> None:
+        self._steering.clear()
+
+    def _steering_delta(self) -> Optional[torch.Tensor]:
+        delta = None
+        for name in self.active_adapters:
+            if name in self._steering and name in self.gradiend_decoder and name not in self.merged_adapters:
+                factor, lr, scale = self._steering[name]
+                step = self.delta_weight(name, factor, lr, scale)
+                delta = step if delta is None else delta + step
+        return delta
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.disable_adapters and self.merged:
+            self.unmerge()
+        result = self.base_layer(x, *args, **kwargs)
+        if self.disable_adapters or not self._steering:
+            return result
+        delta = self._steering_delta()
+        if delta is None:
+            return result
+        return result + self._apply_delta(x, delta).to(result.dtype)
+
+    def _apply_delta(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def linear_per_example_dot(
+    encoder: torch.Tensor, inputs: torch.Tensor, output_grad: torch.Tensor, layout: str
+) -> torch.Tensor:
+    """``<E_j, sum_t delta_it x_it^T>`` per example ``i`` for ``y = x W^T`` (``layout="out_in"``) or
+    ``y = x W`` (``layout="in_out"``, transformers' Conv1D), without forming the per-example gradients."""
+    k = encoder.shape[0]
+    batch = inputs.shape[0]
+    x = inputs.reshape(batch, -1, inputs.shape[-1]).to(encoder.dtype)
+    delta = output_grad.reshape(batch, -1, output_grad.shape[-1]).to(encoder.dtype)
+    if layout == "out_in":  # encoder (k, out, in)
+        out_features = encoder.shape[1]
+        projected = x @ encoder.reshape(k * out_features, -1).T
+    else:  # encoder (k, in, out)
+        out_features = encoder.shape[2]
+        projected = x @ encoder.permute(1, 0, 2).reshape(encoder.shape[1], k * out_features)
+    projected = projected.reshape(batch, x.shape[1], k, out_features)
+    return torch.einsum("btko,bto->bk", projected, delta)
+
+
+class _GradiendModule(nn.Module, GradiendLayer):
+    """An ``nn.Module`` GRADIEND layer (``nn.Module`` comes first in the MRO, so the forward is bound here)."""
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, latent_dim: int, decoder_bias: bool,
+                 kept_entries: Optional[int] = None, **kwargs: Any) -> None:
+        super().__init__()
+        GradiendLayer.__init__(self, base_layer, **kwargs)
+        self._check_base_layer()
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, latent_dim, decoder_bias, kept_entries)
+
+    def _check_base_layer(self) -> None:
+        pass
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return GradiendLayer.forward(self, x, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return "gradiend." + nn.Module.__repr__(self)
+
+
+class Linear(_GradiendModule):
+    """GRADIEND layer around an ``nn.Linear`` (``y = x W^T + b``)."""
+
+    weight_layout = "out_in"
+
+    def _apply_delta(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.to(delta.dtype), delta)
+
+
+class Conv1DLayer(Linear):
+    """GRADIEND layer around transformers' ``Conv1D`` (``y = x W + b``, weight stored ``(in, out)``)."""
+
+    weight_layout = "in_out"
+
+    def _apply_delta(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        return x.to(delta.dtype) @ delta
+
+
+class Embedding(_GradiendModule):
+    """GRADIEND layer around an ``nn.Embedding`` (also scaled embeddings such as Gemma's)."""
+
+    weight_layout = "embedding"
+
+    def _check_base_layer(self) -> None:
+        base = self.get_base_layer()
+        if getattr(base, "scale_grad_by_freq", False) or getattr(base, "sparse", False):
+            raise ValueError("GRADIEND cannot target an nn.Embedding with scale_grad_by_freq or sparse gradients.")
+
+    def _embed_scale_value(self) -> float:
+        scale = self._get_embed_scale()
+        return 1.0 if scale is None else float(scale)
+
+    def _apply_delta(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        base = self.get_base_layer()
+        return F.embedding(x, delta, base.padding_idx, base.max_norm, base.norm_type) * self._embed_scale_value()
+
+    def per_example_dot(self, adapter_name: str, inputs: torch.Tensor, output_grad: torch.Tensor) -> torch.Tensor:
+        """``<E_j, G_i>`` for an embedding lookup: ``scale * sum_t E_j[token_it] . delta_it``."""
+        encoder = self.full_encoder(adapter_name)
+        base = self.get_base_layer()
+        ids = inputs.reshape(inputs.shape[0], -1)
+        delta = output_grad.reshape(ids.shape[0], ids.shape[1], -1).to(encoder.dtype)
+        if base.padding_idx is not None:  # autograd gives the padding row no gradient
+            delta = delta * (ids != base.padding_idx).unsqueeze(-1).to(delta.dtype)
+        gathered = encoder[:, ids]  # (k, B, T, d)
+        return torch.einsum("kbtd,btd->bk", gathered, delta) * self._embed_scale_value()
+
+
+def layer_class_for(module: nn.Module) -> Optional[type[GradiendLayer]]:
+    """The GRADIEND layer class that can wrap ``module``, or ``None``."""
+    if isinstance(module, Conv1D):
+        return Conv1DLayer
+    if isinstance(module, nn.Linear):
+        return Linear
+    if isinstance(module, nn.Embedding):
+        return Embedding
+    return None

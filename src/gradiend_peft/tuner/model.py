@@ -1,0 +1,401 @@
+"""`GradiendModel`: the PEFT tuner that attaches GRADIEND to a transformers model."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from typing import Any, Iterator, Mapping, Optional, Sequence
+
+import torch
+from peft.tuners._buffer_dict import BufferDict
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from torch import nn
+
+from ..registration import ADAPTER_PREFIX
+from .config import GradiendConfig
+from .constants import MASKED_LM_MODEL_TYPES, TRANSFORMERS_MODELS_TO_GRADIEND_TARGET_MODULES_MAPPING
+from .layer import Embedding, FeatureFactor, GradiendLayer, layer_class_for
+
+_ACTIVATIONS = {
+    "tanh": torch.tanh,
+    "relu": torch.relu,
+    "leakyrelu": nn.functional.leaky_relu,
+    "gelu": nn.functional.gelu,
+    "silu": nn.functional.silu,
+    "elu": nn.functional.elu,
+    "sigmoid": torch.sigmoid,
+    "hardtanh": nn.functional.hardtanh,
+    "id": lambda x: x,
+}
+
+
+class GradiendModel(BaseTuner):
+    """Creates a GRADIEND model (a gradient encoder-decoder over target modules) from a transformers model.
+
+    Use it through peft: ``get_peft_model(base_model, GradiendConfig(...))``. Besides peft's verbs it offers the
+    GRADIEND ones: `encode`, `encode_rows`, `decode`, `reconstruction_loss`, merges with a ``feature_factor`` and
+    ``lr`` (`merge_adapter`, `merge_and_unload`) and run-time steering (`steer`). Unmerged and unsteered, the model's
+    outputs are the base model's, bit for bit.
+
+    The shared encoder bias ``b_e`` of each adapter lives here (``gradiend_encoder_bias``), as does its gradient
+    scale ``s`` (``gradiend_gradient_scale``, 0 until calibrated on the first training batch).
+    """
+
+    prefix: str = ADAPTER_PREFIX
+    tuner_layer_cls = GradiendLayer
+    target_module_mapping = TRANSFORMERS_MODELS_TO_GRADIEND_TARGET_MODULES_MAPPING
+    uses_shared_state: bool = True
+
+    # ------------------------------------------------------------------------------------------ injection
+    def _prepare_adapter_config(self, peft_config: GradiendConfig, model_config: dict) -> GradiendConfig:
+        if peft_config.target_modules is None:
+            model_type = model_config.get("model_type")
+            default = self.target_module_mapping.get(model_type)
+            if default is None:
+                raise ValueError(
+                    f"GRADIEND has no default target modules for model type {model_type!r}. Pass target_modules, "
+                    f"e.g. GradiendConfig(target_modules='all-linear') or a list of module names. Known defaults: "
+                    f"{sorted(self.target_module_mapping)}."
+                )
+            peft_config.target_modules = default
+        if peft_config.objective == "auto":
+            peft_config.objective = _infer_objective(self.model, model_config)
+        return peft_config
+
+    def _check_target_module_exists(self, peft_config: GradiendConfig, key: str) -> Any:
+        if peft_config.include_embeddings:
+            if self.__dict__.get("_embedding_target") is None:
+                self.__dict__["_embedding_target"] = self._embedding_name()
+            if key == self.__dict__["_embedding_target"]:
+                return True
+        return super()._check_target_module_exists(peft_config, key)
+
+    def _embedding_name(self) -> Optional[str]:
+        getter = getattr(self.model, "get_input_embeddings", None)
+        embedding = getter() if getter is not None else None
+        if embedding is None:
+            return None
+        for name, module in self.model.named_modules():
+            if module is embedding:
+                return name
+            if isinstance(module, Embedding) and module.get_base_layer() is embedding:
+                return name
+        return None
+
+    def inject_adapter(self, model: nn.Module, adapter_name: str, autocast_adapter_dtype: bool = True,
+                       low_cpu_mem_usage: bool = False, state_dict: Optional[dict[str, torch.Tensor]] = None) -> None:
+        config: GradiendConfig = self.peft_config[adapter_name]
+        loading = config.target_shapes is not None
+        self.__dict__["_embedding_target"] = None
+        try:
+            super().inject_adapter(model, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype,
+                                   low_cpu_mem_usage=low_cpu_mem_usage, state_dict=state_dict)
+        except ValueError as err:
+            if "not found in the base model" not in str(err) and "No modules were targeted" not in str(err):
+                raise
+            candidates = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if layer_class_for(m)})
+            raise type(err)(
+                f"{err} GRADIEND found no module matching target_modules={config.target_modules!r}. The model's "
+                f"Linear/Conv1D/Embedding module names end in: {candidates}. Pass some of these, a regular expression "
+                "over full module names, or target_modules='all-linear'."
+                + (f" This adapter was made for {config.base_model_name_or_path!r}." if loading else "")
+            ) from err
+        layers = self.gradiend_layers(adapter_name)
+        shapes = {name: list(layer.weight_shape) for name, layer in layers.items()}
+        if loading:
+            _check_shapes(config, shapes)
+        else:
+            config.target_shapes = shapes
+        self._initialize_adapter(adapter_name)
+        if config.base_model_name_or_path is None:
+            config.base_model_name_or_path = getattr(getattr(model, "config", None), "_name_or_path", None) or None
+
+    def _create_and_replace(self, peft_config: GradiendConfig, adapter_name: str, target: nn.Module,
+                            target_name: str, parent: nn.Module, current_key: str, **optional_kwargs: Any) -> None:
+        self._ensure_shared_state(adapter_name, peft_config)
+        kept = (peft_config.kept_entries or {}).get(current_key)
+        if peft_config.kept_entries is not None and kept is None:
+            raise ValueError(f"The pruned adapter {adapter_name!r} records no kept entries for module {current_key!r}.")
+        if isinstance(target, GradiendLayer):
+            target.update_layer(adapter_name, peft_config.latent_dim, peft_config.decoder_bias, kept)
+            return
+        layer_cls = layer_class_for(target)
+        if layer_cls is None:
+            raise TypeError(
+                f"Target module {current_key!r} is a {type(target).__name__}, which GRADIEND does not support. "
+                "GRADIEND targets torch.nn.Linear, transformers' Conv1D and torch.nn.Embedding modules; narrow "
+                "target_modules to those (e.g. target_modules='all-linear')."
+            )
+        new_module = layer_cls(target, adapter_name, peft_config.latent_dim, peft_config.decoder_bias, kept)
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)
+        self._replace_module(parent, target_name, new_module, target)
+
+    def _ensure_shared_state(self, adapter_name: str, config: GradiendConfig) -> None:
+        if "gradiend_encoder_bias" not in self._modules:
+            self.gradiend_encoder_bias = nn.ParameterDict({})
+            self.gradiend_gradient_scale = BufferDict({}, persistent=True)
+        if adapter_name not in self.gradiend_encoder_bias:
+            self.gradiend_encoder_bias[adapter_name] = nn.Parameter(torch.zeros(config.latent_dim))
+            self.gradiend_gradient_scale[adapter_name] = torch.zeros(())
+            self.gradiend_encoder_bias[adapter_name].requires_grad_(adapter_name in self.active_adapters)
+
+    @torch.no_grad()
+    def _initialize_adapter(self, adapter_name: str) -> None:
+        """Encoder and its bias ~ U(-1/sqrt(n), 1/sqrt(n)) as an ``nn.Linear(n, k)``; decoder weight and bias ~
+        U(-x, x) with ``x`` the largest encoder weight (the reference implementation's scheme)."""
+        config: GradiendConfig = self.peft_config[adapter_name]
+        layers = self.gradiend_layers(adapter_name)
+        n = sum(layer.num_entries(adapter_name) for layer in layers.values())
+        bound = 1.0 / math.sqrt(n)
+        generator = torch.Generator().manual_seed(config.init_seed) if config.init_seed is not None else None
+
+        def uniform_(tensor: torch.Tensor, limit: float) -> None:
+            values = torch.rand(tensor.shape, generator=generator, dtype=torch.float32) * (2 * limit) - limit
+            tensor.copy_(values.to(tensor.device, tensor.dtype))
+
+        largest = 0.0
+        for layer in layers.values():
+            uniform_(layer.gradiend_encoder[adapter_name], bound)
+            largest = max(largest, float(layer.gradiend_encoder[adapter_name].abs().max()))
+        uniform_(self.gradiend_encoder_bias[adapter_name], bound)
+        for layer in layers.values():
+            uniform_(layer.gradiend_decoder[adapter_name], largest)
+            if adapter_name in layer.gradiend_decoder_bias:
+                uniform_(layer.gradiend_decoder_bias[adapter_name], largest)
+
+    # ------------------------------------------------------------------- adapter bookkeeping (tuner-level)
+    def _mark_only_adapters_as_trainable(self, model: nn.Module) -> None:
+        super()._mark_only_adapters_as_trainable(model)
+        for name, bias in getattr(self, "gradiend_encoder_bias", {}).items():
+            bias.requires_grad_(name in self.active_adapters)
+
+    def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
+        super().set_adapter(adapter_name, inference_mode=inference_mode)
+        names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
+        for name, bias in self.gradiend_encoder_bias.items():
+            bias.requires_grad_(name in names and not inference_mode)
+
+    def set_requires_grad(self, adapter_names: str | Sequence[str], requires_grad: bool = True) -> None:
+        super().set_requires_grad(adapter_names, requires_grad=requires_grad)
+        names = {adapter_names} if isinstance(adapter_names, str) else set(adapter_names)
+        for name in names & set(self.gradiend_encoder_bias):
+            self.gradiend_encoder_bias[name].requires_grad_(requires_grad)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        super().delete_adapter(adapter_name)
+        del self.gradiend_encoder_bias[adapter_name]
+        del self.gradiend_gradient_scale[adapter_name]
+
+    def gradiend_layers(self, adapter_name: Optional[str] = None) -> dict[str, GradiendLayer]:
+        """Target module name -> GRADIEND layer (only layers holding ``adapter_name`` when given)."""
+        return {
+            name: module
+            for name, module in self.model.named_modules()
+            if isinstance(module, GradiendLayer) and (adapter_name is None or adapter_name in module.gradiend_encoder)
+        }
+
+    def _resolve_adapter(self, adapter_name: Optional[str]) -> str:
+        name = adapter_name or self.active_adapters[0]
+        if name not in self.peft_config:
+            raise ValueError(f"Unknown adapter {name!r}; this model has {sorted(self.peft_config)}.")
+        return name
+
+    # ------------------------------------------------------------------------------- encoding / decoding
+    def gradient_scale(self, adapter_name: Optional[str] = None) -> float:
+        """The factor ``s`` applied to gradients before encoding and reconstruction (1 if not normalising)."""
+        name = self._resolve_adapter(adapter_name)
+        if not self.peft_config[name].normalize_gradients:
+            return 1.0
+        value = float(self.gradiend_gradient_scale[name])
+        return value if value > 0 else 1.0
+
+    def calibrate_gradient_scale(self, gradients: Mapping[str, torch.Tensor], adapter_name: Optional[str] = None) -> float:
+        """Sets ``s = 1 / RMS(gradients)`` over the adapter's entries if not calibrated yet; returns ``s``."""
+        name = self._resolve_adapter(adapter_name)
+        if not self.peft_config[name].normalize_gradients or float(self.gradiend_gradient_scale[name]) > 0:
+            return self.gradient_scale(name)
+        layers = self.gradiend_layers(name)
+        squares = sum(float(layers[m].select(name, g).double().pow(2).sum()) for m, g in gradients.items())
+        count = sum(layers[m].num_entries(name) for m in gradients)
+        rms = math.sqrt(squares / max(count, 1))
+        if not math.isfinite(rms) or rms == 0.0:
+            raise ValueError(f"Cannot calibrate the gradient scale: the gradients' RMS is {rms}.")
+        self.gradiend_gradient_scale[name].fill_(1.0 / rms)
+        return 1.0 / rms
+
+    def activation(self, adapter_name: Optional[str] = None):
+        return _ACTIVATIONS[self.peft_config[self._resolve_adapter(adapter_name)].activation]
+
+    def encode_gradients(self, gradients: Mapping[str, torch.Tensor], adapter_name: Optional[str] = None) -> torch.Tensor:
+        """``h = act(s * sum_m <E_m, g_m> + b_e)`` for one module-shaped gradient: shape ``(k,)``."""
+        name = self._resolve_adapter(adapter_name)
+        layers = self.gradiend_layers(name)
+        missing = set(layers) - set(gradients)
+        if missing:
+            raise KeyError(f"Gradients are missing for target modules {sorted(missing)[:5]}.")
+        bias = self.gradiend_encoder_bias[name]
+        total = sum(layers[m].encoder_dot(name, gradients[m]).to(bias.device) for m in layers)
+        return self.activation(name)(self.gradient_scale(name) * total + bias)
+
+    def encode(self, batch: Mapping[str, torch.Tensor], adapter_name: Optional[str] = None) -> torch.Tensor:
+        """Encodes a row group: the batch-mean gradient of the configured ``source`` kind, shape ``(k,)``."""
+        from ..gradients import batch_gradients
+
+        name = self._resolve_adapter(adapter_name)
+        source = self.peft_config[name].source
+        return self.encode_gradients(batch_gradients(self, batch, [source])[source], name)
+
+    def encode_rows(self, batch: Mapping[str, torch.Tensor], adapter_name: Optional[str] = None) -> torch.Tensor:
+        """Encodes every row on its own (one backward pass for the whole batch), shape ``(B, k)``."""
+        from ..gradients import per_example_encoder_dots
+
+        name = self._resolve_adapter(adapter_name)
+        dots = per_example_encoder_dots(self, batch, self.peft_config[name].source, name)
+        bias = self.gradiend_encoder_bias[name].detach()
+        return self.activation(name)(self.gradient_scale(name) * dots.to(bias.device) + bias)
+
+    def decode(self, latent: torch.Tensor | float, adapter_name: Optional[str] = None) -> dict[str, torch.Tensor]:
+        """``d_m(h) / s`` per target module, shaped like the weights (gradient units). Allocates n floats."""
+        name = self._resolve_adapter(adapter_name)
+        scale = self.gradient_scale(name)
+        k = self.peft_config[name].latent_dim
+        latent = torch.as_tensor(latent, dtype=torch.float32).reshape(-1).expand(k)
+        return {m: layer.delta_weight(name, latent, 1.0, scale) for m, layer in self.gradiend_layers(name).items()}
+
+    def reconstruction_loss(self, batch: Mapping[str, torch.Tensor], adapter_name: Optional[str] = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The GRADIEND objective for one row group.
+
+        Computes the source and target gradients (one forward pass), encodes the scaled source gradient and
+        returns ``(sum_m ||d_m(h) - s * target_m||^2, h, n)``: the summed squared error (differentiable w.r.t. the
+        adapter), the latent and the number of entries ``n`` (``loss / n`` is the mean squared error).
+        """
+        from ..gradients import batch_gradients
+
+        name = self._resolve_adapter(adapter_name)
+        config = self.peft_config[name]
+        grads = batch_gradients(self, batch, [config.source, config.target])
+        self.calibrate_gradient_scale(grads[config.source], name)
+        scale = self.gradient_scale(name)
+        latent = self.encode_gradients(grads[config.source], name)
+        layers = self.gradiend_layers(name)
+        loss = sum(layer.reconstruction_error(name, latent, grads[config.target][m] * scale) for m, layer in layers.items())
+        n = sum(layer.num_entries(name) for layer in layers.values())
+        return loss, latent, n
+
+    def feature_factor_for(self, class_name: str, strengthen: bool = True, adapter_name: Optional[str] = None) -> float:
+        """The feature factor that strengthens (or weakens) ``class_name``: ``-sign`` for a factual or diff source,
+        ``+sign`` for an alternative source (the reference implementation's convention), negated to weaken."""
+        config = self.peft_config[self._resolve_adapter(adapter_name)]
+        if not config.class_signs or class_name not in config.class_signs:
+            raise ValueError(f"Unknown class {class_name!r}; the adapter's classes are {config.feature_classes}.")
+        sign = config.class_signs[class_name]
+        factor = sign if config.source == "alternative" else -sign
+        return factor if strengthen else -factor
+
+    # ------------------------------------------------------------------------------- merging / steering
+    def _merge_values(self, adapter_name: str, feature_factor: Optional[FeatureFactor], lr: Optional[float]):
+        config = self.peft_config[adapter_name]
+        feature_factor = config.feature_factor if feature_factor is None else feature_factor
+        lr = config.lr if lr is None else lr
+        if feature_factor is None or lr is None:
+            raise ValueError(
+                "Merging a GRADIEND adapter needs a feature_factor and an lr, e.g. "
+                "merge_and_unload(feature_factor=1.0, lr=1e-3) (gradiend_peft.search_rewrite finds good values), or "
+                "set GradiendConfig.feature_factor and GradiendConfig.lr."
+            )
+        if not math.isfinite(float(lr)):
+            raise ValueError(f"lr must be finite, got {lr!r}.")
+        return feature_factor, float(lr)
+
+    def merge_adapter(self, adapter_names: Optional[list[str]] = None, safe_merge: bool = False,
+                      feature_factor: Optional[FeatureFactor] = None, lr: Optional[float] = None,
+                      keep_original: bool = False) -> None:
+        """Writes ``W += lr * d(feature_factor) / s`` into every target weight (undo with `unmerge_adapter`).
+
+        Args:
+            adapter_names (`list[str]`, *optional*): Adapters to merge (default: the active ones).
+            safe_merge (`bool`): Refuse to write a weight that would contain NaN or infinities.
+            feature_factor (`float`, *optional*): The latent value to decode; default ``config.feature_factor``.
+            lr (`float`, *optional*): The step size; default ``config.lr``.
+            keep_original (`bool`): Keep copies of the weights so that unmerging restores them bit for bit.
+        """
+        self._check_merge_allowed()
+        names = adapter_names or list(self.active_adapters)
+        for name in names:
+            factor, step = self._merge_values(name, feature_factor, lr)
+            scales = {name: self.gradient_scale(name)}
+            for layer in self.gradiend_layers(name).values():
+                layer.merge(safe_merge=safe_merge, adapter_names=[name], feature_factor=factor, lr=step,
+                            gradient_scales=scales, keep_original=keep_original)
+
+    def unmerge_adapter(self) -> None:
+        """Undoes all merges."""
+        for layer in self.gradiend_layers().values():
+            layer.unmerge()
+
+    def merge_and_unload(self, progressbar: bool = False, safe_merge: bool = False,
+                         adapter_names: Optional[list[str]] = None, feature_factor: Optional[FeatureFactor] = None,
+                         lr: Optional[float] = None) -> nn.Module:
+        """Merges ``lr * d(feature_factor)`` into the base weights and returns the plain transformers model.
+
+        Args:
+            progressbar (`bool`): Unused (merging is one pass over the target modules); kept for peft's signature.
+            safe_merge (`bool`): Refuse to write weights containing NaN or infinities.
+            adapter_names (`list[str]`, *optional*): Adapters to merge (default: the active ones).
+            feature_factor (`float`, *optional*): The latent value to decode; default ``config.feature_factor``.
+            lr (`float`, *optional*): The step size; default ``config.lr``.
+        """
+        self.merge_adapter(adapter_names, safe_merge=safe_merge, feature_factor=feature_factor, lr=lr)
+        for layer in self.gradiend_layers().values():
+            layer.merged_adapters.clear()
+            layer._merge_record.clear()
+        return self._unload_and_optionally_merge(merge=False)
+
+    def set_steering(self, feature_factor: FeatureFactor, lr: float, adapter_names: Optional[list[str]] = None) -> None:
+        """Steers at run time: forward passes use ``W + lr * d(feature_factor) / s`` without changing ``W``."""
+        for name in adapter_names or list(self.active_adapters):
+            factor, step = self._merge_values(name, feature_factor, lr)
+            scale = self.gradient_scale(name)
+            for layer in self.gradiend_layers(name).values():
+                layer.set_steering(name, factor, step, scale)
+
+    def clear_steering(self) -> None:
+        """Stops run-time steering."""
+        for layer in self.gradiend_layers().values():
+            layer.clear_steering()
+
+    @contextlib.contextmanager
+    def steer(self, feature_factor: FeatureFactor, lr: float, adapter_names: Optional[list[str]] = None) -> Iterator[None]:
+        """Context manager form of `set_steering`; steering stops on exit."""
+        self.set_steering(feature_factor, lr, adapter_names)
+        try:
+            yield
+        finally:
+            self.clear_steering()
+
+
+def _infer_objective(model: nn.Module, model_config: dict) -> str:
+    architectures = model_config.get("architectures") or [type(model).__name__]
+    if any("MaskedLM" in arch for arch in architectures) or model_config.get("model_type") in MASKED_LM_MODEL_TYPES:
+        return "masked_lm"
+    return "causal_lm"
+
+
+def _check_shapes(config: GradiendConfig, shapes: dict[str, list[int]]) -> None:
+    expected = {name: list(shape) for name, shape in (config.target_shapes or {}).items()}
+    missing = sorted(set(expected) - set(shapes))
+    extra = sorted(set(shapes) - set(expected))
+    if missing or extra:
+        raise ValueError(
+            f"This GRADIEND adapter was made for {config.base_model_name_or_path!r} and does not fit this model: "
+            f"modules missing here: {missing[:5]}, modules matched here but absent from the adapter: {extra[:5]}. "
+            "Load it onto the base model it was trained on."
+        )
+    for name, shape in expected.items():
+        if shapes[name] != shape:
+            raise ValueError(
+                f"Module {name!r} has weight shape {tuple(shapes[name])} in this model but {tuple(shape)} in the "
+                f"GRADIEND adapter (made for {config.base_model_name_or_path!r}). Load it onto that base model."
+            )
