@@ -9,7 +9,7 @@ from .registration import register as _register
 
 _register()
 
-from .gradients import NonFiniteGradientError, batch_gradients, per_example_encoder_dots  # noqa: E402
+from .gradients import NonFiniteGradientError, batch_gradients, per_example_dots, per_example_encoder_dots  # noqa: E402
 from .tuner import GradiendConfig, GradiendModel  # noqa: E402
 
 __version__ = "0.1.0"
@@ -19,5 +19,6 @@ __all__ = [
     "GradiendModel",
     "NonFiniteGradientError",
     "batch_gradients",
+    "per_example_dots",
     "per_example_encoder_dots",
 ]

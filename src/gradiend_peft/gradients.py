@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .tuner.layer import Embedding, GradiendLayer, linear_per_example_dot
+from .tuner.layer import linear_per_example_dot
 
 if TYPE_CHECKING:
     from .tuner.model import GradiendModel
@@ -154,40 +154,33 @@ def batch_gradients(
     return result
 
 
-def _tied_heads(tuner: "GradiendModel") -> dict[str, nn.Module]:
-    """Target embeddings whose weight tensor is also used by another (untargeted) module, e.g. the LM head."""
-    tied: dict[str, nn.Module] = {}
-    layers = tuner.gradiend_layers()
-    targeted = {id(layer.get_base_layer()) for layer in layers.values()}
-    for name, layer in layers.items():
-        if not isinstance(layer, Embedding):
-            continue
-        weight = layer.get_base_layer().weight
-        for module in tuner.model.modules():
-            if id(module) in targeted or isinstance(module, GradiendLayer) or module is layer.get_base_layer():
-                continue
-            if getattr(module, "weight", None) is weight:
-                if not isinstance(module, nn.Linear):
-                    raise NotImplementedError(
-                        f"The embedding {name!r} shares its weight with a {type(module).__name__}; only a tied "
-                        "nn.Linear LM head is supported by the per-example engine."
-                    )
-                tied[name] = module
-    return tied
+def per_example_dots(
+    tuner: "GradiendModel",
+    batch: Mapping[str, torch.Tensor],
+    probes: Mapping[str, Mapping[str, torch.Tensor]],
+) -> dict[str, torch.Tensor]:
+    """``sum_m <P_m,j, G_m,i>`` per row ``i`` for probe tensors ``P``, from one forward and one backward pass per
+    gradient kind, without forming the per-example gradients ``G_i``.
 
-
-def per_example_encoder_dots(
-    tuner: "GradiendModel", batch: Mapping[str, torch.Tensor], kind: str, adapter_name: str
-) -> torch.Tensor:
-    """``sum_m <E_m, g_m,i>`` per row ``i`` for the gradient ``kind``, from one backward pass: shape ``(B, k)``.
-
-    Each target module's forward input ``x`` and output ``y`` are captured; one backward pass of the sum of the
+    Each target module's forward input ``x`` and output ``y`` are captured; the backward pass of the sum of the
     rows' losses gives ``dL/dy`` (rows do not interact, so row ``i``'s part is row ``i``'s own gradient), and each
-    layer turns ``(x, dL/dy)`` into ``<E, G_i>`` without forming ``G_i``. The gradients are not scaled here.
+    layer turns ``(x, dL/dy)`` into ``<P_j, G_i>``. The result is differentiable w.r.t. the probes (used to train on
+    per-example samples). Gradients are not scaled here.
+
+    Args:
+        tuner (`GradiendModel`): The tuner whose target modules define the weights.
+        batch (`Mapping[str, torch.Tensor]`): A collated batch.
+        probes (`Mapping[str, Mapping[str, torch.Tensor]]`): gradient kind (``factual``, ``alternative``, ``diff``)
+            -> target module name -> probe of shape ``(k', *W.shape)`` (the same ``k'`` for all modules of a kind);
+            modules left out contribute nothing.
+
+    Returns:
+        `dict[str, torch.Tensor]`: kind -> ``(B, k')`` dot products.
     """
-    layers = tuner.gradiend_layers()
-    layers = {name: layer for name, layer in layers.items() if adapter_name in layer.gradiend_encoder}
-    tied = _tied_heads(tuner)
+    all_layers = tuner.gradiend_layers()
+    wanted = {name for kind_probes in probes.values() for name in kind_probes}
+    layers = {name: layer for name, layer in all_layers.items() if name in wanted}
+    tied = tuner.tied_heads()
     captured: list[tuple[str, bool, torch.Tensor, torch.Tensor]] = []
 
     def capture(name: str, is_head: bool):
@@ -199,27 +192,47 @@ def per_example_encoder_dots(
     handles = [layer.get_base_layer().register_forward_hook(capture(name, False)) for name, layer in layers.items()]
     handles += [head.register_forward_hook(capture(name, True)) for name, head in tied.items() if name in layers]
     weights = list({id(w): w for w in (layer.get_base_layer().weight for layer in layers.values())}.values())
+    kinds = list(probes)
+    output_grads: dict[str, tuple] = {}
     try:
         with gradient_pass(tuner, weights):
-            losses = lm_losses(tuner.model, batch, sorted(required_kinds(kind)))
-            total = (losses["factual"] - losses["alternative"]).sum() if kind == "diff" else losses[kind].sum()
-            output_grads = torch.autograd.grad(total, [out for *_, out in captured], allow_unused=True)
+            losses = lm_losses(tuner.model, batch, sorted(required_kinds(*kinds)))
+            outputs = [out for *_, out in captured]
+            for i, kind in enumerate(kinds):
+                total = (losses["factual"] - losses["alternative"]).sum() if kind == "diff" else losses[kind].sum()
+                output_grads[kind] = torch.autograd.grad(
+                    total, outputs, retain_graph=i < len(kinds) - 1, allow_unused=True
+                )
     finally:
         for handle in handles:
             handle.remove()
-    batch_size = batch["input_ids"].shape[0]
-    k = tuner.peft_config[adapter_name].latent_dim
-    dtype = tuner.gradiend_encoder_bias[adapter_name].dtype
-    dots = torch.zeros(batch_size, k, dtype=dtype, device=batch["input_ids"].device)
-    for (name, is_head, inputs, _), output_grad in zip(captured, output_grads):
-        if output_grad is None:
-            continue
-        if not torch.isfinite(output_grad).all():
-            raise NonFiniteGradientError(f"The {kind} gradient reaching module {name!r} contains NaN or infinite values.")
-        layer = layers[name]
-        if is_head:
-            part = linear_per_example_dot(layer.full_encoder(adapter_name), inputs, output_grad, "out_in")
-        else:
-            part = layer.per_example_dot(adapter_name, inputs, output_grad)
-        dots = dots + part.to(dots.device, dots.dtype)
-    return dots
+    results: dict[str, torch.Tensor] = {}
+    for kind in kinds:
+        dots = None
+        for (name, is_head, inputs, _), output_grad in zip(captured, output_grads[kind]):
+            if output_grad is None or name not in probes[kind]:
+                continue
+            if not torch.isfinite(output_grad).all():
+                raise NonFiniteGradientError(
+                    f"The {kind} gradient reaching module {name!r} contains NaN or infinite values."
+                )
+            probe = probes[kind][name]
+            layer = layers[name]
+            if is_head:
+                part = linear_per_example_dot(probe, inputs, output_grad, "out_in")
+            else:
+                part = layer.per_example_dot(probe, inputs, output_grad)
+            dots = part if dots is None else dots + part.to(dots.device)
+        if dots is None:
+            raise ValueError(f"No probe of kind {kind!r} reached a target module; check the probe names.")
+        results[kind] = dots
+    return results
+
+
+def per_example_encoder_dots(
+    tuner: "GradiendModel", batch: Mapping[str, torch.Tensor], kind: str, adapter_name: str
+) -> torch.Tensor:
+    """``sum_m <E_m, g_m,i>`` per row ``i`` for the gradient ``kind`` (unscaled), shape ``(B, k)``; see
+    `per_example_dots`."""
+    probes = {name: layer.full_encoder(adapter_name) for name, layer in tuner.gradiend_layers(adapter_name).items()}
+    return per_example_dots(tuner, batch, {kind: probes})[kind]

@@ -140,13 +140,14 @@ class GradiendLayer(BaseTunerLayer):
         weight = self.get_base_layer().weight
         return self.scatter(adapter_name, decoded).to(dtype=weight.dtype, device=weight.device)
 
-    def per_example_dot(self, adapter_name: str, inputs: torch.Tensor, output_grad: torch.Tensor) -> torch.Tensor:
-        """``<E_j, G_i>`` for the per-example weight gradients ``G_i`` implied by one call: shape ``(B, k)``.
+    def per_example_dot(self, probe: torch.Tensor, inputs: torch.Tensor, output_grad: torch.Tensor) -> torch.Tensor:
+        """``<P_j, G_i>`` for a probe ``P`` of shape ``(k', *W.shape)`` (e.g. the encoder) and the per-example
+        weight gradients ``G_i`` implied by one call of the module: shape ``(B, k')``.
 
         ``inputs`` is the call's input and ``output_grad`` the loss gradient w.r.t. its output (see
         `gradiend_peft.gradients`); the per-example gradients themselves are never formed.
         """
-        return linear_per_example_dot(self.full_encoder(adapter_name), inputs, output_grad, self.weight_layout)
+        return linear_per_example_dot(probe, inputs, output_grad, self.weight_layout)
 
     # ------------------------------------------------------------------------------------ merge / steering
     def merge(
@@ -309,9 +310,9 @@ class Embedding(_GradiendModule):
         base = self.get_base_layer()
         return F.embedding(x, delta, base.padding_idx, base.max_norm, base.norm_type) * self._embed_scale_value()
 
-    def per_example_dot(self, adapter_name: str, inputs: torch.Tensor, output_grad: torch.Tensor) -> torch.Tensor:
-        """``<E_j, G_i>`` for an embedding lookup: ``scale * sum_t E_j[token_it] . delta_it``."""
-        encoder = self.full_encoder(adapter_name)
+    def per_example_dot(self, probe: torch.Tensor, inputs: torch.Tensor, output_grad: torch.Tensor) -> torch.Tensor:
+        """``<P_j, G_i>`` for an embedding lookup: ``scale * sum_t P_j[token_it] . delta_it``."""
+        encoder = probe
         base = self.get_base_layer()
         ids = inputs.reshape(inputs.shape[0], -1)
         delta = output_grad.reshape(ids.shape[0], ids.shape[1], -1).to(encoder.dtype)

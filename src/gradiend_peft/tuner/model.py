@@ -196,6 +196,36 @@ class GradiendModel(BaseTuner):
             if isinstance(module, GradiendLayer) and (adapter_name is None or adapter_name in module.gradiend_encoder)
         }
 
+    def tied_heads(self) -> dict[str, nn.Linear]:
+        """Target embeddings whose weight tensor another, untargeted module uses too (a tied LM head).
+
+        Targeting a tied embedding means targeting the shared tensor: its gradient has both uses, a merge changes
+        both, and steering shifts both.
+        """
+        tied: dict[str, nn.Linear] = {}
+        layers = self.gradiend_layers()
+        wrapped = {id(layer.get_base_layer()) for layer in layers.values()}
+        for name, layer in layers.items():
+            if not isinstance(layer, Embedding):
+                continue
+            weight = layer.get_base_layer().weight
+            for module in self.model.modules():
+                if id(module) in wrapped or isinstance(module, GradiendLayer):
+                    continue
+                if getattr(module, "weight", None) is weight:
+                    if not isinstance(module, nn.Linear):
+                        raise NotImplementedError(
+                            f"The embedding {name!r} shares its weight with a {type(module).__name__}; GRADIEND "
+                            "supports a tied nn.Linear LM head only. Untie the weights or leave the embedding out."
+                        )
+                    tied[name] = module
+        return tied
+
+    def _check_merge_allowed(self) -> None:
+        # peft warns about tied targets; for GRADIEND a merge into the shared tensor is the intended edit
+        # (see `tied_heads`), so there is nothing to warn about.
+        return None
+
     def _resolve_adapter(self, adapter_name: Optional[str]) -> str:
         name = adapter_name or self.active_adapters[0]
         if name not in self.peft_config:
@@ -360,11 +390,19 @@ class GradiendModel(BaseTuner):
             scale = self.gradient_scale(name)
             for layer in self.gradiend_layers(name).values():
                 layer.set_steering(name, factor, step, scale)
+        if not self.__dict__.get("_tied_steering_hooks"):
+            layers = self.gradiend_layers()
+            self.__dict__["_tied_steering_hooks"] = [
+                head.register_forward_hook(_tied_head_steering_hook(layers[name]))
+                for name, head in self.tied_heads().items()
+            ]
 
     def clear_steering(self) -> None:
         """Stops run-time steering."""
         for layer in self.gradiend_layers().values():
             layer.clear_steering()
+        for handle in self.__dict__.pop("_tied_steering_hooks", []):
+            handle.remove()
 
     @contextlib.contextmanager
     def steer(self, feature_factor: FeatureFactor, lr: float, adapter_names: Optional[list[str]] = None) -> Iterator[None]:
@@ -374,6 +412,20 @@ class GradiendModel(BaseTuner):
             yield
         finally:
             self.clear_steering()
+
+
+def _tied_head_steering_hook(layer: GradiendLayer):
+    """A forward hook that shifts a tied LM head by its embedding's steering delta."""
+
+    def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> Optional[torch.Tensor]:
+        if layer.disable_adapters or not layer._steering:
+            return None
+        delta = layer._steering_delta()
+        if delta is None:
+            return None
+        return output + nn.functional.linear(args[0].to(delta.dtype), delta).to(output.dtype)
+
+    return hook
 
 
 def _infer_objective(model: nn.Module, model_config: dict) -> str:

@@ -1,0 +1,367 @@
+"""Mining GRADIEND training rows from text.
+
+Each occurrence of a target word of the feature's pair becomes one row: the sentence with that
+occurrence replaced by :data:`~gradiend_peft.data.feature.MASK_PLACEHOLDER`, the word as it occurred
+(*factual*), and a word of the other class (*alternative*). Other occurrences in the same sentence
+stay as text, so a sentence with two targets gives two rows.
+
+Columns of every split (see :data:`PAIR_COLUMNS`):
+
+========================  ====================================================================
+``text``                  the sentence with exactly one ``"[MASK]"`` slot
+``factual``               the target as it occurred, e.g. ``"She"``
+``alternative``           a word of the other class, casing copied from ``factual``, e.g. ``"He"``
+``factual_class``         the class of ``factual``
+``alternative_class``     the class of ``alternative``
+``label``                 ``+1.0`` when ``factual_class`` is ``feature.pair[0]``, ``-1.0`` for ``pair[1]``
+``split``                 ``"train"``, ``"validation"`` or ``"test"``
+========================  ====================================================================
+
+The alternative is drawn at random among the other class's words, weighted by how often each word
+occurs as a factual target in the mined text (a word that never occurs is never drawn), with a
+:class:`random.Random` seeded by ``seed``: the same input and arguments give the same rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from .feature import MASK_PLACEHOLDER, Feature, copy_casing, normalize_word
+from .text import TextSource, iter_sentences
+
+__all__ = ["SPLITS", "PAIR_COLUMNS", "MiningReport", "as_feature", "count_words", "mine_pairs"]
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+_WORD = re.compile(r"\w+(?:['’-]\w+)*")
+
+
+def _pair_features():
+    import datasets
+
+    string = datasets.Value("string")
+    return datasets.Features(
+        {
+            "text": string,
+            "factual": string,
+            "alternative": string,
+            "factual_class": string,
+            "alternative_class": string,
+            "label": datasets.Value("float32"),
+            "split": string,
+        }
+    )
+
+
+PAIR_COLUMNS = tuple(["text", "factual", "alternative", "factual_class", "alternative_class", "label", "split"])
+"""The column names of a mined split, in order."""
+
+
+def count_words(text: str) -> int:
+    """The number of words in ``text``; a word is a run of letters/digits, with inner ``'`` or ``-`` ("don't")."""
+    return len(_WORD.findall(text))
+
+
+def as_feature(feature: Feature | Mapping[str, Sequence[str]]) -> Feature:
+    """Accept a :class:`Feature` or a plain ``{class: words}`` mapping."""
+    if isinstance(feature, Feature):
+        return feature
+    if isinstance(feature, Mapping):
+        return Feature(classes=feature)
+    raise TypeError(
+        f"feature must be a Feature or a mapping of classes to words such as {{'M': ['he'], 'F': ['she']}}; "
+        f"got {type(feature).__name__}."
+    )
+
+
+@dataclass(frozen=True)
+class MiningReport:
+    """What mining found.
+
+    Attributes:
+        sentences: sentences read (after splitting, before de-duplication).
+        duplicates: sentences skipped because the same sentence came earlier.
+        skipped_with_placeholder: sentences skipped because they already contained ``"[MASK]"``.
+        skipped_too_long: sentences skipped for having more than ``max_words`` words.
+        skipped_short_context: occurrences skipped for having fewer than ``min_context_words`` words before them.
+        occurrences: per class, the occurrences that qualified as rows (before balancing).
+        word_counts: per class, the qualified occurrences of each target word (lower-cased); these are
+            the weights of the alternative draw.
+        rows: per split, per class, the rows in the result.
+    """
+
+    sentences: int
+    duplicates: int
+    skipped_with_placeholder: int
+    skipped_too_long: int
+    skipped_short_context: int
+    occurrences: dict[str, int]
+    word_counts: dict[str, dict[str, int]]
+    rows: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+@dataclass
+class _Candidate:
+    text: str
+    factual: str
+    cls: str
+    split: str = ""
+
+
+def _held_out_map(held_out_words: Sequence[str] | Mapping[str, Sequence[str]] | None, feature: Feature) -> dict[str, str]:
+    """``{lower-cased word: split}`` for the held-out words, validated against the pair's words."""
+    if held_out_words is None:
+        return {}
+    if isinstance(held_out_words, str):
+        raise TypeError(f"held_out_words must be a list of words or a {{split: words}} mapping, not the string {held_out_words!r}.")
+    by_split = held_out_words if isinstance(held_out_words, Mapping) else {"test": held_out_words}
+    pair_words = {normalize_word(w) for c in feature.pair for w in feature.classes[c]}
+    result: dict[str, str] = {}
+    for split, words in by_split.items():
+        if split not in SPLITS:
+            raise ValueError(f"held_out_words names split {split!r}; the splits are {SPLITS}.")
+        for word in words:
+            key = normalize_word(word)
+            if key not in pair_words:
+                raise ValueError(f"held-out word {word!r} is not a target word of the classes {feature.pair}.")
+            result[key] = split
+    return result
+
+
+def _check_ratios(split_ratios: Sequence[float]) -> tuple[float, float, float]:
+    ratios = tuple(float(r) for r in split_ratios)
+    if len(ratios) != 3 or any(r < 0 for r in ratios) or abs(sum(ratios) - 1.0) > 1e-6:
+        raise ValueError(
+            f"split_ratios must be three non-negative numbers (train, validation, test) that sum to 1; got {split_ratios!r}."
+        )
+    return ratios
+
+
+def _collect(
+    sentences, pattern: re.Pattern[str], feature: Feature, min_context_words: int, max_words: int | None, deduplicate: bool
+) -> tuple[dict[str, list[_Candidate]], dict[str, int]]:
+    by_class: dict[str, list[_Candidate]] = {c: [] for c in feature.pair}
+    stats = Counter()
+    seen: set[str] = set()
+    for sentence in sentences:
+        stats["sentences"] += 1
+        if deduplicate:
+            if sentence in seen:
+                stats["duplicates"] += 1
+                continue
+            seen.add(sentence)
+        if MASK_PLACEHOLDER in sentence:
+            stats["skipped_with_placeholder"] += 1
+            continue
+        if max_words is not None and count_words(sentence) > max_words:
+            stats["skipped_too_long"] += 1
+            continue
+        for match in pattern.finditer(sentence):
+            prefix = sentence[: match.start()]
+            if min_context_words and count_words(prefix) < min_context_words:
+                stats["skipped_short_context"] += 1
+                continue
+            factual = match.group(0)
+            cls = feature.class_of(factual)
+            by_class[cls].append(_Candidate(prefix + MASK_PLACEHOLDER + sentence[match.end() :], factual, cls))
+    return by_class, stats
+
+
+def _assign_splits(
+    rows: list[_Candidate], held_out: dict[str, str], ratios: tuple[float, float, float]
+) -> None:
+    free = []
+    for row in rows:
+        split = held_out.get(normalize_word(row.factual))
+        if split:
+            row.split = split
+        else:
+            free.append(row)
+    n = len(free)
+    cut1 = round(n * ratios[0])
+    cut2 = max(cut1, round(n * (ratios[0] + ratios[1])))
+    for i, row in enumerate(free):
+        row.split = SPLITS[0] if i < cut1 else SPLITS[1] if i < cut2 else SPLITS[2]
+
+
+def _alternative_chooser(feature: Feature, word_counts: dict[str, Counter], held_out: dict[str, str], rng: random.Random):
+    """A function ``(cls, split) -> word`` drawing the alternative for a row of ``cls`` in ``split``.
+
+    A row in split S never gets an alternative that is held out to another split.
+    """
+    cache: dict[tuple[str, str], tuple[list[str], list[int]]] = {}
+
+    def choose(cls: str, split: str) -> str:
+        key = (cls, split)
+        if key not in cache:
+            other = feature.other_class(cls)
+            words = [w for w in feature.classes[other] if held_out.get(normalize_word(w), split) == split]
+            weights = [word_counts[other][normalize_word(w)] for w in words]
+            if not sum(weights):
+                raise ValueError(
+                    f"no alternative for class {cls!r} rows in the {split!r} split: the words of class {other!r} "
+                    f"{list(feature.classes[other])} that may appear there ({words}) never occur in the text. "
+                    "Hold out fewer words or give more text."
+                )
+            cache[key] = (words, weights)
+        words, weights = cache[key]
+        return rng.choices(words, weights=weights, k=1)[0]
+
+    return choose
+
+
+def mine_pairs(
+    texts: TextSource,
+    feature: Feature | Mapping[str, Sequence[str]],
+    *,
+    tokenizer: Any = None,
+    seed: int = 0,
+    min_context_words: int = 0,
+    max_words: int | None = None,
+    balance: bool = True,
+    split_ratios: Sequence[float] = (0.8, 0.1, 0.1),
+    held_out_words: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
+    max_rows_per_class: int | None = None,
+    split_sentences: bool = True,
+    deduplicate: bool = True,
+    text_column: str = "text",
+    dataset_config: str | None = None,
+    dataset_split: str = "train",
+    return_report: bool = False,
+    progress: bool | None = None,
+):
+    """Mine GRADIEND rows (masked text, factual, alternative, classes, label, split) from text.
+
+    Args:
+        texts: a list of strings, a text file path (one text per line, ``.gz`` allowed), a
+            :class:`datasets.Dataset` (with ``text_column``), or a Hub dataset id (needs network).
+        feature: a :class:`~gradiend_peft.data.Feature`, or a ``{class: [words]}`` mapping. Rows are
+            made for the classes of ``feature.pair``.
+        tokenizer: optional. When given, target words that it splits into several tokens are reported
+            in the log (a causal-LM collator will refuse such rows; a masked-LM collator uses one mask
+            per piece). Nothing is filtered here.
+        seed: seeds balancing, splitting, the alternative draw and the row order.
+        min_context_words: occurrences with fewer words before them in their sentence are skipped
+            (useful for causal LMs, which only see the text before the slot).
+        max_words: sentences with more words are skipped (``None``: no limit).
+        balance: give every class as many rows as the rarest class has (random subsample).
+        split_ratios: train, validation and test fractions, applied per class.
+        held_out_words: words whose rows all go to one split and never appear as alternatives
+            elsewhere: a list (held out to ``"test"``) or a ``{split: [words]}`` mapping.
+        max_rows_per_class: keep at most this many rows per class (after balancing).
+        split_sentences: split each text into sentences first (``False``: each text is one unit).
+        deduplicate: skip a sentence identical to an earlier one.
+        text_column, dataset_config, dataset_split: pick the text of a dataset source.
+        return_report: also return the :class:`MiningReport`.
+        progress: show a progress bar (``None``: only on a terminal).
+
+    Returns:
+        A :class:`datasets.DatasetDict` with splits ``"train"``, ``"validation"``, ``"test"`` (columns in
+        the module docstring), or ``(dataset_dict, report)`` with ``return_report=True``.
+
+    Raises:
+        ValueError: when no text is given, or a class of the pair gets no rows (the message names the
+            class and its words).
+
+    Example:
+        >>> rows = mine_pairs(["She said that he would come."], {"M": ["he"], "F": ["she"]},
+        ...                   balance=False, split_ratios=(1, 0, 0))
+        >>> sorted(rows["train"]["text"])
+        ['She said that [MASK] would come.', '[MASK] said that he would come.']
+    """
+    import datasets
+
+    feature = as_feature(feature)
+    ratios = _check_ratios(split_ratios)
+    if min_context_words < 0 or (max_words is not None and max_words < 1):
+        raise ValueError("min_context_words must be >= 0 and max_words >= 1 (or None).")
+    if max_rows_per_class is not None and max_rows_per_class < 1:
+        raise ValueError(f"max_rows_per_class must be a positive number or None; got {max_rows_per_class}.")
+    held_out = _held_out_map(held_out_words, feature)
+    rng = random.Random(seed)
+
+    sentences = iter_sentences(
+        texts, split=split_sentences, text_column=text_column, dataset_config=dataset_config, dataset_split=dataset_split
+    )
+    sentences = tqdm(sentences, desc="mining", unit=" sentences", disable=None if progress is None else not progress)
+    by_class, stats = _collect(sentences, feature.pattern(feature.pair), feature, min_context_words, max_words, deduplicate)
+    if not stats["sentences"]:
+        raise ValueError("no text to mine: the source holds no non-empty text. Give a non-empty list of sentences.")
+
+    word_counts = {c: Counter(normalize_word(r.factual) for r in rows) for c, rows in by_class.items()}
+    for cls, rows in by_class.items():
+        if not rows:
+            raise ValueError(
+                f"class {cls!r} (words {list(feature.classes[cls])}) has no rows in {stats['sentences']} sentences"
+                + (f" with min_context_words={min_context_words}" if min_context_words else "")
+                + ". Give more text that contains these words, or lower min_context_words."
+            )
+    logger.info(
+        "mined %s from %d sentences: %s",
+        feature.name or "feature",
+        stats["sentences"],
+        ", ".join(f"{c}={len(r)} ({dict(word_counts[c])})" for c, r in by_class.items()),
+    )
+    if tokenizer is not None:
+        from .collators import check_single_token
+
+        split_words = check_single_token(tokenizer, feature)
+        if split_words:
+            logger.warning(
+                "the tokenizer splits these targets into several tokens (a causal-LM collator refuses their rows; "
+                "a masked-LM collator uses one mask per piece): %s",
+                split_words,
+            )
+
+    n_keep = min(len(r) for r in by_class.values()) if balance else None
+    kept: list[_Candidate] = []
+    for cls, rows in by_class.items():
+        rng.shuffle(rows)
+        n = len(rows) if n_keep is None else n_keep
+        if max_rows_per_class is not None:
+            n = min(n, max_rows_per_class)
+        _assign_splits(rows[:n], held_out, ratios)
+        kept.extend(rows[:n])
+
+    choose = _alternative_chooser(feature, word_counts, held_out, rng)
+    columns: dict[str, dict[str, list]] = {s: {name: [] for name in PAIR_COLUMNS} for s in SPLITS}
+    for split in SPLITS:
+        rows = [r for r in kept if r.split == split]
+        rng.shuffle(rows)
+        out = columns[split]
+        for row in rows:
+            other = feature.other_class(row.cls)
+            out["text"].append(row.text)
+            out["factual"].append(row.factual)
+            out["alternative"].append(copy_casing(row.factual, choose(row.cls, split)))
+            out["factual_class"].append(row.cls)
+            out["alternative_class"].append(other)
+            out["label"].append(feature.label_of(row.cls))
+            out["split"].append(split)
+
+    schema = _pair_features()
+    result = datasets.DatasetDict({s: datasets.Dataset.from_dict(columns[s], features=schema) for s in SPLITS})
+    row_counts = {s: dict(Counter(columns[s]["factual_class"])) for s in SPLITS}
+    logger.info("rows per split and class: %s", row_counts)
+    if not return_report:
+        return result
+    report = MiningReport(
+        sentences=stats["sentences"],
+        duplicates=stats["duplicates"],
+        skipped_with_placeholder=stats["skipped_with_placeholder"],
+        skipped_too_long=stats["skipped_too_long"],
+        skipped_short_context=stats["skipped_short_context"],
+        occurrences={c: len(r) for c, r in by_class.items()},
+        word_counts={c: dict(wc) for c, wc in word_counts.items()},
+        rows=row_counts,
+    )
+    return result, report
