@@ -227,7 +227,7 @@ def test_unsupported_module_type_is_refused():
         ({"feature_factor": float("nan")}, "feature_factor must be a finite number"),
         ({"lr": float("inf")}, "lr must be a finite number"),
         ({"target_parameters": ["weight"]}, "leave target_parameters=None"),
-        ({"kept_entries": {"a": 0}}, "positive integers"),
+        ({"kept_entries": {"a": -1}}, "non-negative integers"),
     ],
 )
 def test_invalid_config_values_raise_clear_errors(kwargs, message):

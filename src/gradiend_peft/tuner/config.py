@@ -142,6 +142,6 @@ class GradiendConfig(PeftConfig):
             if value is not None and (isinstance(value, bool) or not math.isfinite(float(value))):
                 raise ValueError(f"{name} must be a finite number, got {value!r}.")
         if self.kept_entries is not None:
-            bad = {k: v for k, v in self.kept_entries.items() if not isinstance(v, int) or v <= 0}
+            bad = {k: v for k, v in self.kept_entries.items() if isinstance(v, bool) or not isinstance(v, int) or v < 0}
             if bad:
-                raise ValueError(f"kept_entries must map module names to positive integers, got {bad!r}.")
+                raise ValueError(f"kept_entries must map module names to non-negative integers, got {bad!r}.")

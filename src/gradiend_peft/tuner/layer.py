@@ -68,7 +68,7 @@ class GradiendLayer(BaseTunerLayer):
         weight = self.get_base_layer().weight
         entry_shape = self.weight_shape if kept_entries is None else (int(kept_entries),)
         if kept_entries is not None:
-            if not 0 < kept_entries <= weight.numel():
+            if not 0 <= kept_entries <= weight.numel():
                 raise ValueError(
                     f"kept_entries={kept_entries} is out of range for a weight of {weight.numel()} entries."
                 )

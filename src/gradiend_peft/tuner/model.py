@@ -158,7 +158,8 @@ class GradiendModel(BaseTuner):
         largest = 0.0
         for layer in layers.values():
             uniform_(layer.gradiend_encoder[adapter_name], bound)
-            largest = max(largest, float(layer.gradiend_encoder[adapter_name].abs().max()))
+            if layer.gradiend_encoder[adapter_name].numel():
+                largest = max(largest, float(layer.gradiend_encoder[adapter_name].abs().max()))
         uniform_(self.gradiend_encoder_bias[adapter_name], bound)
         for layer in layers.values():
             uniform_(layer.gradiend_decoder[adapter_name], largest)
@@ -436,18 +437,20 @@ def _infer_objective(model: nn.Module, model_config: dict) -> str:
 
 
 def _check_shapes(config: GradiendConfig, shapes: dict[str, list[int]]) -> None:
+    """Refuses an adapter whose recorded target shapes differ from this model's (checked in module order)."""
     expected = {name: list(shape) for name, shape in (config.target_shapes or {}).items()}
-    missing = sorted(set(expected) - set(shapes))
-    extra = sorted(set(shapes) - set(expected))
+    origin = f"made for {config.base_model_name_or_path!r}" if config.base_model_name_or_path else "made for another model"
+    missing = [name for name in expected if name not in shapes]
+    extra = [name for name in shapes if name not in expected]
     if missing or extra:
         raise ValueError(
-            f"This GRADIEND adapter was made for {config.base_model_name_or_path!r} and does not fit this model: "
-            f"modules missing here: {missing[:5]}, modules matched here but absent from the adapter: {extra[:5]}. "
-            "Load it onto the base model it was trained on."
+            f"This GRADIEND adapter ({origin}) does not fit this model: modules missing here: {missing[:5]}, "
+            f"modules matched here but absent from the adapter: {extra[:5]}. Load it onto the base model it was "
+            "trained on."
         )
-    for name, shape in expected.items():
-        if shapes[name] != shape:
+    for name, shape in shapes.items():
+        if expected[name] != shape:
             raise ValueError(
-                f"Module {name!r} has weight shape {tuple(shapes[name])} in this model but {tuple(shape)} in the "
-                f"GRADIEND adapter (made for {config.base_model_name_or_path!r}). Load it onto that base model."
+                f"Module {name!r} has weight shape {tuple(shape)} in this model but {tuple(expected[name])} in the "
+                f"GRADIEND adapter ({origin}). Load it onto the base model it was trained on."
             )
