@@ -10,6 +10,9 @@ from .registration import register as _register
 _register()
 
 from .gradients import NonFiniteGradientError, batch_gradients, per_example_dots, per_example_encoder_dots  # noqa: E402
+from .hub import push_adapter_to_hub, write_model_card  # noqa: E402
+from .loading import UntrustedAdapterError, load_gradiend_model  # noqa: E402
+from .pruning import pre_prune_adapter, prune_adapter  # noqa: E402
 from .tuner import GradiendConfig, GradiendModel  # noqa: E402
 
 __version__ = "0.1.0"
@@ -18,7 +21,13 @@ __all__ = [
     "GradiendConfig",
     "GradiendModel",
     "NonFiniteGradientError",
+    "UntrustedAdapterError",
     "batch_gradients",
+    "load_gradiend_model",
     "per_example_dots",
     "per_example_encoder_dots",
+    "pre_prune_adapter",
+    "prune_adapter",
+    "push_adapter_to_hub",
+    "write_model_card",
 ]

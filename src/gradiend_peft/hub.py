@@ -1,0 +1,112 @@
+"""Sharing GRADIEND adapters on the Hugging Face Hub with a model card of their own.
+
+``model.push_to_hub(repo_id)`` (peft's verb) uploads a loadable adapter, but on a new repository transformers
+writes its generic card (``library_name: transformers``) over peft's. `push_adapter_to_hub` uploads the same files
+with a GRADIEND card: ``library_name: peft``, the base model, the feature's classes and their encoding signs, the
+targets and, after training, the convergence verdict. `write_model_card` writes that card into a folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, Optional
+
+from huggingface_hub import ModelCard, ModelCardData
+from peft import PeftModel
+
+from .tuner.config import GradiendConfig
+
+
+def _card_text(config: GradiendConfig, repo_id: Optional[str]) -> str:
+    classes = config.feature_classes or []
+    signs = config.class_signs or {}
+    lines = [
+        f"# GRADIEND adapter{f' {repo_id}' if repo_id else ''}",
+        "",
+        "A [GRADIEND](https://arxiv.org/abs/2502.01406) feature adapter made with "
+        "[gradiend_peft](https://pypi.org/project/gradiend-peft/): a gradient encoder-decoder that learned where the "
+        "base model encodes a feature, and a decoder that rewrites the weights to strengthen or weaken it.",
+        "",
+        "## Feature",
+        "",
+    ]
+    if classes:
+        lines += [f"- class `{name}` encodes to {signs.get(name, 0):+.0f}" for name in classes]
+    else:
+        lines.append("- feature classes were not recorded")
+    n_targets = len(config.target_shapes or {})
+    lines += [
+        "",
+        "## Adapter",
+        "",
+        f"- base model: `{config.base_model_name_or_path}`",
+        f"- target modules: {n_targets} ({'pruned' if config.kept_entries else 'unpruned'})",
+        f"- latent dimension: {config.latent_dim}; activation: {config.activation}",
+        f"- encoder reads the `{config.source}` gradient; decoder reconstructs the `{config.target}` gradient",
+        f"- objective: {config.objective}",
+    ]
+    if config.training_summary:
+        lines += ["", "## Training", "", "```json", json.dumps(config.training_summary, indent=2, sort_keys=True), "```"]
+    lines += [
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "import gradiend_peft  # registers GRADIEND with peft: import it before loading",
+        "from transformers import AutoModelForCausalLM",
+        "",
+        f"base = AutoModelForCausalLM.from_pretrained({(config.base_model_name_or_path or 'BASE_MODEL')!r})",
+        f"model = gradiend_peft.load_gradiend_model(base, {repo_id or 'ADAPTER_REPO'!r})",
+        "edited = model.merge_and_unload(feature_factor=1.0, lr=1e-3)  # values from gradiend_peft.search_rewrite",
+        "```",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_model_card(model: PeftModel, directory: str, repo_id: Optional[str] = None, adapter_name: Optional[str] = None) -> str:
+    """Writes the GRADIEND model card (``README.md``) of ``model``'s adapter into ``directory``; returns its path."""
+    name = adapter_name or model.active_adapter
+    config: GradiendConfig = model.peft_config[name]
+    data: dict[str, Any] = {"library_name": "peft", "tags": ["gradiend", "peft", "feature-editing"]}
+    if config.base_model_name_or_path:
+        data["base_model"] = config.base_model_name_or_path
+        data["tags"].append(f"base_model:adapter:{config.base_model_name_or_path}")
+    card = ModelCard(f"---\n{ModelCardData(**data).to_yaml()}\n---\n\n{_card_text(config, repo_id)}")
+    path = os.path.join(directory, "README.md")
+    card.save(path)
+    return path
+
+
+def push_adapter_to_hub(
+    model: PeftModel,
+    repo_id: str,
+    *,
+    private: Optional[bool] = None,
+    token: Optional[str] = None,
+    commit_message: str = "Upload GRADIEND adapter",
+    revision: Optional[str] = None,
+) -> str:
+    """Uploads ``model``'s adapter (config, safetensors weights, GRADIEND model card) to ``repo_id``.
+
+    Args:
+        model (`PeftModel`): A model with a GRADIEND adapter.
+        repo_id (`str`): ``user/name`` of the (new or existing) model repository.
+        private (`bool`, *optional*): Create the repository private.
+        token (`str`, *optional*): A Hub token (default: the stored login).
+        commit_message (`str`): The commit message.
+        revision (`str`, *optional*): The branch to push to.
+
+    Returns:
+        `str`: the URL of the commit.
+    """
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        write_model_card(model, folder, repo_id=repo_id)
+        info = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message, revision=revision)
+    return str(getattr(info, "commit_url", info))

@@ -1,0 +1,169 @@
+"""Loading GRADIEND adapters safely, from a folder or the Hub.
+
+`load_gradiend_model` is the entry point for any GRADIEND adapter: it registers the method with peft (so the bare
+``KeyError: 'GRADIEND'`` of a peft that never saw ``import gradiend_peft`` cannot happen), reads JSON and
+safetensors only (never pickles), checks the untrusted ``adapter_config.json`` (types, sizes, names) and the
+tensors' shapes against the config and the base model before any tensor is loaded, and then hands over to
+``PeftModel.from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from typing import Any, Optional
+
+from peft import PeftModel
+from safetensors import safe_open
+from torch import nn
+
+from .registration import PEFT_TYPE_NAME, register
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+MAX_LATENT_DIM = 4096
+_MODULE_NAME = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
+
+
+class UntrustedAdapterError(ValueError):
+    """An adapter folder whose files are malformed, oversized or inconsistent with each other or the model."""
+
+
+def _resolve_files(model_id: str, revision: Optional[str], token: Optional[str], cache_dir: Optional[str],
+                   subfolder: Optional[str]) -> str:
+    if os.path.isdir(model_id):
+        folder = os.path.join(model_id, subfolder) if subfolder else model_id
+        if not os.path.isfile(os.path.join(folder, WEIGHTS_NAME)):
+            raise UntrustedAdapterError(
+                f"{folder!r} has no {WEIGHTS_NAME}. gradiend_peft loads safetensors only (no pickled .bin files); "
+                "re-save the adapter with save_pretrained(safe_serialization=True)."
+            )
+        return folder
+    from huggingface_hub import hf_hub_download
+
+    config_path = hf_hub_download(model_id, CONFIG_NAME, subfolder=subfolder, revision=revision, token=token,
+                                  cache_dir=cache_dir)
+    hf_hub_download(model_id, WEIGHTS_NAME, subfolder=subfolder, revision=revision, token=token, cache_dir=cache_dir)
+    return os.path.dirname(config_path)
+
+
+def _expect(condition: bool, message: str) -> None:
+    if not condition:
+        raise UntrustedAdapterError(message)
+
+
+def validate_adapter_config(raw: Any) -> dict[str, Any]:
+    """Checks an untrusted ``adapter_config.json`` payload; returns it if it is a well-formed GRADIEND config.
+
+    Raises:
+        `UntrustedAdapterError`: naming the offending key and what was expected.
+    """
+    _expect(isinstance(raw, dict), "adapter_config.json must hold a JSON object.")
+    _expect(raw.get("peft_type") == PEFT_TYPE_NAME, f"adapter_config.json is not a GRADIEND config (peft_type={raw.get('peft_type')!r}).")
+    latent = raw.get("latent_dim", 1)
+    _expect(isinstance(latent, int) and not isinstance(latent, bool) and 0 < latent <= MAX_LATENT_DIM,
+            f"latent_dim must be an integer in [1, {MAX_LATENT_DIM}], got {latent!r}.")
+    for key in ("activation", "source", "target", "objective"):
+        _expect(key not in raw or isinstance(raw[key], str), f"{key} must be a string, got {type(raw.get(key)).__name__}.")
+    targets = raw.get("target_modules")
+    _expect(targets is None or isinstance(targets, str) or (isinstance(targets, list) and all(isinstance(t, str) for t in targets)),
+            "target_modules must be a string or a list of strings.")
+    shapes = raw.get("target_shapes")
+    if shapes is not None:
+        _expect(isinstance(shapes, dict), "target_shapes must map module names to shapes.")
+        for name, shape in shapes.items():
+            _expect(isinstance(name, str) and bool(_MODULE_NAME.match(name)),
+                    f"target_shapes has an invalid module name {name!r} (dotted identifiers only).")
+            _expect(isinstance(shape, list) and 0 < len(shape) <= 4
+                    and all(isinstance(d, int) and not isinstance(d, bool) and 0 < d < 2**31 for d in shape)
+                    and math.prod(shape) < 2**40, f"target_shapes[{name!r}] is not a valid weight shape: {shape!r}.")
+    kept = raw.get("kept_entries")
+    if kept is not None:
+        _expect(isinstance(kept, dict), "kept_entries must map module names to counts.")
+        for name, count in kept.items():
+            _expect(isinstance(name, str) and bool(_MODULE_NAME.match(name)), f"kept_entries has an invalid module name {name!r}.")
+            _expect(isinstance(count, int) and not isinstance(count, bool) and count >= 0, f"kept_entries[{name!r}] must be a count.")
+            if shapes is not None:
+                _expect(name in shapes and count <= math.prod(shapes[name]),
+                        f"kept_entries[{name!r}]={count} does not fit the module's recorded shape.")
+    for key in ("base_model_name_or_path", "revision"):
+        value = raw.get(key)
+        _expect(value is None or (isinstance(value, str) and len(value) < 4096 and "\x00" not in value), f"{key} is malformed.")
+    return raw
+
+
+def _expected_tensor_shapes(raw: dict[str, Any]) -> Optional[dict[str, tuple[int, ...]]]:
+    shapes = raw.get("target_shapes")
+    if shapes is None:
+        return None
+    k = raw.get("latent_dim", 1)
+    kept = raw.get("kept_entries") or {}
+    expected: dict[str, tuple[int, ...]] = {"base_model.gradiend_encoder_bias": (k,), "base_model.gradiend_gradient_scale": ()}
+    for name, shape in shapes.items():
+        entries = (kept[name],) if name in kept else tuple(shape)
+        prefix = f"base_model.model.{name}."
+        expected[prefix + "gradiend_encoder"] = (k, *entries)
+        expected[prefix + "gradiend_decoder"] = (k, *entries)
+        if raw.get("decoder_bias", True):
+            expected[prefix + "gradiend_decoder_bias"] = entries
+        if name in kept:
+            expected[prefix + "gradiend_kept_indices"] = (kept[name],)
+    return expected
+
+
+def validate_adapter_weights(path: str, raw_config: dict[str, Any]) -> None:
+    """Checks a safetensors file's header (names, shapes) against the config, without loading any tensor."""
+    expected = _expected_tensor_shapes(raw_config)
+    with safe_open(path, framework="pt") as handle:
+        found = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    if expected is None:
+        return
+    unexpected = sorted(set(found) - set(expected))
+    missing = sorted(set(expected) - set(found))
+    _expect(not unexpected, f"{path} holds tensors the config does not describe: {unexpected[:5]}.")
+    _expect(not missing, f"{path} lacks tensors the config describes: {missing[:5]}.")
+    for key, shape in found.items():
+        _expect(shape == expected[key], f"Tensor {key!r} in {path} has shape {shape}, but the config implies {expected[key]}.")
+
+
+def load_gradiend_model(
+    base_model: nn.Module,
+    model_id: str,
+    adapter_name: str = "default",
+    is_trainable: bool = False,
+    revision: Optional[str] = None,
+    token: Optional[str] = None,
+    cache_dir: Optional[str] = None,
+    subfolder: Optional[str] = None,
+) -> PeftModel:
+    """Loads a GRADIEND adapter onto ``base_model`` from a local folder or a Hub repository.
+
+    Args:
+        base_model (`nn.Module`): The transformers model the adapter was trained on.
+        model_id (`str`): A folder with ``adapter_config.json`` and ``adapter_model.safetensors``, or a Hub repo id.
+        adapter_name (`str`): The name to load the adapter under.
+        is_trainable (`bool`): Load it trainable (to continue training) rather than for inference.
+        revision, token, cache_dir, subfolder: Passed to the Hub download.
+
+    Returns:
+        `PeftModel`: ``base_model`` with the adapter attached.
+
+    Raises:
+        `UntrustedAdapterError`: If the files are malformed or inconsistent (nothing is loaded then).
+        `ValueError`: If the adapter does not fit ``base_model`` (the message names the module and both shapes).
+    """
+    register()
+    folder = _resolve_files(model_id, revision, token, cache_dir, subfolder)
+    config_path = os.path.join(folder, CONFIG_NAME)
+    _expect(os.path.getsize(config_path) <= MAX_CONFIG_BYTES, f"{config_path} is larger than {MAX_CONFIG_BYTES} bytes.")
+    with open(config_path, encoding="utf-8") as handle:
+        try:
+            raw = json.load(handle)
+        except json.JSONDecodeError as err:
+            raise UntrustedAdapterError(f"{config_path} is not valid JSON: {err}") from err
+    validate_adapter_config(raw)
+    validate_adapter_weights(os.path.join(folder, WEIGHTS_NAME), raw)
+    return PeftModel.from_pretrained(base_model, folder, adapter_name=adapter_name, is_trainable=is_trainable)
