@@ -164,3 +164,26 @@ def test_per_row_losses_match_cross_entropy():
         F.cross_entropy(logits[2, 0:1], labels[2, 0:1]),
     ])
     torch.testing.assert_close(got, expected)
+
+
+def test_per_example_dots_serve_several_kinds_and_are_differentiable_in_the_probes():
+    from gradiend_peft import per_example_dots
+
+    peft_model = _peft("llama")
+    tuner = peft_model.base_model
+    batch = batch_for("llama")
+    layers = tuner.gradiend_layers()
+    probes = {name: layer.gradiend_decoder["default"] for name, layer in layers.items()}
+    both = per_example_dots(tuner, batch, {"factual": probes, "alternative": probes})
+    for kind in ("factual", "alternative"):
+        torch.testing.assert_close(both[kind], per_example_dots(tuner, batch, {kind: probes})[kind])
+    # d/dP of sum_i <P, G_i> is sum_i G_i, the gradient of the summed loss
+    both["factual"].sum().backward()
+    weights = _target_weights(peft_model)
+    for w in weights.values():
+        w.requires_grad_(True)
+    summed = _plain_row_losses(peft_model.get_base_model(), batch, "factual_labels").sum()
+    names = list(weights)
+    expected = torch.autograd.grad(summed, [weights[n] for n in names])
+    for name, grad in zip(names, expected):
+        _close(layers[name].gradiend_decoder["default"].grad[0], grad)

@@ -247,3 +247,30 @@ def test_unknown_model_type_without_targets_asks_for_target_modules():
 def test_peft_model_class_is_standard():
     model = _peft("bert")
     assert isinstance(model, PeftModel)
+
+
+@pytest.mark.parametrize("source, target", [("alternative", "diff"), ("factual", "factual"), ("diff", "alternative")])
+def test_reconstruction_loss_equals_hand_computation(source, target):
+    from gradiend_peft import batch_gradients
+
+    model = _peft("gpt2", source=source, target=target, latent_dim=2)
+    tuner = model.base_model
+    batch = batch_for("gpt2")
+    loss, latent, n = tuner.reconstruction_loss(batch)
+    grads = batch_gradients(tuner, batch, ["factual", "alternative"])
+    grads["diff"] = {m: grads["factual"][m] - grads["alternative"][m] for m in grads["factual"]}
+    layers = tuner.gradiend_layers()
+    src = torch.cat([grads[source][m].flatten() for m in layers])
+    tgt = torch.cat([grads[target][m].flatten() for m in layers])
+    scale = 1 / src.pow(2).mean().sqrt()  # calibrated on the first call: unit RMS
+    assert tuner.gradient_scale() == pytest.approx(float(scale), rel=1e-5)
+    E = torch.cat([layers[m].gradiend_encoder["default"].flatten(1) for m in layers], dim=1)
+    D = torch.cat([layers[m].gradiend_decoder["default"].flatten(1) for m in layers], dim=1)
+    c = torch.cat([layers[m].gradiend_decoder_bias["default"].flatten() for m in layers])
+    h = torch.tanh(scale * (E @ src) + tuner.gradiend_encoder_bias["default"])
+    torch.testing.assert_close(latent, h, rtol=1e-5, atol=1e-6)
+    expected = (h @ D + c - scale * tgt).pow(2).sum()
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    assert n == src.numel()
+    decoded = tuner.decode(h.detach())
+    torch.testing.assert_close(torch.cat([decoded[m].flatten() for m in layers]), (h.detach() @ D + c).detach() / scale)
