@@ -352,6 +352,9 @@ def mine_pairs(
     result = datasets.DatasetDict({s: datasets.Dataset.from_dict(columns[s], features=schema) for s in SPLITS})
     row_counts = {s: dict(Counter(columns[s]["factual_class"])) for s in SPLITS}
     logger.info("rows per split and class: %s", row_counts)
+    for split in SPLITS:
+        if ratios[SPLITS.index(split)] > 0 and not columns[split]["text"]:
+            logger.warning("the %s split is empty: too few rows for split_ratios=%s", split, tuple(split_ratios))
     if not return_report:
         return result
     report = MiningReport(
