@@ -9,6 +9,7 @@ from .registration import register as _register
 
 _register()
 
+from .atomic import save_adapter  # noqa: E402
 from .gradients import NonFiniteGradientError, batch_gradients, per_example_dots, per_example_encoder_dots  # noqa: E402
 from .hub import push_adapter_to_hub, write_model_card  # noqa: E402
 from .loading import UntrustedAdapterError, load_gradiend_model  # noqa: E402
@@ -29,5 +30,6 @@ __all__ = [
     "pre_prune_adapter",
     "prune_adapter",
     "push_adapter_to_hub",
+    "save_adapter",
     "write_model_card",
 ]
