@@ -5,7 +5,7 @@ occurrence replaced by :data:`~gradiend_peft.data.feature.MASK_PLACEHOLDER`, the
 (*factual*), and a word of the other class (*alternative*). Other occurrences in the same sentence
 stay as text, so a sentence with two targets gives two rows.
 
-Columns of every split (see :data:`PAIR_COLUMNS`):
+Columns of every split (:data:`PAIR_COLUMNS`):
 
 ========================  ====================================================================
 ``text``                  the sentence with exactly one ``"[MASK]"`` slot
@@ -28,14 +28,14 @@ import logging
 import random
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from .feature import MASK_PLACEHOLDER, Feature, copy_casing, normalize_word
-from .text import TextSource, iter_sentences
+from .text import TextSource, counted, iter_sentences
 
 __all__ = ["SPLITS", "PAIR_COLUMNS", "MiningReport", "as_feature", "count_words", "mine_pairs"]
 
@@ -44,26 +44,16 @@ logger = logging.getLogger(__name__)
 SPLITS = ("train", "validation", "test")
 _WORD = re.compile(r"\w+(?:['’-]\w+)*")
 
+PAIR_COLUMNS = ("text", "factual", "alternative", "factual_class", "alternative_class", "label", "split")
+"""The column names of a mined split, in order."""
 
-def _pair_features():
+
+def _pair_schema():
     import datasets
 
-    string = datasets.Value("string")
     return datasets.Features(
-        {
-            "text": string,
-            "factual": string,
-            "alternative": string,
-            "factual_class": string,
-            "alternative_class": string,
-            "label": datasets.Value("float32"),
-            "split": string,
-        }
+        {name: datasets.Value("float32" if name == "label" else "string") for name in PAIR_COLUMNS}
     )
-
-
-PAIR_COLUMNS = tuple(["text", "factual", "alternative", "factual_class", "alternative_class", "label", "split"])
-"""The column names of a mined split, in order."""
 
 
 def count_words(text: str) -> int:
@@ -147,18 +137,12 @@ def _check_ratios(split_ratios: Sequence[float]) -> tuple[float, float, float]:
 
 
 def _collect(
-    sentences, pattern: re.Pattern[str], feature: Feature, min_context_words: int, max_words: int | None, deduplicate: bool
-) -> tuple[dict[str, list[_Candidate]], dict[str, int]]:
+    sentences: Iterable[str], feature: Feature, min_context_words: int, max_words: int | None, stats: Counter
+) -> dict[str, list[_Candidate]]:
+    """One candidate row per occurrence of a pair-class word, by class; skips are counted in ``stats``."""
+    pattern = feature.pattern(feature.pair)
     by_class: dict[str, list[_Candidate]] = {c: [] for c in feature.pair}
-    stats = Counter()
-    seen: set[str] = set()
     for sentence in sentences:
-        stats["sentences"] += 1
-        if deduplicate:
-            if sentence in seen:
-                stats["duplicates"] += 1
-                continue
-            seen.add(sentence)
         if MASK_PLACEHOLDER in sentence:
             stats["skipped_with_placeholder"] += 1
             continue
@@ -173,7 +157,7 @@ def _collect(
             factual = match.group(0)
             cls = feature.class_of(factual)
             by_class[cls].append(_Candidate(prefix + MASK_PLACEHOLDER + sentence[match.end() :], factual, cls))
-    return by_class, stats
+    return by_class
 
 
 def _assign_splits(
@@ -293,7 +277,8 @@ def mine_pairs(
         texts, split=split_sentences, text_column=text_column, dataset_config=dataset_config, dataset_split=dataset_split
     )
     sentences = tqdm(sentences, desc="mining", unit=" sentences", disable=None if progress is None else not progress)
-    by_class, stats = _collect(sentences, feature.pattern(feature.pair), feature, min_context_words, max_words, deduplicate)
+    stats: Counter = Counter()
+    by_class = _collect(counted(sentences, stats, deduplicate=deduplicate), feature, min_context_words, max_words, stats)
     if not stats["sentences"]:
         raise ValueError("no text to mine: the source holds no non-empty text. Give a non-empty list of sentences.")
 
@@ -348,7 +333,7 @@ def mine_pairs(
             out["label"].append(feature.label_of(row.cls))
             out["split"].append(split)
 
-    schema = _pair_features()
+    schema = _pair_schema()
     result = datasets.DatasetDict({s: datasets.Dataset.from_dict(columns[s], features=schema) for s in SPLITS})
     row_counts = {s: dict(Counter(columns[s]["factual_class"])) for s in SPLITS}
     logger.info("rows per split and class: %s", row_counts)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 import random
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
 from .feature import MASK_PLACEHOLDER, Feature, word_pattern
 from .mining import as_feature, count_words
-from .text import TextSource, iter_sentences
+from .text import TextSource, counted, iter_sentences
 
 __all__ = ["mine_neutral"]
 
@@ -77,15 +78,10 @@ def mine_neutral(
     sentences = iter_sentences(
         texts, split=split_sentences, text_column=text_column, dataset_config=dataset_config, dataset_split=dataset_split
     )
+    sentences = tqdm(sentences, desc="neutral", unit=" sentences", disable=None if progress is None else not progress)
+    stats: Counter = Counter()
     kept: list[str] = []
-    seen: set[str] = set()
-    total = 0
-    for sentence in tqdm(sentences, desc="neutral", unit=" sentences", disable=None if progress is None else not progress):
-        total += 1
-        if deduplicate:
-            if sentence in seen:
-                continue
-            seen.add(sentence)
+    for sentence in counted(sentences, stats, deduplicate=deduplicate):
         n_words = count_words(sentence)
         if n_words < min_words or (max_words is not None and n_words > max_words):
             continue
@@ -94,11 +90,11 @@ def mine_neutral(
         kept.append(sentence)
     if not kept:
         raise ValueError(
-            f"none of {total} sentences is neutral (free of {sorted(set(words))[:20]} with {min_words}"
+            f"none of {stats['sentences']} sentences is neutral (free of {sorted(set(words))[:20]} with {min_words}"
             f"-{max_words or 'any'} words). Give more text or loosen min_words/max_words."
         )
     if max_rows is not None and len(kept) > max_rows:
         chosen = sorted(random.Random(seed).sample(range(len(kept)), max_rows))
         kept = [kept[i] for i in chosen]
-    logger.info("kept %d neutral sentences of %d", len(kept), total)
+    logger.info("kept %d neutral sentences of %d", len(kept), stats["sentences"])
     return datasets.Dataset.from_dict({"text": kept}, features=datasets.Features({"text": datasets.Value("string")}))

@@ -22,10 +22,11 @@ import gzip
 import logging
 import os
 import re
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any, Union
 
-__all__ = ["TextSource", "split_sentences", "iter_texts", "iter_sentences"]
+__all__ = ["TextSource", "split_sentences", "iter_texts", "iter_sentences", "counted"]
 
 logger = logging.getLogger(__name__)
 
@@ -188,3 +189,17 @@ def iter_sentences(
             text = " ".join(text.split())
             if text:
                 yield text
+
+
+def counted(sentences: Iterable[str], stats: Counter, *, deduplicate: bool) -> Iterator[str]:
+    """Yield ``sentences``, counting them in ``stats["sentences"]``; with ``deduplicate``, skip (and
+    count in ``stats["duplicates"]``) any sentence identical to an earlier one."""
+    seen: set[str] = set()
+    for sentence in sentences:
+        stats["sentences"] += 1
+        if deduplicate:
+            if sentence in seen:
+                stats["duplicates"] += 1
+                continue
+            seen.add(sentence)
+        yield sentence
