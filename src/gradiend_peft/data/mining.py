@@ -30,12 +30,15 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
 from .feature import MASK_PLACEHOLDER, Feature, copy_casing, normalize_word
 from .text import TextSource, counted, iter_sentences
+
+if TYPE_CHECKING:
+    import datasets
 
 __all__ = ["SPLITS", "PAIR_COLUMNS", "MiningReport", "as_feature", "count_words", "mine_pairs"]
 
@@ -222,7 +225,7 @@ def mine_pairs(
     dataset_split: str = "train",
     return_report: bool = False,
     progress: bool | None = None,
-):
+) -> datasets.DatasetDict | tuple[datasets.DatasetDict, MiningReport]:
     """Mine GRADIEND rows (masked text, factual, alternative, classes, label, split) from text.
 
     Args:
@@ -337,8 +340,8 @@ def mine_pairs(
     result = datasets.DatasetDict({s: datasets.Dataset.from_dict(columns[s], features=schema) for s in SPLITS})
     row_counts = {s: dict(Counter(columns[s]["factual_class"])) for s in SPLITS}
     logger.info("rows per split and class: %s", row_counts)
-    for split in SPLITS:
-        if ratios[SPLITS.index(split)] > 0 and not columns[split]["text"]:
+    for split, ratio in zip(SPLITS, ratios):
+        if ratio > 0 and not columns[split]["text"]:
             logger.warning("the %s split is empty: too few rows for split_ratios=%s", split, tuple(split_ratios))
     if not return_report:
         return result

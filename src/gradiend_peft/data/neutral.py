@@ -10,12 +10,16 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
 from .feature import MASK_PLACEHOLDER, Feature, word_pattern
 from .mining import as_feature, count_words
 from .text import TextSource, counted, iter_sentences
+
+if TYPE_CHECKING:
+    import datasets
 
 __all__ = ["mine_neutral"]
 
@@ -37,7 +41,7 @@ def mine_neutral(
     dataset_config: str | None = None,
     dataset_split: str = "train",
     progress: bool | None = None,
-):
+) -> datasets.Dataset:
     """Collect sentences that contain no word of ``feature`` (every class, not only the pair) and no
     word of ``exclude_words``, both matched whole-word and case-insensitively.
 
