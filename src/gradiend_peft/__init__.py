@@ -9,7 +9,20 @@ from .registration import register as _register
 
 _register()
 
+from . import data  # noqa: E402
 from .atomic import save_adapter  # noqa: E402
+from .data import (  # noqa: E402
+    MASK_PLACEHOLDER,
+    CausalLMCollator,
+    Feature,
+    MaskedLMCollator,
+    MiningReport,
+    check_single_token,
+    collator_for,
+    load_corpus,
+    mine_neutral,
+    mine_pairs,
+)
 from .gradients import NonFiniteGradientError, batch_gradients, per_example_dots, per_example_encoder_dots  # noqa: E402
 from .hub import push_adapter_to_hub, write_model_card  # noqa: E402
 from .loading import UntrustedAdapterError, load_gradiend_model  # noqa: E402
@@ -19,12 +32,22 @@ from .tuner import GradiendConfig, GradiendModel  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
+    "MASK_PLACEHOLDER",
+    "CausalLMCollator",
+    "Feature",
     "GradiendConfig",
     "GradiendModel",
+    "MaskedLMCollator",
+    "MiningReport",
     "NonFiniteGradientError",
     "UntrustedAdapterError",
     "batch_gradients",
+    "check_single_token",
+    "collator_for",
+    "load_corpus",
     "load_gradiend_model",
+    "mine_neutral",
+    "mine_pairs",
     "per_example_dots",
     "per_example_encoder_dots",
     "pre_prune_adapter",
