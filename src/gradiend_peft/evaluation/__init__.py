@@ -1,0 +1,94 @@
+"""Evaluation of GRADIEND adapters: the encoder on held-out rows, metrics of a rewritten model, and the search for the
+rewrite ``(feature_factor, lr)`` that serves a selection policy.
+
+```python
+from gradiend_peft.evaluation import evaluate_encoder, search_rewrite
+
+report = evaluate_encoder(model, pairs["test"], tokenizer=tok, neutral=neutral)
+print(report.summary()); report.save_json("out/encoder.json")
+result = search_rewrite(model, pairs["test"], neutral, tokenizer=tok, policy="balance", control=control_rows)
+debiased = model.merge_and_unload(**result.merge_kwargs())
+```
+
+The `evaluate` metrics shipped here load offline: ``evaluate.load(metric_path("encoder_correlation"))``.
+"""
+
+import os
+
+from .encoder import EncoderReport, GroupStats, evaluate_encoder, expected_sign, neutral_slot_rows
+from .metrics import (
+    LMSInputs,
+    LMSResult,
+    SlotInputs,
+    bias_indices,
+    class_words_from_rows,
+    language_modeling_score,
+    lms_token_scores,
+    masked_token_predictions,
+    pearson_r,
+    prepare_lms,
+    prepare_slots,
+    sign_accuracy,
+    slot_probabilities,
+)
+from .policies import (
+    Balance,
+    Candidate,
+    CandidateMetrics,
+    Favour,
+    Policy,
+    Strengthen,
+    Weaken,
+    parse_policy,
+    score_candidates,
+    select_best,
+)
+from .rewrite import REFERENCE_LEARNING_RATES, RewriteResult, refinement_lrs, search_rewrite
+
+METRICS = ("encoder_correlation", "language_modeling_score")
+"""The names of the `evaluate` metric scripts shipped with the package."""
+
+
+def metric_path(name: str) -> str:
+    """The local path of a shipped `evaluate` metric script, for ``evaluate.load(metric_path(name))``."""
+    if name not in METRICS:
+        raise ValueError(f"Unknown metric {name!r}; the shipped metrics are {list(METRICS)}.")
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "metric_scripts", f"{name}.py")
+
+
+__all__ = [
+    "METRICS",
+    "REFERENCE_LEARNING_RATES",
+    "Balance",
+    "Candidate",
+    "CandidateMetrics",
+    "EncoderReport",
+    "Favour",
+    "GroupStats",
+    "LMSInputs",
+    "LMSResult",
+    "Policy",
+    "RewriteResult",
+    "SlotInputs",
+    "Strengthen",
+    "Weaken",
+    "bias_indices",
+    "class_words_from_rows",
+    "evaluate_encoder",
+    "expected_sign",
+    "language_modeling_score",
+    "lms_token_scores",
+    "masked_token_predictions",
+    "metric_path",
+    "neutral_slot_rows",
+    "parse_policy",
+    "pearson_r",
+    "prepare_lms",
+    "prepare_slots",
+    "refinement_lrs",
+    "score_candidates",
+    "search_rewrite",
+    "select_best",
+    "sign_accuracy",
+    "slot_probabilities",
+]
