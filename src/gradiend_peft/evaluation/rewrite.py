@@ -1,0 +1,405 @@
+"""The rewrite search: which ``(feature_factor, lr)`` to merge, ``theta' = theta + lr * d(feature_factor)``.
+
+Every candidate is applied in place (run-time steering by default, or a merge that is undone), measured with
+forward passes only, and removed again: the model is never copied and ends bit-identical. Two stages:
+
+1. the grid: every feature factor with every learning rate (default: the reference's 16 rates, 100 ... 0.001),
+   ascending, a feature factor's sweep stopping early once two rates in a row fail the LMS floor (the model has
+   collapsed; larger rates only collapse further);
+2. refinement: the useful rates span less than a decade and often sit between two grid points, so for the best
+   feature factors the search adds geometric points (``lr_a (lr_b / lr_a)^(j / (p + 1))``, ``j = 1..p``) inside the
+   intervals around (a) the best feasible rate, (b) the last rate before the edit starts to act (``mean_abs_shift
+   >= act_threshold * mean base probability``) and (c) the last feasible rate before the guards fail; repeated
+   ``refine_rounds`` times, each round around the new neighbours.
+
+Candidates are scored and guarded by a policy (`gradiend_peft.evaluation.policies`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..atomic import atomic_write_json
+from ._common import as_rows, as_texts, eval_mode, model_parts, nan_to_none
+from .metrics import bias_indices, class_words_from_rows, language_modeling_score, prepare_lms, prepare_slots, slot_probabilities
+from .policies import Candidate, CandidateMetrics, Policy, parse_policy, score_candidates, select_best
+
+__all__ = ["REFERENCE_LEARNING_RATES", "RewriteResult", "refinement_lrs", "search_rewrite"]
+
+logger = logging.getLogger(__name__)
+
+REFERENCE_LEARNING_RATES = (100.0, 50.0, 20.0, 10.0, 5.0, 2.0, 1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001)
+"""The reference implementation's learning-rate grid."""
+
+
+@dataclass(frozen=True)
+class RewriteResult:
+    """The outcome of `search_rewrite`.
+
+    Attributes:
+        policy: the policy's description (``name``, class, LMS power).
+        classes: the two classes, the column order of the probabilities.
+        base: the base model (``feature_factor = lr = 0``), scored by the policy.
+        candidates: every measured candidate, in the order measured (``metrics.stage`` is ``grid`` or ``refine``).
+        best: the chosen candidate, or ``None`` when none passed the guards (and beat the base's score).
+            ``peft_model.merge_and_unload(**result.merge_kwargs())`` writes it into the weights.
+        lms_floor, control_floor: the guards (see `gradiend_peft.evaluation.policies`).
+        row_classes: each evaluation row's class; ``base_row_probs`` / ``best_row_probs``: its ``P(class)`` per class
+            before and after the chosen rewrite.
+        transitions: per feature factor, ``acts_from`` (the first rate at which the edit acts) and ``fails_from``
+            (the first rate above a feasible one that fails a guard), ``None`` where not seen.
+        settings: how the search ran (objective, apply mode, sizes, seconds).
+    """
+
+    policy: dict[str, Any]
+    classes: tuple[str, ...]
+    base: Candidate
+    candidates: tuple[Candidate, ...]
+    best: Optional[Candidate]
+    lms_floor: Optional[float]
+    control_floor: Optional[float]
+    row_classes: tuple[Optional[str], ...] = ()
+    base_row_probs: tuple[tuple[float, ...], ...] = ()
+    best_row_probs: Optional[tuple[tuple[float, ...], ...]] = None
+    transitions: dict[str, dict[str, Optional[float]]] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def merge_kwargs(self) -> dict[str, float]:
+        """``{"feature_factor": ..., "lr": ...}`` of the chosen candidate, for ``merge_and_unload(**kwargs)``."""
+        if self.best is None:
+            raise ValueError("The search chose no candidate (none passed the guards and improved on the base model).")
+        return {"feature_factor": self.best.feature_factor, "lr": self.best.lr}
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (NaN becomes ``None``)."""
+        return nan_to_none({
+            "policy": self.policy, "classes": list(self.classes), "base": self.base.to_dict(),
+            "candidates": [c.to_dict() for c in self.candidates],
+            "best": None if self.best is None else self.best.to_dict(), "lms_floor": self.lms_floor,
+            "control_floor": self.control_floor, "row_classes": list(self.row_classes),
+            "base_row_probs": [list(p) for p in self.base_row_probs],
+            "best_row_probs": None if self.best_row_probs is None else [list(p) for p in self.best_row_probs],
+            "transitions": self.transitions, "settings": self.settings,
+        })
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "RewriteResult":
+        """The inverse of `to_dict`."""
+        best_probs = data.get("best_row_probs")
+        return cls(
+            policy=dict(data["policy"]), classes=tuple(data["classes"]), base=Candidate.from_dict(data["base"]),
+            candidates=tuple(Candidate.from_dict(c) for c in data["candidates"]),
+            best=None if data.get("best") is None else Candidate.from_dict(data["best"]),
+            lms_floor=data.get("lms_floor"), control_floor=data.get("control_floor"),
+            row_classes=tuple(data.get("row_classes") or ()),
+            base_row_probs=tuple(tuple(p) for p in data.get("base_row_probs") or ()),
+            best_row_probs=None if best_probs is None else tuple(tuple(p) for p in best_probs),
+            transitions=dict(data.get("transitions") or {}), settings=dict(data.get("settings") or {}),
+        )
+
+    def save_json(self, path: str) -> str:
+        """Writes `to_dict` to ``path`` atomically; returns ``path``."""
+        atomic_write_json(path, self.to_dict())
+        return path
+
+    def to_table(self) -> list[dict[str, Any]]:
+        """One flat dict per candidate (the base first): feature factor, lr, stage, score, feasible, LMS, control
+        accuracy, BPI, mean gap and ``P(C)`` per class."""
+        table = []
+        for c in (self.base, *self.candidates):
+            m = c.metrics
+            row = {"feature_factor": m.feature_factor, "lr": m.lr, "stage": m.stage, "score": c.score,
+                   "feasible": c.feasible, "lms": m.lms, "control_accuracy": m.control_accuracy, "bpi": m.bpi,
+                   "mean_abs_gap": m.mean_abs_gap, "mean_abs_shift": m.mean_abs_shift}
+            row.update({f"P({k})": v for k, v in m.class_probs.items()})
+            table.append(row)
+        return table
+
+    def grid(self, metric: str = "score") -> tuple[list[float], list[float], list[list[float]]]:
+        """``(feature_factors, lrs, values)`` with ``values[i][j]`` the metric (``score``, or any field of
+        `CandidateMetrics` holding a number) of ``(feature_factors[i], lrs[j])``, NaN where not measured."""
+        def value(c: Candidate) -> float:
+            v = c.score if metric == "score" else getattr(c.metrics, metric)
+            return math.nan if v is None else float(v)
+
+        ffs = sorted({c.feature_factor for c in self.candidates})
+        lrs = sorted({c.lr for c in self.candidates})
+        table = [[math.nan] * len(lrs) for _ in ffs]
+        for c in self.candidates:
+            table[ffs.index(c.feature_factor)][lrs.index(c.lr)] = value(c)
+        return ffs, lrs, table
+
+    def summary(self) -> str:
+        """A plain-text summary: the base, the chosen candidate and the guards."""
+        def line(tag: str, c: Candidate) -> str:
+            m = c.metrics
+            probs = "  ".join(f"P({k})={v:.4f}" for k, v in m.class_probs.items())
+            control = "" if m.control_accuracy is None else f"  control={m.control_accuracy:.3f}"
+            return (f"{tag:<6} ff={m.feature_factor:+.3g} lr={m.lr:.4g}  score={c.score:.4f}  LMS={m.lms:.4f}"
+                    f"{control}  gap={m.mean_abs_gap:.4f}  {probs}")
+
+        lines = [f"rewrite search ({self.policy.get('name')}): {len(self.candidates)} candidates", line("base", self.base)]
+        lines.append(line("best", self.best) if self.best else "best   none (no candidate passed the guards and improved)")
+        return "\n".join(lines)
+
+
+def refinement_lrs(points: Sequence[tuple[float, bool, float, bool]], n_points: int = 3) -> list[float]:
+    """New learning rates for one feature factor, from its measured ``(lr, feasible, score, acts)`` points.
+
+    Intervals refined (between neighbouring measured rates): around the best feasible rate (both sides), the one in
+    which the edit starts to act (last rate not acting, first acting), and the one in which the guards start to fail
+    (last feasible rate, next infeasible). Each gets ``n_points`` geometric interior points; rates already measured
+    are not repeated. Rates must be positive.
+    """
+    pts = sorted(points)
+    lrs = [p[0] for p in pts]
+    if any(lr <= 0 for lr in lrs):
+        raise ValueError("refinement needs positive learning rates.")
+    intervals: set[tuple[int, int]] = set()
+    feasible = [i for i, p in enumerate(pts) if p[1] and math.isfinite(p[2])]
+    if feasible:
+        best = min(feasible, key=lambda i: (-pts[i][2], pts[i][0]))
+        intervals.update({(best - 1, best), (best, best + 1)})
+    for i in range(len(pts) - 1):
+        if not pts[i][3] and pts[i + 1][3]:
+            intervals.add((i, i + 1))
+            break
+    for i in range(len(pts) - 1):
+        if pts[i][1] and not pts[i + 1][1]:
+            intervals.add((i, i + 1))
+            break
+    new: list[float] = []
+    for a, b in sorted(intervals):
+        if a < 0 or b >= len(pts):
+            continue
+        ratio = lrs[b] / lrs[a]
+        for j in range(1, n_points + 1):
+            lr = lrs[a] * ratio ** (j / (n_points + 1))
+            if all(abs(lr - x) > 1e-9 * x for x in lrs + new):
+                new.append(lr)
+    return sorted(new)
+
+
+@contextlib.contextmanager
+def _applied(tuner, name: str, feature_factor: float, lr: float, apply: str) -> Iterator[None]:
+    if lr == 0.0:
+        yield
+    elif apply == "steer":
+        with tuner.steer(feature_factor, lr, [name]):
+            yield
+    else:
+        tuner.merge_adapter([name], feature_factor=feature_factor, lr=lr, keep_original=True)
+        try:
+            yield
+        finally:
+            tuner.unmerge_adapter()
+
+
+def _control_accuracy(probs: torch.Tensor, row_classes: Sequence[Optional[str]], classes: Sequence[str]) -> float:
+    own = torch.tensor([classes.index(c) for c in row_classes])
+    own_p = probs[torch.arange(len(own)), own]
+    others = probs.clone()
+    others[torch.arange(len(own)), own] = -math.inf
+    return float((own_p > others.max(dim=1).values).double().mean())
+
+
+def _metrics(probs: torch.Tensor, base_probs: Optional[torch.Tensor], row_classes, classes, ff: float, lr: float,
+             lms, control: Optional[float], stage: str) -> CandidateMetrics:
+    by_class, counts = {}, {}
+    for d in classes:
+        rows = torch.tensor([c == d for c in row_classes])
+        counts[d] = int(rows.sum())
+        by_class[d] = {c: float(probs[rows, j].mean()) if counts[d] else math.nan for j, c in enumerate(classes)}
+    indices = bias_indices(probs, classes)
+    shift = 0.0 if base_probs is None else float((probs - base_probs).abs().mean())
+    return CandidateMetrics(
+        feature_factor=float(ff), lr=float(lr), lms=lms.lms,
+        class_probs={c: float(probs[:, j].mean()) for j, c in enumerate(classes)}, probs_by_class=by_class,
+        row_counts=counts, bpi=indices["bpi"], favour=indices["favour"], mean_abs_gap=indices["mean_abs_gap"],
+        control_accuracy=control, perplexity=lms.perplexity, mean_abs_shift=shift, stage=stage,
+    )
+
+
+def search_rewrite(
+    model: nn.Module,
+    rows: Any,
+    neutral: Any,
+    *,
+    tokenizer: Any,
+    policy: "str | Policy" = "balance",
+    feature_factors: Optional[Sequence[float]] = None,
+    lrs: Optional[Sequence[float]] = None,
+    control: Any = None,
+    classes: Optional[Mapping[str, Sequence[str]]] = None,
+    lms_floor: Optional[float] = 0.99,
+    control_floor: Optional[float] = 0.95,
+    refine: bool = True,
+    refine_rounds: int = 2,
+    refine_points: int = 3,
+    refine_top: Optional[int] = 3,
+    act_threshold: float = 0.05,
+    early_stop: bool = True,
+    require_improvement: bool = True,
+    apply: str = "steer",
+    batch_size: int = 32,
+    mask_fraction: float = 0.15,
+    seed: int = 0,
+    max_length: Optional[int] = None,
+    adapter_name: Optional[str] = None,
+    progress: Optional[bool] = None,
+) -> RewriteResult:
+    """Searches ``(feature_factor, lr)`` for the rewrite that serves ``policy`` best (see the module docstring).
+
+    Args:
+        model (`peft.PeftModel` or `GradiendModel`): the GRADIEND model, unmerged.
+        rows: evaluation rows (``text`` with one ``[MASK]``, ``factual``, ``factual_class``, ``alternative``,
+            ``alternative_class``), e.g. ``pairs["test"]``.
+        neutral: neutral texts for the LMS (a list or a `datasets.Dataset` with ``text``).
+        tokenizer: the base model's tokenizer.
+        policy: a `Policy` or ``"balance"``, ``"strengthen:<class>"``, ``"weaken:<class>"``, ``"favour:<class>"``.
+        feature_factors: the feature factors to search (default: the policy's; ``(1, -1)``, balance adds 0 and
+            ``±0.25``, ``±0.5``).
+        lrs: the learning rates of the grid, positive (default `REFERENCE_LEARNING_RATES`).
+        control: rows whose class is fixed by their context (``text``, ``factual``, ``factual_class``); they must
+            keep their answer (the control guard).
+        classes: ``{class: words}`` whose probabilities are measured (default: the words of the rows).
+        lms_floor, control_floor: the guards, relative to the base model (``None``: off).
+        refine, refine_rounds, refine_points, refine_top: the refinement stage (``refine_top``: how many of the best
+            feature factors are refined; ``None``: all).
+        act_threshold: the edit acts once ``mean_abs_shift >= act_threshold * mean base probability``.
+        early_stop: stop a feature factor's sweep after two rates in a row below the LMS floor.
+        require_improvement: choose nothing unless a candidate beats the base model's score.
+        apply: ``"steer"`` (run-time steering; no weight is written) or ``"merge"`` (merge with a kept original and
+            unmerge: faster forwards, but a copy of the target weights while a candidate is applied).
+        batch_size, mask_fraction, seed, max_length: how rows and neutral text are batched and masked.
+        adapter_name: the adapter (default: the active one).
+        progress: show a progress bar (default: tqdm decides).
+    """
+    started = time.perf_counter()
+    tuner, name, config = model_parts(model, adapter_name)
+    policy = parse_policy(policy)
+    if apply not in ("steer", "merge"):
+        raise ValueError(f"apply must be 'steer' or 'merge', got {apply!r}.")
+    if any(layer.merged for layer in tuner.gradiend_layers().values()):
+        raise ValueError("The adapter is merged; call unmerge_adapter() before searching rewrites.")
+    if any(layer._steering for layer in tuner.gradiend_layers().values()):
+        raise ValueError("The model is being steered; call clear_steering() before searching rewrites.")
+    rows = as_rows(rows)
+    if hasattr(classes, "pair"):  # a Feature: its pair's words
+        words = {c: list(classes.classes[c]) for c in classes.pair}
+    else:
+        words = dict(classes) if classes is not None else class_words_from_rows(rows)
+    if len(words) != 2:
+        raise ValueError(f"The rewrite search compares two classes; got {list(words)}.")
+    names = tuple(words)
+    policy.check_classes(names)
+    ffs = [float(f) for f in (policy.default_feature_factors if feature_factors is None else feature_factors)]
+    if not config.decoder_bias and feature_factors is None:
+        ffs = [f for f in ffs if f != 0.0]
+    grid_lrs = sorted(float(lr) for lr in (REFERENCE_LEARNING_RATES if lrs is None else lrs))
+    if not ffs or not grid_lrs or any(lr <= 0 or not math.isfinite(lr) for lr in grid_lrs):
+        raise ValueError(f"Need feature factors and positive, finite learning rates; got {ffs} and {grid_lrs}.")
+    objective = config.objective
+    slots = prepare_slots(rows, tokenizer, objective, classes=words, batch_size=batch_size)
+    lms_inputs = prepare_lms(as_texts(neutral), tokenizer, objective, mask_fraction=mask_fraction, seed=seed,
+                             batch_size=batch_size, max_length=max_length)
+    control_slots = None
+    if control is not None:
+        control_rows = as_rows(control, "control")
+        unknown = {r.get("factual_class") for r in control_rows} - set(names)
+        if unknown:
+            raise ValueError(f"Control rows must have a factual_class among {list(names)}; found {sorted(map(str, unknown))}.")
+        control_slots = prepare_slots(control_rows, tokenizer, objective, classes=words, batch_size=batch_size)
+    else:
+        logger.warning("search_rewrite without control rows: only the LMS floor guards the selection.")
+
+    forward = tuner.model
+    probs_of: dict[tuple[float, float], torch.Tensor] = {}
+
+    def measure(ff: float, lr: float, stage: str, base_probs: Optional[torch.Tensor]) -> CandidateMetrics:
+        with _applied(tuner, name, ff, lr, apply):
+            probs = slot_probabilities(forward, slots)
+            lms = language_modeling_score(forward, lms_inputs)
+            control_acc = None
+            if control_slots is not None:
+                control_acc = _control_accuracy(slot_probabilities(forward, control_slots), control_slots.row_classes, names)
+        probs_of[(ff, lr)] = probs
+        return _metrics(probs, base_probs, slots.row_classes, names, ff, lr, lms, control_acc, stage)
+
+    bar = tqdm(total=len(ffs) * len(grid_lrs) + 1, desc=f"rewrite ({policy})", unit="cand",
+               disable=None if progress is None else not progress)
+    measured: list[CandidateMetrics] = []
+    with eval_mode(forward), bar:
+        base_metrics = measure(0.0, 0.0, "base", None)
+        base_probs = probs_of[(0.0, 0.0)]
+        bar.update()
+        floor = -math.inf if lms_floor is None else lms_floor * base_metrics.lms
+        logger.info("base: LMS %.4f, P %s, control %s", base_metrics.lms, base_metrics.class_probs,
+                    base_metrics.control_accuracy)
+        for ff in ffs:
+            failures = 0
+            for i, lr in enumerate(grid_lrs):
+                m = measure(ff, lr, "grid", base_probs)
+                measured.append(m)
+                bar.update()
+                failures = failures + 1 if m.lms < floor else 0
+                if early_stop and failures >= 2:
+                    bar.update(len(grid_lrs) - i - 1)
+                    logger.info("ff %+g: LMS below the floor twice from lr %g; larger rates skipped", ff, lr)
+                    break
+        act_level = act_threshold * float(base_probs.mean())
+
+        def scored() -> list[Candidate]:
+            return score_candidates(policy, measured, base_metrics, lms_floor=lms_floor, control_floor=control_floor)
+
+        for _ in range(refine_rounds if refine else 0):
+            candidates = scored()
+            by_ff: dict[float, list[Candidate]] = {}
+            for c in candidates:
+                by_ff.setdefault(c.feature_factor, []).append(c)
+            ranked = sorted(by_ff, key=lambda f: -max((c.score for c in by_ff[f] if c.feasible), default=-math.inf))
+            new = [(ff, lr) for ff in ranked[: refine_top or len(ranked)] for lr in refinement_lrs(
+                [(c.lr, c.feasible, c.score, c.metrics.mean_abs_shift >= act_level) for c in by_ff[ff]], refine_points)]
+            if not new:
+                break
+            bar.total += len(new)
+            bar.refresh()
+            for ff, lr in new:
+                measured.append(measure(ff, lr, "refine", base_probs))
+                bar.update()
+    candidates = scored()
+    base = score_candidates(policy, [base_metrics], base_metrics, lms_floor=lms_floor, control_floor=control_floor)[0]
+    best = select_best(candidates, base, require_improvement=require_improvement)
+    transitions = {}
+    for ff in ffs:
+        own = sorted((c for c in candidates if c.feature_factor == ff), key=lambda c: c.lr)
+        acts = next((c.lr for c in own if c.metrics.mean_abs_shift >= act_level), None)
+        fails = next((b.lr for a, b in zip(own, own[1:]) if a.feasible and not b.feasible), None)
+        transitions[f"{ff:g}"] = {"acts_from": acts, "fails_from": fails}
+    if best is None:
+        logger.warning("No rewrite candidate passed the guards and improved on the base score %.4f.", base.score)
+    else:
+        logger.info("chosen: feature_factor %g, lr %g, score %.4f (base %.4f), LMS %.4f", best.feature_factor, best.lr,
+                    best.score, base.score, best.lms)
+    to_tuple = lambda t: tuple(tuple(float(x) for x in row) for row in t.tolist())  # noqa: E731
+    return RewriteResult(
+        policy=policy.to_dict(), classes=names, base=base, candidates=tuple(candidates), best=best,
+        lms_floor=lms_floor, control_floor=control_floor, row_classes=slots.row_classes,
+        base_row_probs=to_tuple(base_probs),
+        best_row_probs=None if best is None else to_tuple(probs_of[(best.feature_factor, best.lr)]),
+        transitions=transitions,
+        settings={"objective": objective, "apply": apply, "n_rows": len(rows), "n_neutral_texts": lms_inputs.n_texts,
+                  "n_lms_tokens": lms_inputs.n_tokens, "n_control": 0 if control_slots is None else len(control_slots),
+                  "feature_factors": ffs, "lrs": grid_lrs, "seconds": time.perf_counter() - started},
+    )
