@@ -1,0 +1,189 @@
+"""`GradiendTrainingArguments`: transformers' `TrainingArguments` with GRADIEND's defaults and options.
+
+The defaults are the reference implementation's (AdamW, learning rate 1e-5, weight decay 1e-2, 3 epochs, constant
+learning rate, no gradient clipping, 32 rows per gradient, evaluation every 250 steps), plus what the GRADIEND
+trainer needs from the Trainer (``remove_unused_columns=False``, an evaluation before the first step, the best
+adapter chosen by the absolute correlation). Every field works with ``HfArgumentParser`` like any other.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from transformers import TrainingArguments
+
+logger = logging.getLogger(__name__)
+
+CLASS_BALANCES = ("oversample", "undersample", "none")
+SEED_SELECTIONS = ("first_converged", "best")
+
+
+def _bf16_device_kind() -> Optional[str]:
+    """The accelerator kind whose bf16 support decides, or ``None`` on a CPU-only machine."""
+    if torch.cuda.is_available():
+        return "cuda"
+    if hasattr(torch, "xpu") and torch.xpu.is_available():
+        return "xpu"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return None
+
+
+def bf16_supported(device_kind: Optional[str]) -> bool:
+    """Whether bf16 compute works on ``device_kind`` (``None``/``"cpu"``: torch's CPU kernels always have it)."""
+    if device_kind in (None, "cpu"):
+        return True
+    if device_kind == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device_kind == "xpu":
+        return True
+    if device_kind == "mps":
+        return False
+    return False
+
+
+@dataclass
+class GradiendTrainingArguments(TrainingArguments):
+    """Training arguments for `GradiendTrainer`.
+
+    Besides every `transformers.TrainingArguments` field (with GRADIEND's defaults below), it adds:
+
+    Args:
+        rows_per_gradient (`int`): Rows of one feature class whose batch-mean gradient forms one GRADIEND sample
+            (the reference's ``train_batch_size``, default 32). ``per_device_train_batch_size`` and
+            ``per_device_eval_batch_size`` are set to it.
+        per_example (`bool`): Train on per-example samples instead: every row is its own GRADIEND sample, and a
+            row group contributes the mean of its rows' losses. Computed from one backward pass per gradient kind
+            without forming per-example gradients.
+        class_balance (`str`): How row groups of unequal classes fill an epoch: ``oversample`` (the smaller class
+            is cycled so that both classes give as many groups as the larger), ``undersample`` (as many as the
+            smaller) or ``none`` (every row once; the end of an epoch may hold one class only).
+        compute_eval_loss (`bool`): Also report ``eval_loss``, the reconstruction MSE of the validation row groups
+            (costs two more backward passes per group than the correlation alone).
+        sign_normalization (`bool`): After each evaluation, orient the encoder so that the first feature class
+            encodes to +1 (see `SignNormalizationCallback`).
+        restore_best_adapter (`bool`): At the end, put back the adapter of the evaluation with the highest
+            absolute correlation (see `BestAdapterCallback`). Ignored with ``load_best_model_at_end=True``, where
+            the Trainer restores its own best checkpoint.
+        convergence_min_correlation (`float`): Convergence needs the best ``|correlation|`` at least this.
+        convergence_min_class_mean (`float`): Convergence needs both class means at least this in absolute value
+            (and of opposite signs).
+        num_seeds (`int`): Training attempts at most (the reference tries up to 3). The first attempt trains the
+            adapter as given with ``seed``; each later one re-initialises the adapter with its own seed.
+        seeds (`list[int]`, *optional*): The seeds of the attempts (default ``seed, seed + 1, ...``).
+        seed_selection (`str`): ``first_converged`` (stop at the first converged attempt; otherwise keep the best)
+            or ``best`` (run all attempts, keep the best: converged first, then highest ``|correlation|``).
+        history_file (`str`): Name of the training history JSON written into ``output_dir`` at the end.
+    """
+
+    # ----------------------------------------------------------------------------------- GRADIEND options
+    rows_per_gradient: int = field(
+        default=32, metadata={"help": "Rows of one feature class whose mean gradient forms one GRADIEND sample."}
+    )
+    per_example: bool = field(
+        default=False, metadata={"help": "Every row is its own GRADIEND sample (one-backward per-example engine)."}
+    )
+    class_balance: str = field(
+        default="oversample", metadata={"help": f"How unequal classes fill an epoch, one of {CLASS_BALANCES}."}
+    )
+    compute_eval_loss: bool = field(
+        default=True, metadata={"help": "Also report eval_loss, the reconstruction MSE of the validation groups."}
+    )
+    sign_normalization: bool = field(
+        default=True, metadata={"help": "After each evaluation, orient the encoder so the first class encodes +1."}
+    )
+    restore_best_adapter: bool = field(
+        default=True, metadata={"help": "At the end, restore the adapter of the best |correlation| evaluation."}
+    )
+    convergence_min_correlation: float = field(
+        default=0.5, metadata={"help": "Convergence needs the best |correlation| at least this."}
+    )
+    convergence_min_class_mean: float = field(
+        default=0.5, metadata={"help": "Convergence needs both |class means| at least this, of opposite signs."}
+    )
+    num_seeds: int = field(
+        default=3, metadata={"help": "Training attempts at most; later attempts re-initialise the adapter."}
+    )
+    seeds: Optional[list[int]] = field(
+        default=None, metadata={"help": "Seeds of the attempts (default: seed, seed + 1, ...)."}
+    )
+    seed_selection: str = field(
+        default="first_converged", metadata={"help": f"How attempts are chosen, one of {SEED_SELECTIONS}."}
+    )
+    history_file: str = field(
+        default="gradiend_training_history.json", metadata={"help": "Training history JSON written to output_dir."}
+    )
+
+    # ------------------------------------------------------------------- TrainingArguments, new defaults
+    learning_rate: float = field(default=1e-5, metadata={"help": "AdamW learning rate (reference: 1e-5)."})
+    weight_decay: float = field(
+        default=1e-2, metadata={"help": "AdamW weight decay, applied to every adapter parameter (reference: 1e-2)."}
+    )
+    lr_scheduler_type: str = field(
+        default="constant", metadata={"help": "Learning-rate schedule (reference: none, i.e. constant)."}
+    )
+    max_grad_norm: float = field(default=0.0, metadata={"help": "Gradient clipping norm; 0 disables (reference)."})
+    eval_strategy: str = field(default="steps", metadata={"help": "When to evaluate the encoder: no, steps, epoch."})
+    eval_steps: Optional[float] = field(default=250, metadata={"help": "Steps between evaluations (reference: 250)."})
+    eval_on_start: bool = field(
+        default=True, metadata={"help": "Evaluate the untrained adapter first (convergence needs a best step > 0)."}
+    )
+    save_steps: float = field(default=250, metadata={"help": "Steps between checkpoints."})
+    save_total_limit: Optional[int] = field(default=2, metadata={"help": "Checkpoints kept in output_dir."})
+    logging_steps: float = field(default=25, metadata={"help": "Steps between training-loss logs."})
+    metric_for_best_model: Optional[str] = field(
+        default="abs_correlation", metadata={"help": "Metric for best checkpoints and early stopping."}
+    )
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Always False: the collator needs the text columns."}
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rows_per_gradient, bool) or not isinstance(self.rows_per_gradient, int) or self.rows_per_gradient < 1:
+            raise ValueError(f"rows_per_gradient must be a positive integer, got {self.rows_per_gradient!r}.")
+        if self.class_balance not in CLASS_BALANCES:
+            raise ValueError(f"class_balance must be one of {CLASS_BALANCES}, got {self.class_balance!r}.")
+        if self.seed_selection not in SEED_SELECTIONS:
+            raise ValueError(f"seed_selection must be one of {SEED_SELECTIONS}, got {self.seed_selection!r}.")
+        if self.seeds is not None:
+            self.seeds = [int(s) for s in self.seeds]
+            if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+                raise ValueError(f"seeds must be a non-empty list of different integers, got {self.seeds!r}.")
+            self.num_seeds = len(self.seeds)
+        if isinstance(self.num_seeds, bool) or not isinstance(self.num_seeds, int) or self.num_seeds < 1:
+            raise ValueError(f"num_seeds must be a positive integer, got {self.num_seeds!r}.")
+        if self.remove_unused_columns:
+            logger.warning(
+                "GradiendTrainingArguments sets remove_unused_columns=False: the collator needs the text, factual "
+                "and alternative columns, which the base model's forward does not take."
+            )
+            self.remove_unused_columns = False
+        if self.fp16 or self.fp16_full_eval:
+            raise ValueError(
+                "GRADIEND does not train with fp16 mixed precision: the base model's gradients are the method's "
+                "input and underflow in fp16 without loss scaling. Use bf16=True where the hardware has bf16, or "
+                "keep float32."
+            )
+        if self.bf16 or self.bf16_full_eval:
+            kind = None if self.use_cpu else _bf16_device_kind()
+            if kind is None:
+                # torch's CPU kernels have bf16; transformers only refuses bf16 on CPU unless use_cpu is set
+                self.use_cpu = True
+            elif not bf16_supported(kind):
+                raise ValueError(
+                    f"bf16=True, but this {kind} device has no bf16 support (CUDA needs an Ampere or newer GPU). "
+                    "Train in float32 (bf16=False), or use a device with bf16, or use_cpu=True (slow but exact)."
+                )
+        self.per_device_train_batch_size = self.rows_per_gradient
+        self.per_device_eval_batch_size = self.rows_per_gradient
+        super().__post_init__()
+
+    @property
+    def seed_list(self) -> list[int]:
+        """The seeds of the training attempts, in order."""
+        if self.seeds is not None:
+            return list(self.seeds)
+        return [self.seed + i for i in range(self.num_seeds)]

@@ -1,0 +1,92 @@
+"""The per-example GRADIEND objective, without per-example gradients.
+
+In per-example mode every row ``i`` of a batch is its own GRADIEND sample: its source gradient ``S_i`` is encoded,
+``h_i = act(s <E, S_i> + b_e)``, and decoded against its own target gradient ``T_i``. Expanding the square,
+
+    ||D h_i + c - s T_i||^2 = h_i^T (D D^T) h_i + 2 h_i^T (D c) + ||c||^2 - 2 s (h_i^T <D, T_i> + <c, T_i>) + s^2 ||T_i||^2
+
+where ``D D^T`` (k x k), ``D c`` (k) and ``||c||^2`` sum over the target modules' entries, and the dot products
+``<E_j, S_i>``, ``<D_j, T_i>``, ``<c, T_i>`` come from `gradiend_peft.gradients.per_example_dots`, which contracts
+the probes with the activations and output gradients of one backward pass over the whole batch. The last term does
+not depend on the adapter and is left out: the returned loss is the per-example reconstruction error minus the
+target's energy ``s^2 ||T_i||^2`` (its gradient w.r.t. the adapter is exact).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Optional
+
+import torch
+
+from ..gradients import per_example_dots
+
+if TYPE_CHECKING:
+    from ..tuner.model import GradiendModel
+
+
+def _weight_shaped(layer, adapter_name: str, rows: torch.Tensor) -> torch.Tensor:
+    """``(r, n_m)`` or ``(r, *W.shape)`` adapter rows as ``(r, *W.shape)`` (pruned entries zero), differentiably."""
+    if not layer.is_pruned(adapter_name):
+        return rows.reshape(rows.shape[0], *layer.weight_shape)
+    return torch.stack([layer.scatter(adapter_name, row.reshape(-1)) for row in rows])
+
+
+def per_example_reconstruction_loss(
+    tuner: "GradiendModel", batch: Mapping[str, torch.Tensor], adapter_name: Optional[str] = None
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The mean over rows of each row's own GRADIEND loss, up to the adapter-independent ``s^2 ||T_i||^2``.
+
+    Args:
+        tuner (`GradiendModel`): The tuner (``peft_model.base_model``).
+        batch (`Mapping[str, torch.Tensor]`): A collated batch; every row is one sample.
+        adapter_name (`str`, *optional*): The adapter (default: the active one).
+
+    Returns:
+        `tuple`: ``(loss, latents, n)``: the loss (differentiable w.r.t. the adapter; see the module docstring),
+        the per-row latents ``(B, k)`` and the number of entries ``n``.
+    """
+    name = adapter_name or tuner.active_adapters[0]
+    config = tuner.peft_config[name]
+    layers = tuner.gradiend_layers(name)
+    k = config.latent_dim
+    scale = tuner.gradient_scale(name)
+    has_bias = all(name in layer.gradiend_decoder_bias for layer in layers.values())
+
+    encoder_probes = {m: layer.full_encoder(name) for m, layer in layers.items()}
+    decoder_probes = {}
+    for m, layer in layers.items():
+        rows = layer.gradiend_decoder[name].reshape(k, -1)
+        if has_bias:
+            rows = torch.cat([rows, layer.gradiend_decoder_bias[name].reshape(1, -1)])
+        decoder_probes[m] = _weight_shaped(layer, name, rows)
+    if config.source == config.target:
+        probes = {config.source: {m: torch.cat([encoder_probes[m], decoder_probes[m]]) for m in layers}}
+        dots = per_example_dots(tuner, batch, probes)[config.source]
+        source_dots, target_dots = dots[:, :k], dots[:, k:]
+    else:
+        probes = {config.source: encoder_probes, config.target: decoder_probes}
+        dots = per_example_dots(tuner, batch, probes)
+        source_dots, target_dots = dots[config.source], dots[config.target]
+
+    bias = tuner.gradiend_encoder_bias[name]
+    latents = tuner.activation(name)(scale * source_dots.to(bias.device) + bias)  # (B, k)
+    device = latents.device
+    gram = torch.zeros(k, k, device=device)
+    cross = torch.zeros(k, device=device)
+    bias_energy = torch.zeros((), device=device)
+    for layer in layers.values():
+        decoder = layer.gradiend_decoder[name].reshape(k, -1).to(device)
+        gram = gram + decoder @ decoder.T
+        if has_bias:
+            c = layer.gradiend_decoder_bias[name].reshape(-1).to(device)
+            cross = cross + decoder @ c
+            bias_energy = bias_energy + c @ c
+    decoded_energy = torch.einsum("bi,ij,bj->b", latents, gram, latents) + 2 * latents @ cross + bias_energy
+    target_dots = target_dots.to(device)
+    overlap = (latents * target_dots[:, :k]).sum(dim=1)
+    if has_bias:
+        overlap = overlap + target_dots[:, k]
+    losses = decoded_energy - 2 * scale * overlap
+    n = sum(layer.num_entries(name) for layer in layers.values())
+    return losses.mean(), latents, n
