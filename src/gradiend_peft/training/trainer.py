@@ -408,7 +408,14 @@ class GradiendTrainer(Trainer):
         if resume_from_checkpoint is not None and not self._best.load(resume_from_checkpoint):
             logger.warning("Checkpoint %s holds no GRADIEND best-adapter record; the best adapter is tracked from "
                            "here on.", resume_from_checkpoint)
-        output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        # the start-of-training evaluation is the untrained adapter's; a resumed run has it in its history already
+        eval_on_start = self.args.eval_on_start
+        if resume_from_checkpoint is not None:
+            self.args.eval_on_start = False
+        try:
+            output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        finally:
+            self.args.eval_on_start = eval_on_start
         self.training_summary = self._convergence.summary
         return output
 
