@@ -131,9 +131,12 @@ def test_refinement_adds_geometric_points_around_the_best_the_onset_and_the_fail
     #        lr   feasible score acts
     points = [(0.1, True, 0.0, False), (0.2, True, 0.0, False), (0.5, True, 0.1, True), (1.0, True, 0.3, True),
               (2.0, False, 0.5, True), (5.0, False, 0.6, True)]
-    got = refinement_lrs(points, n_points=3)
-    expected = sorted({a * (b / a) ** (j / 4) for a, b in ((0.2, 0.5), (0.5, 1.0), (1.0, 2.0)) for j in (1, 2, 3)})
-    assert got == pytest.approx(expected)
+    geometric = lambda *pairs: sorted(a * (b / a) ** (j / 4) for a, b in pairs for j in (1, 2, 3))  # noqa: E731
+    # the best (1.0) is cut off by a guard at 2.0: above it; the onset (0.2 -> 0.5); the failure (1.0 -> 2.0)
+    assert refinement_lrs(points, n_points=3) == pytest.approx(geometric((0.2, 0.5), (1.0, 2.0)))
+    interior = [(0.1, True, 0.0, True), (0.2, True, 0.4, True), (0.5, True, 0.1, True), (1.0, False, 0.0, True)]
+    # an interior optimum (0.2, the next rate feasible and worse): both sides; the failure (0.5 -> 1.0)
+    assert refinement_lrs(interior, n_points=3) == pytest.approx(geometric((0.1, 0.2), (0.2, 0.5), (0.5, 1.0)))
     assert refinement_lrs([(0.1, False, 0.0, False), (0.2, False, 0.0, False)]) == []
     with pytest.raises(ValueError, match="positive"):
         refinement_lrs([(0.0, True, 0.0, False), (1.0, True, 0.0, False)])

@@ -8,7 +8,7 @@ forward passes only, and removed again: the model is never copied and ends bit-i
    collapsed; larger rates only collapse further);
 2. refinement: the useful rates span less than a decade and often sit between two grid points, so for the best
    feature factors the search adds geometric points (``lr_a (lr_b / lr_a)^(j / (p + 1))``, ``j = 1..p``) inside the
-   intervals around (a) the best feasible rate, (b) the last rate before the edit starts to act (``mean_abs_shift
+   intervals around (a) the best feasible rate (see `refinement_lrs`), (b) the last rate before the edit starts to act (``mean_abs_shift
    >= act_threshold * mean base probability``) and (c) the last feasible rate before the guards fail; repeated
    ``refine_rounds`` times, each round around the new neighbours.
 
@@ -157,8 +157,8 @@ class RewriteResult:
 def refinement_lrs(points: Sequence[tuple[float, bool, float, bool]], n_points: int = 3) -> list[float]:
     """New learning rates for one feature factor, from its measured ``(lr, feasible, score, acts)`` points.
 
-    Intervals refined (between neighbouring measured rates): around the best feasible rate (both sides), the one in
-    which the edit starts to act (last rate not acting, first acting), and the one in which the guards start to fail
+    Intervals refined (between neighbouring measured rates): above the best feasible rate, and below it too unless
+    the next rate fails a guard (then the optimum sits at the guard, above), the one in which the edit starts to act (last rate not acting, first acting), and the one in which the guards start to fail
     (last feasible rate, next infeasible). Each gets ``n_points`` geometric interior points; rates already measured
     are not repeated. Rates must be positive.
     """
@@ -170,7 +170,9 @@ def refinement_lrs(points: Sequence[tuple[float, bool, float, bool]], n_points: 
     feasible = [i for i, p in enumerate(pts) if p[1] and math.isfinite(p[2])]
     if feasible:
         best = min(feasible, key=lambda i: (-pts[i][2], pts[i][0]))
-        intervals.update({(best - 1, best), (best, best + 1)})
+        intervals.add((best, best + 1))
+        if best + 1 >= len(pts) or pts[best + 1][1]:  # an interior optimum (not one cut off by a guard): both sides
+            intervals.add((best - 1, best))
     for i in range(len(pts) - 1):
         if not pts[i][3] and pts[i + 1][3]:
             intervals.add((i, i + 1))
