@@ -120,7 +120,10 @@ def plot_encoder_distributions(report: Any, path: str, *, bins: int = 30) -> str
         title += f", accuracy = {data['accuracy']:.3f}"
     left.set_title(title)
     names = sorted(words)
-    right.boxplot([words[n] for n in names], vert=False)
+    try:
+        right.boxplot([words[n] for n in names], orientation="horizontal")
+    except TypeError:  # matplotlib < 3.10
+        right.boxplot([words[n] for n in names], vert=False)
     right.set_yticks(range(1, len(names) + 1), labels=names, fontsize=8)
     right.set_xlabel("encoding h")
     right.set_title("per target word")
