@@ -378,8 +378,10 @@ def test_seeds_are_tried_until_one_converges_and_the_best_is_kept(tmp_path):
     assert report.selected_seed == best.seed
     assert trainer.training_summary["attempts"]["selected_seed"] == best.seed
     assert os.path.isdir(tmp_path / "seed-43") and (tmp_path / "gradiend_seed_report.json").is_file()
-    # the second attempt started from a fresh initialisation with its own seed
-    assert trainer.model.peft_config["default"].init_seed in (0, 43)
+    # the second attempt started from a fresh initialisation with its own seed; the config names the kept one
+    assert report.attempts[1].summary["init_seed"] == 43 and report.attempts[0].summary["init_seed"] == 0
+    assert trainer.model.peft_config["default"].init_seed == best.summary["init_seed"]
+    assert adapter_snapshot(trainer.tuner, "default")["gradiend_encoder_bias.default"].shape == (1,)
 
     converging = _trainer(tmp_path / "c", num_train_epochs=6, eval_steps=30, num_seeds=3)
     converging.train()
@@ -441,6 +443,19 @@ def test_early_stopping_on_the_correlation(tmp_path):
     # the correlation cannot improve by 0.5 twice in a row: training stops after three evaluations
     assert trainer.state.global_step == 15
     assert [e["step"] for e in _evaluations(trainer)] == [0, 5, 10, 15]
+
+
+def test_several_validation_sets_the_first_decides(tmp_path):
+    data = pairs("bert")
+    trainer = GradiendTrainer(model=peft_model("bert"), args=arguments(tmp_path, max_steps=20, eval_steps=10),
+                              train_dataset=data["train"], processing_class=tokenizer("bert"),
+                              eval_dataset={"validation": data["validation"], "test": data["test"]})
+    trainer.train()
+    assert trainer.args.metric_for_best_model == "eval_validation_abs_correlation"
+    for name in ("validation", "test"):
+        last = [e for e in trainer.state.log_history if f"eval_{name}_correlation" in e][-1]
+        assert last[f"eval_{name}_correlation"] > 0.9
+    assert trainer.training_summary["converged"]
 
 
 # --------------------------------------------------------------------------------------------- predictions

@@ -65,6 +65,9 @@ class GradiendTrainingArguments(TrainingArguments):
             (costs two more backward passes per group than the correlation alone).
         sign_normalization (`bool`): After each evaluation, orient the encoder so that the first feature class
             encodes to +1 (see `SignNormalizationCallback`).
+        sign_flip_below (`float`): Flip when the correlation is below this. The flip keeps the adapter's function
+            and mirrors the optimizer state, so flipping on any negative correlation (the default) is safe; the
+            reference flips below -0.6.
         restore_best_adapter (`bool`): At the end, put back the adapter of the evaluation with the highest
             absolute correlation (see `BestAdapterCallback`). Ignored with ``load_best_model_at_end=True``, where
             the Trainer restores its own best checkpoint.
@@ -94,6 +97,9 @@ class GradiendTrainingArguments(TrainingArguments):
     )
     sign_normalization: bool = field(
         default=True, metadata={"help": "After each evaluation, orient the encoder so the first class encodes +1."}
+    )
+    sign_flip_below: float = field(
+        default=0.0, metadata={"help": "Flip when the evaluation correlation is below this (reference: -0.6)."}
     )
     restore_best_adapter: bool = field(
         default=True, metadata={"help": "At the end, restore the adapter of the best |correlation| evaluation."}

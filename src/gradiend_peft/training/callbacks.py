@@ -201,6 +201,7 @@ class BestAdapterCallback(TrainerCallback):
         self.best_value: Optional[float] = None
         self.best_step: Optional[int] = None
         self.best_metrics: Optional[dict[str, float]] = None
+        self.class_signs: Optional[dict[str, float]] = None  # non-odd activations normalise these instead
         self.snapshot: Optional[dict[str, torch.Tensor]] = None
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
@@ -213,6 +214,8 @@ class BestAdapterCallback(TrainerCallback):
         self.best_value = value
         self.best_step = int(state.global_step)
         self.best_metrics = oriented_metrics(metrics, self.metric_prefix)
+        signs = model.peft_config[model.active_adapter].class_signs
+        self.class_signs = dict(signs) if signs else None
         self.snapshot = adapter_snapshot(model.base_model, model.active_adapter)
 
     def on_save(self, args, state, control, **kwargs):
@@ -226,7 +229,8 @@ class BestAdapterCallback(TrainerCallback):
         from safetensors.torch import save_file
 
         save_file(self.snapshot, os.path.join(folder, BEST_ADAPTER_FILE))
-        record = {"best_value": self.best_value, "best_step": self.best_step, "best_metrics": self.best_metrics}
+        record = {"best_value": self.best_value, "best_step": self.best_step, "best_metrics": self.best_metrics,
+                  "class_signs": self.class_signs}
         with open(os.path.join(folder, BEST_RECORD_FILE), "w") as handle:
             json.dump(record, handle, indent=2)
 
@@ -244,6 +248,7 @@ class BestAdapterCallback(TrainerCallback):
         self.best_value = data["best_value"]
         self.best_step = data["best_step"]
         self.best_metrics = data["best_metrics"]
+        self.class_signs = data.get("class_signs")
         self.snapshot = load_file(tensors)
         return True
 
@@ -251,6 +256,8 @@ class BestAdapterCallback(TrainerCallback):
         if not self.restore or self.snapshot is None or model is None or args.load_best_model_at_end:
             return
         restore_adapter_snapshot(model.base_model, model.active_adapter, self.snapshot)
+        if self.class_signs:
+            model.peft_config[model.active_adapter].class_signs = dict(self.class_signs)
         logger.info("GRADIEND: restored the adapter of step %s (|correlation| %.4f).", self.best_step, self.best_value)
 
 
@@ -366,6 +373,11 @@ class ConvergenceCallback(TrainerCallback):
             "per_example": bool(getattr(args, "per_example", False)),
             "sign_flips": [flip["step"] for flip in history["sign_flips"]],
         }
+        if model is not None:
+            config = model.peft_config[model.active_adapter]
+            summary["init_seed"] = config.init_seed
+            if config.class_signs:
+                summary["class_signs"] = dict(config.class_signs)
         self.summary = _json_safe(summary)
         if model is not None:
             model.peft_config[model.active_adapter].training_summary = self.summary

@@ -189,6 +189,10 @@ def train_attempts(trainer, resume_from_checkpoint=None, **train_kwargs) -> Trai
             break
     result, snapshot, state, output = best
     restore_adapter_snapshot(tuner, adapter, snapshot)
+    config = tuner.peft_config[adapter]
+    config.init_seed = result.summary.get("init_seed", config.init_seed)
+    if result.summary.get("class_signs"):
+        config.class_signs = dict(result.summary["class_signs"])
     report = SeedReport(tuple(results), result.seed, args.seed_selection)
     summary = {**result.summary, "attempts": report.to_dict()}
     tuner.peft_config[adapter].training_summary = _json_safe(summary)

@@ -157,7 +157,10 @@ class GradiendTrainer(Trainer):
         self._init_kwargs = dict(kwargs)
         prefix = "eval" if not isinstance(eval_dataset, dict) else f"eval_{next(iter(eval_dataset))}"
         self._metric_prefix = prefix
-        self._signs = SignNormalizationCallback(metric_prefix=prefix)
+        if isinstance(eval_dataset, dict) and args.metric_for_best_model in ("abs_correlation", "eval_abs_correlation"):
+            # several validation sets: the first one decides (best adapter, convergence, early stopping)
+            args.metric_for_best_model = f"{prefix}_abs_correlation"
+        self._signs = SignNormalizationCallback(threshold=args.sign_flip_below, metric_prefix=prefix)
         self._best = BestAdapterCallback(metric_prefix=prefix, restore=args.restore_best_adapter)
         self._convergence = ConvergenceCallback(self._best, list(config.feature_classes or []), metric_prefix=prefix)
         own = ([self._signs] if args.sign_normalization else []) + [self._best, self._convergence]
@@ -346,6 +349,7 @@ class GradiendTrainer(Trainer):
         self._ensure_calibrated(dataloader)
         tuner, name = self.tuner, self.adapter_name
         config = tuner.peft_config[name]
+        self.callback_handler.eval_dataloader = dataloader  # the progress bar reads its length
         logger.info("***** Running %s *****", description)
         logger.info("  Num rows = %d, row groups = %d", dataloader.gradiend_rows, len(dataloader.gradiend_groups))
         records = []
