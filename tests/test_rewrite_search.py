@@ -174,6 +174,19 @@ def test_refinement_finds_the_rate_between_grid_points_where_the_guard_starts_to
     assert all(not c.feasible and "control" in c.reasons[0] for c in fine.candidates if c.lr >= fails)
 
 
+def test_a_sweep_stops_after_two_rates_in_a_row_fail_a_guard():
+    model, tok = crafted("llama")
+    control = [r for r in MINED if r["factual_class"] == "M"]
+    grid = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0)
+    kwargs = dict(tokenizer=tok, policy="strengthen:F", control=control, feature_factors=(1.0,), lrs=grid,
+                  refine=False, progress=False)
+    stopped = search_rewrite(model, MINED, NEUTRAL, **kwargs)
+    assert [c.lr for c in stopped.candidates] == [0.001, 0.01, 0.1, 1.0]  # 0.1 and 1.0 flip the controls
+    full = search_rewrite(model, MINED, NEUTRAL, early_stop=False, **kwargs)
+    assert [c.lr for c in full.candidates] == list(grid)
+    assert full.candidates[:4] == stopped.candidates
+
+
 def test_result_round_trips_and_feeds_merge_and_unload(tmp_path):
     model, tok = crafted("llama")
     result = search_rewrite(model, MINED, NEUTRAL, tokenizer=tok, policy="strengthen:F", **SMALL)

@@ -4,8 +4,8 @@ Every candidate is applied in place (run-time steering by default, or a merge th
 forward passes only, and removed again: the model is never copied and ends bit-identical. Two stages:
 
 1. the grid: every feature factor with every learning rate (default: the reference's 16 rates, 100 ... 0.001),
-   ascending, a feature factor's sweep stopping early once two rates in a row fail the LMS floor (the model has
-   collapsed; larger rates only collapse further);
+   ascending, a feature factor's sweep stopping early once two rates in a row fail a guard (the LMS floor or the
+   controls: the edit has gone too far, and larger rates only go further);
 2. refinement: the useful rates span less than a decade and often sit between two grid points, so for the best
    feature factors the search adds geometric points (``lr_a (lr_b / lr_a)^(j / (p + 1))``, ``j = 1..p``) inside the
    intervals around (a) the best feasible rate (see `refinement_lrs`), (b) the last rate before the edit starts to act (``mean_abs_shift
@@ -280,7 +280,7 @@ def search_rewrite(
         refine, refine_rounds, refine_points, refine_top: the refinement stage (``refine_top``: how many of the best
             feature factors are refined; ``None``: all).
         act_threshold: the edit acts once ``mean_abs_shift >= act_threshold * mean base probability``.
-        early_stop: stop a feature factor's sweep after two rates in a row below the LMS floor.
+        early_stop: stop a feature factor's sweep after two rates in a row that fail a guard.
         require_improvement: choose nothing unless a candidate beats the base model's score.
         apply: ``"steer"`` (run-time steering; no weight is written) or ``"merge"`` (merge with a kept original and
             unmerge: faster forwards, but a copy of the target weights while a candidate is applied).
@@ -346,7 +346,9 @@ def search_rewrite(
         base_metrics = measure(0.0, 0.0, "base", None)
         base_probs = probs_of[(0.0, 0.0)]
         bar.update()
-        floor = -math.inf if lms_floor is None else lms_floor * base_metrics.lms
+
+        def guards_pass(m: CandidateMetrics) -> bool:
+            return score_candidates(policy, [m], base_metrics, lms_floor=lms_floor, control_floor=control_floor)[0].feasible
         logger.info("base: LMS %.4f, P %s, control %s", base_metrics.lms, base_metrics.class_probs,
                     base_metrics.control_accuracy)
         for ff in ffs:
@@ -355,10 +357,10 @@ def search_rewrite(
                 m = measure(ff, lr, "grid", base_probs)
                 measured.append(m)
                 bar.update()
-                failures = failures + 1 if m.lms < floor else 0
+                failures = failures + 1 if not guards_pass(m) else 0
                 if early_stop and failures >= 2:
                     bar.update(len(grid_lrs) - i - 1)
-                    logger.info("ff %+g: LMS below the floor twice from lr %g; larger rates skipped", ff, lr)
+                    logger.info("ff %+g: two rates in a row fail a guard (up to lr %g); larger rates skipped", ff, lr)
                     break
         act_level = act_threshold * float(base_probs.mean())
 
