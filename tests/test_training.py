@@ -60,7 +60,8 @@ def test_arguments_default_to_the_reference(tmp_path):
 
 
 def test_arguments_force_remove_unused_columns_off_and_refuse_fp16(tmp_path):
-    assert GradiendTrainingArguments(output_dir=str(tmp_path), remove_unused_columns=True).remove_unused_columns is False
+    forced = GradiendTrainingArguments(output_dir=str(tmp_path), remove_unused_columns=True)
+    assert forced.remove_unused_columns is False
     with pytest.raises(ValueError, match="fp16"):
         GradiendTrainingArguments(output_dir=str(tmp_path), fp16=True)
     with pytest.raises(ValueError, match="rows_per_gradient"):
@@ -324,7 +325,8 @@ def test_best_adapter_is_restored_and_is_the_best(tmp_path):
 
     class Wreck(TrainerCallback):
         def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
-            snapshots[state.global_step] = (metrics["eval_abs_correlation"], adapter_snapshot(model.base_model, "default"))
+            snapshot = adapter_snapshot(model.base_model, "default")
+            snapshots[state.global_step] = (metrics["eval_abs_correlation"], snapshot)
 
         def on_step_end(self, args, state, control, model=None, **kwargs):
             if state.global_step == 21:

@@ -148,7 +148,8 @@ class GradiendTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
-        if isinstance(self.rows_per_gradient, bool) or not isinstance(self.rows_per_gradient, int) or self.rows_per_gradient < 1:
+        rows = self.rows_per_gradient
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
             raise ValueError(f"rows_per_gradient must be a positive integer, got {self.rows_per_gradient!r}.")
         if self.class_balance not in CLASS_BALANCES:
             raise ValueError(f"class_balance must be one of {CLASS_BALANCES}, got {self.class_balance!r}.")

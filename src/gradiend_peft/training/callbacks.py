@@ -53,7 +53,8 @@ def _adapter_tensors(tuner, adapter_name: str) -> dict[str, torch.Tensor]:
 
 def adapter_snapshot(tuner, adapter_name: str) -> dict[str, torch.Tensor]:
     """A CPU copy of one adapter's tensors (3n + k floats), restorable with `restore_adapter_snapshot`."""
-    return {name: t.detach().to("cpu", copy=True).contiguous() for name, t in _adapter_tensors(tuner, adapter_name).items()}
+    tensors = _adapter_tensors(tuner, adapter_name)
+    return {name: t.detach().to("cpu", copy=True).contiguous() for name, t in tensors.items()}
 
 
 @torch.no_grad()
@@ -292,7 +293,8 @@ class ConvergenceVerdict:
 
 def convergence_verdict(best_step: Optional[int], metrics: Optional[Mapping[str, float]], class_names: list[str],
                         min_correlation: float = 0.5, min_class_mean: float = 0.5) -> ConvergenceVerdict:
-    """The verdict for the best evaluation's unprefixed ``metrics`` (``correlation``, ``accuracy``, ``mean_<class>``)."""
+    """The verdict for the best evaluation's unprefixed ``metrics`` (``correlation``, ``accuracy``,
+    ``mean_<class>``)."""
     if best_step is None or not metrics:
         return ConvergenceVerdict(False, ("the encoder was never evaluated (set eval_strategy and eval_dataset)",),
                                   None, float("nan"), float("nan"), {})

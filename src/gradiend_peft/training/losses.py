@@ -3,7 +3,8 @@
 In per-example mode every row ``i`` of a batch is its own GRADIEND sample: its source gradient ``S_i`` is encoded,
 ``h_i = act(s <E, S_i> + b_e)``, and decoded against its own target gradient ``T_i``. Expanding the square,
 
-    ||D h_i + c - s T_i||^2 = h_i^T (D D^T) h_i + 2 h_i^T (D c) + ||c||^2 - 2 s (h_i^T <D, T_i> + <c, T_i>) + s^2 ||T_i||^2
+    ||D h_i + c - s T_i||^2 = h_i^T (D D^T) h_i + 2 h_i^T (D c) + ||c||^2
+                              - 2 s (h_i^T <D, T_i> + <c, T_i>) + s^2 ||T_i||^2
 
 where ``D D^T`` (k x k), ``D c`` (k) and ``||c||^2`` sum over the target modules' entries, and the dot products
 ``<E_j, S_i>``, ``<D_j, T_i>``, ``<c, T_i>`` come from `gradiend_peft.gradients.per_example_dots`, which contracts

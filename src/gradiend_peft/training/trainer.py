@@ -35,8 +35,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import math
-import os
 import re
 from typing import Any, Callable, Optional
 
@@ -118,7 +116,8 @@ class GradiendTrainer(Trainer):
             if kwargs.get(unsupported) is not None:
                 raise ValueError(
                     f"GradiendTrainer does not take {unsupported}: it computes the GRADIEND loss and the encoder "
-                    "metrics itself. Use callbacks (on_evaluate sees the metrics) or trainer.predict(rows) for encodings."
+                    "metrics itself. Use callbacks (on_evaluate sees the metrics) or trainer.predict(rows) for "
+                    "encodings."
                 )
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
         if model is None:
@@ -147,7 +146,8 @@ class GradiendTrainer(Trainer):
                 "GRADIEND evaluates the encoder on validation rows every eval_steps (correlation, class means, best "
                 "adapter, convergence): pass eval_dataset=pairs['validation'], or set eval_strategy='no'."
             )
-        for dataset in [train_dataset] + (list(eval_dataset.values()) if isinstance(eval_dataset, dict) else [eval_dataset]):
+        eval_sets = list(eval_dataset.values()) if isinstance(eval_dataset, dict) else [eval_dataset]
+        for dataset in [train_dataset, *eval_sets]:
             _check_rows(dataset)
         _prepare_feature_classes(config, train_dataset if train_dataset is not None else _first(eval_dataset))
         _check_trainable(model, tuner, adapter)
@@ -202,8 +202,9 @@ class GradiendTrainer(Trainer):
         )
 
     def _loader_kwargs(self) -> dict[str, Any]:
+        pin = self.args.dataloader_pin_memory and self.args.device.type == "cuda"  # pinning is for host-to-GPU copies
         kwargs: dict[str, Any] = {"collate_fn": self.data_collator, "num_workers": self.args.dataloader_num_workers,
-                                  "pin_memory": self.args.dataloader_pin_memory}
+                                  "pin_memory": pin}
         if self.args.dataloader_num_workers > 0:
             kwargs["persistent_workers"] = self.args.dataloader_persistent_workers
             kwargs["prefetch_factor"] = self.args.dataloader_prefetch_factor
@@ -507,7 +508,8 @@ def _adapter_parameters(tuner, adapter: str) -> list[torch.nn.Parameter]:
 
 
 def _check_precision(model, tuner, adapter: str, args: GradiendTrainingArguments) -> None:
-    low = sorted({str(p.dtype) for p in _adapter_parameters(tuner, adapter) if p.dtype in (torch.float16, torch.bfloat16)})
+    half = (torch.float16, torch.bfloat16)
+    low = sorted({str(p.dtype) for p in _adapter_parameters(tuner, adapter) if p.dtype in half})
     if low:
         raise ValueError(
             f"The GRADIEND adapter {adapter!r} is in {low}; it must train in float32 (its loss sums millions of "
