@@ -345,6 +345,22 @@ def test_best_adapter_is_restored_and_is_the_best(tmp_path):
     assert again["eval_abs_correlation"] == pytest.approx(snapshots[best_step][0], abs=1e-6)
 
 
+def test_load_best_model_at_end_uses_the_trainers_best_checkpoint(tmp_path):
+    class Wreck(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step == 21:
+                with torch.no_grad():
+                    for layer in model.base_model.gradiend_layers().values():
+                        layer.gradiend_encoder["default"].normal_()
+
+    trainer = _trainer(tmp_path, max_steps=40, eval_steps=10, save_strategy="steps", save_steps=10,
+                       load_best_model_at_end=True, callbacks=[Wreck()])
+    trainer.train()
+    best = trainer.state.best_model_checkpoint
+    assert best is not None and best.endswith(("checkpoint-10", "checkpoint-20"))
+    assert trainer.evaluate()["eval_abs_correlation"] == pytest.approx(trainer.state.best_metric, abs=1e-6)
+
+
 def test_non_convergence_is_reported_and_saved(tmp_path):
     trainer = _trainer(tmp_path, learning_rate=0.0, max_steps=10, eval_steps=5)
     trainer.train()

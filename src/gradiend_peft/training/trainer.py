@@ -141,6 +141,8 @@ class GradiendTrainer(Trainer):
             from ..data.collators import collator_for
 
             data_collator = collator_for(processing_class, config.objective)
+        if eval_dataset is None and args.eval_strategy == "no":
+            args.eval_on_start = False  # nothing to evaluate
         if args.eval_strategy != "no" and eval_dataset is None:
             raise ValueError(
                 "GRADIEND evaluates the encoder on validation rows every eval_steps (correlation, class means, best "
