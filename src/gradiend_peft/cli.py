@@ -1,0 +1,200 @@
+"""The ``gradiend-peft`` command line: ``train``, ``evaluate``, ``rewrite`` and ``demo``.
+
+Every option is a dataclass field (transformers' `HfArgumentParser`), so each command takes flags, a YAML/JSON file
+(``--config run.yaml``; flags given next to it win), and documents itself with ``--help``. Everything a command
+makes lands in one ``--output_dir`` (see `gradiend_peft.workflow`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional, Sequence
+
+import yaml
+
+logger = logging.getLogger("gradiend_peft")
+
+
+
+@dataclass
+class ModelArguments:
+    """Which base model, and where GRADIEND attaches to it."""
+
+    model: str = field(
+        default="smollm2-135m",
+        metadata={"help": "An embedded model ('smollm2-135m', 'gemma3-270m'), a Hub id or a local folder."},
+    )
+    dtype: str = field(default="float32", metadata={"help": "Base model dtype: float32 or bfloat16."})
+    target_modules: Optional[list[str]] = field(
+        default=None, metadata={"help": "Module names to target (default: every block projection of the model type)."}
+    )
+    layers: Optional[str] = field(default=None, metadata={"help": "Only these blocks, e.g. '20-29' or '0,2,4'."})
+    include_embeddings: bool = field(default=False, metadata={"help": "Also target the input embedding."})
+    latent_dim: int = field(default=1, metadata={"help": "GRADIEND latent size."})
+    source: str = field(default="alternative", metadata={"help": "Encoder input gradient: factual, alternative, diff."})
+    target: str = field(default="diff", metadata={"help": "Decoder target gradient: factual, alternative, diff."})
+
+
+@dataclass
+class DataArguments:
+    """The feature and the text it is mined from."""
+
+    classes: str = field(default="M:he,F:she", metadata={"help": "Two classes with their words, e.g. 'M:he,F:she'."})
+    corpus: str = field(default="english", metadata={"help": "Embedded corpus: english or german."})
+    text_file: Optional[str] = field(default=None, metadata={"help": "A text file to mine instead of the corpus."})
+    min_context_words: int = field(default=5, metadata={"help": "Words required before the slot."})
+    max_rows_per_class: Optional[int] = field(default=None, metadata={"help": "Cap on mined rows per class."})
+    max_test_rows: int = field(default=200, metadata={"help": "Cap on validation and test rows."})
+    neutral_rows: int = field(default=200, metadata={"help": "Neutral texts for the language-modelling score."})
+    control_rows: int = field(default=40, metadata={"help": "Context-fixed rows guarding rewrites (he/she only)."})
+    mining_seed: int = field(default=0, metadata={"help": "Seed of mining, splitting and control rows."})
+
+
+@dataclass
+class RewriteArguments:
+    """The rewrite search and what to do with its choice."""
+
+    policies: str = field(
+        default="balance", metadata={"help": "Comma-separated: balance, strengthen:<class>, weaken:<class>."}
+    )
+    lms_floor: float = field(default=0.99, metadata={"help": "Keep LMS >= this x base LMS."})
+    control_floor: float = field(default=0.95, metadata={"help": "Keep control accuracy >= this x base."})
+    lrs: Optional[list[float]] = field(default=None, metadata={"help": "Learning-rate grid (default: the reference's)."})
+    feature_factors: Optional[list[float]] = field(default=None, metadata={"help": "Feature factors (default: policy's)."})
+    merge_policy: Optional[str] = field(
+        default=None, metadata={"help": "Save the model rewritten by this policy's choice to <output_dir>/merged."}
+    )
+
+
+@dataclass
+class OutputArguments:
+    """Where results go (train and demo take it from the training arguments)."""
+
+    output_dir: str = field(default="gradiend-output", metadata={"help": "The folder for everything the run makes."})
+
+
+@dataclass
+class RunArguments:
+    """Run-wide switches."""
+
+    adapter: Optional[str] = field(default=None, metadata={"help": "A trained adapter (evaluate/rewrite; default <output_dir>/adapter)."})
+    fast: bool = field(default=False, metadata={"help": "Demo only: a few steps and rows, for a quick check."})
+    plots: bool = field(default=True, metadata={"help": "Write plots to <output_dir>/plots."})
+    threads: Optional[int] = field(default=None, metadata={"help": "torch CPU threads (default: torch's choice)."})
+
+
+def _training_arguments_class():
+    from .training import GradiendTrainingArguments
+
+    return GradiendTrainingArguments
+
+
+COMMANDS = {
+    "train": "Mine rows, train a GRADIEND adapter, evaluate its encoder.",
+    "evaluate": "Evaluate a trained adapter's encoder on held-out rows.",
+    "rewrite": "Search the (feature_factor, lr) rewrite for each policy; optionally save the rewritten model.",
+    "demo": "The whole workflow on a real model (SmolLM2-135M by default), with a before/after table.",
+}
+
+
+DEMO_DEFAULTS: dict[str, Any] = {
+    "output_dir": "gradiend-demo",
+    "layers": "20-29",
+    "policies": "balance,strengthen:F,strengthen:M",
+    "rows_per_gradient": 16,
+    "max_steps": 125,
+    "eval_steps": 25,
+    "save_steps": 25,
+    "logging_steps": 5,
+    "max_test_rows": 160,
+    "neutral_rows": 120,
+}
+"""The demo's settings: SmolLM2-135M, blocks 20-29 (35.4M target weights), 16 rows per gradient, 125 steps."""
+
+
+def _dataclasses_for(command: str) -> tuple:
+    """The argument dataclasses of a command, in the order its ``run_*`` function takes them."""
+    base = (RunArguments, ModelArguments, DataArguments)
+    if command == "train":
+        return base + (_training_arguments_class(),)
+    if command == "evaluate":
+        return base + (OutputArguments,)
+    if command == "rewrite":
+        return base + (OutputArguments, RewriteArguments)
+    return base + (RewriteArguments, _training_arguments_class())
+
+
+def _read_config(path: str) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as handle:
+        data = yaml.safe_load(handle) if path.endswith((".yaml", ".yml")) else json.load(handle)
+    if not isinstance(data, dict):
+        raise ValueError(f"The config file {path!r} must hold a mapping of option names to values.")
+    return data
+
+
+def parse_command(command: str, argv: Sequence[str]) -> tuple:
+    """Parses ``argv`` (and ``--config FILE``) into the command's argument dataclasses.
+
+    Raises:
+        `ValueError`: for a config file with keys no option has (the keys and the fix are named).
+    """
+    from transformers import HfArgumentParser
+
+    classes = _dataclasses_for(command)
+    parser = HfArgumentParser(classes, prog=f"gradiend-peft {command}", description=COMMANDS[command])
+    parser.add_argument("--config", default=None, help="A YAML or JSON file of options; flags given as well win.")
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    known, _ = pre.parse_known_args(argv)
+    if known.config:
+        values = _read_config(known.config)
+        valid = {f.name for cls in classes for f in fields(cls) if f.init}
+        unknown = sorted(set(values) - valid - {"config"})
+        if unknown:
+            raise ValueError(
+                f"Unknown keys in {known.config}: {unknown}. Check their spelling against `gradiend-peft {command} "
+                "--help` (option names without the leading dashes)."
+            )
+    else:
+        values = {}
+    if command == "demo":
+        parser.set_defaults(**DEMO_DEFAULTS)
+    parser.set_defaults(**values)
+    parsed = parser.parse_args_into_dataclasses(args=list(argv))
+    return tuple(p for p in parsed if not isinstance(p, argparse.Namespace))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``gradiend-peft`` command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        lines = ["usage: gradiend-peft {train,evaluate,rewrite,demo} [options]  (each command has --help)", ""]
+        lines += [f"  {name:<9} {text}" for name, text in COMMANDS.items()]
+        print("\n".join(lines))
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nUnknown command {argv[0]!r}.", file=sys.stderr)
+            return 2
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    command, rest = argv[0], argv[1:]
+    try:
+        args = parse_command(command, rest)
+    except ValueError as err:
+        print(f"gradiend-peft {command}: {err}", file=sys.stderr)
+        return 2
+    from . import runner
+
+    started = time.perf_counter()
+    getattr(runner, f"run_{command}")(*args)
+    logger.info("Done in %.1f s.", time.perf_counter() - started)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

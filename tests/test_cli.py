@@ -1,0 +1,90 @@
+"""The gradiend-peft command line, end to end on a tiny GPT-2 saved to a temporary folder."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from gradiend_peft.cli import main, parse_command
+
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from tiny import word_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    tok = word_tokenizer("gpt2")
+    config = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=512,
+                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+def test_help_lists_the_commands(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("train", "evaluate", "rewrite", "demo"):
+        assert command in out
+
+
+def test_unknown_command_is_an_error(capsys):
+    assert main(["fly"]) == 2
+    assert "Unknown command 'fly'" in capsys.readouterr().err
+
+
+def test_command_help_documents_options():
+    result = subprocess.run([sys.executable, "-m", "gradiend_peft.cli", "demo", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    for option in ("--model", "--classes", "--policies", "--rows_per_gradient", "--config", "--fast"):
+        assert option in result.stdout
+
+
+def test_config_file_with_unknown_keys_is_refused(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("model: x\nclases: 'M:he,F:she'\n")
+    assert main(["evaluate", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "Unknown keys" in err and "clases" in err and "--help" in err
+
+
+def test_config_file_sets_values_and_flags_win(tmp_path):
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"model": "from-file", "classes": "A:he,B:she", "lms_floor": 0.5}))
+    run, model_args, data_args, output, rewrite_args = parse_command("rewrite", ["--config", str(config), "--lms_floor", "0.9"])
+    assert model_args.model == "from-file" and data_args.classes == "A:he,B:she"
+    assert rewrite_args.lms_floor == 0.9
+
+
+def test_demo_fast_mode_runs_end_to_end(tmp_path, tiny_model_dir, capsys):
+    out = tmp_path / "demo"
+    code = main(["demo", "--model", tiny_model_dir, "--fast", "--output_dir", str(out), "--classes", "M:he,F:she",
+                 "--min_context_words", "0", "--threads", "1", "--report_to", "none"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "Before/after on held-out prompts" in printed and "base" in printed
+    assert os.path.isfile(out / "adapter" / "adapter_config.json")
+    assert os.path.isfile(out / "adapter" / "adapter_model.safetensors")
+    for name in ("encoder.json", "summary.json", "rewrite_balance.json", "training_history.json"):
+        assert os.path.isfile(out / "metrics" / name), name
+    summary = json.loads((out / "metrics" / "summary.json").read_text())
+    assert summary[0]["model"] == "base" and len(summary) == 4
+    for name in ("convergence.png", "encoder.png", "rewrite_balance.png"):
+        assert (out / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_then_evaluate_then_rewrite_with_merge(tmp_path, tiny_model_dir):
+    out = str(tmp_path / "run")
+    common = ["--model", tiny_model_dir, "--min_context_words", "0", "--max_rows_per_class", "40", "--max_test_rows", "12",
+              "--neutral_rows", "8", "--control_rows", "4", "--plots", "false"]
+    assert main(["train", *common, "--output_dir", out, "--max_steps", "2", "--rows_per_gradient", "4",
+                 "--eval_steps", "1", "--save_steps", "1", "--report_to", "none"]) == 0
+    assert main(["evaluate", *common, "--output_dir", out]) == 0
+    assert main(["rewrite", *common, "--output_dir", out, "--policies", "strengthen:F", "--lrs", "100", "10", "1", "--feature_factors", "1", "-1",
+                 "--lms_floor", "0.0", "--control_floor", "0.0", "--merge_policy", "strengthen:F"]) == 0
+    assert os.path.isfile(os.path.join(out, "merged", "config.json"))
+    assert os.path.isfile(os.path.join(out, "merged", "model.safetensors"))
