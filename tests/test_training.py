@@ -140,6 +140,22 @@ def test_training_reaches_high_held_out_correlation(tmp_path, family, learning_r
     assert trainer.model.peft_config["default"].training_summary == summary
 
 
+def test_trains_on_rows_mined_by_the_data_package(tmp_path):
+    from gradiend_peft.data import mine_pairs
+
+    from test_training_fixtures import TRAIN_TEMPLATES, VALIDATION_TEMPLATES, rows
+
+    texts = [r["text"].replace("[MASK]", r["factual"]) for r in rows(TRAIN_TEMPLATES + VALIDATION_TEMPLATES)]
+    mined = mine_pairs(texts, {"M": ["he"], "F": ["she"]}, split_ratios=(0.75, 0.25, 0.0), seed=0, progress=False)
+    model = peft_model("bert")
+    trainer = GradiendTrainer(model=model, args=arguments(tmp_path, num_train_epochs=6, eval_steps=30),
+                              train_dataset=mined["train"], eval_dataset=mined["validation"],
+                              processing_class=tokenizer("bert"))
+    trainer.train()
+    assert model.peft_config["default"].feature_classes == ["M", "F"]
+    assert trainer.training_summary["converged"] and trainer.training_summary["correlation"] >= 0.9
+
+
 def test_only_the_adapter_is_optimised_and_the_base_is_untouched(tmp_path):
     model = peft_model("bert")
     base_before = {n: p.detach().clone() for n, p in model.named_parameters() if "gradiend_" not in n}
