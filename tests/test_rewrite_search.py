@@ -58,15 +58,15 @@ def test_search_leaves_the_model_bit_identical(apply):
     model, tok = crafted("gpt2", include_embeddings=True)  # a tied LM head is steered and merged too
     model.train()
     before = snapshot(model)
-    first = search_rewrite(model, MINED, NEUTRAL, tokenizer=tok, policy="balance", apply=apply, refine_rounds=1,
-                           lrs=(0.2, 1.0, 5.0), progress=False)
+    kwargs = dict(tokenizer=tok, policy="balance", apply=apply, feature_factors=(-1.0, 0.0, 1.0), refine_rounds=1,
+                  lrs=(0.2, 1.0, 5.0), progress=False)
+    first = search_rewrite(model, MINED, NEUTRAL, **kwargs)
     after = snapshot(model)
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     layers = model.base_model.gradiend_layers().values()
     assert not any(layer.merged or layer._steering for layer in layers)
     assert all(m.training for m in model.modules())  # modes restored; the search itself ran in eval mode
-    second = search_rewrite(model, MINED, NEUTRAL, tokenizer=tok, policy="balance", apply=apply, refine_rounds=1,
-                            lrs=(0.2, 1.0, 5.0), progress=False)
+    second = search_rewrite(model, MINED, NEUTRAL, **kwargs)
     assert [c.metrics for c in first.candidates] == [c.metrics for c in second.candidates]  # no dropout
     assert any(c.metrics.mean_abs_shift > 0 for c in first.candidates)  # candidates did act
 

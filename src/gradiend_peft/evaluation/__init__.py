@@ -43,7 +43,8 @@ from .policies import (
     score_candidates,
     select_best,
 )
-from .rewrite import REFERENCE_LEARNING_RATES, RewriteResult, refinement_lrs, search_rewrite
+from .result import RewriteResult
+from .rewrite import REFERENCE_LEARNING_RATES, refinement_lrs, search_rewrite
 
 METRICS = ("encoder_correlation", "language_modeling_score")
 """The names of the `evaluate` metric scripts shipped with the package."""

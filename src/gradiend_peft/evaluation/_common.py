@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Optional
 
 import torch
@@ -104,8 +104,3 @@ def nan_to_none(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [nan_to_none(v) for v in value]
     return value
-
-
-def mean(values: Iterable[float]) -> float:
-    values = list(values)
-    return math.fsum(values) / len(values) if values else float("nan")
