@@ -15,6 +15,7 @@ from gradiend_peft.data import collator_for
 from gradiend_peft.evaluation import EncoderReport, evaluate_encoder, expected_sign, neutral_slot_rows
 
 from batches import ROWS
+from test_evaluation_metrics import one_thread  # noqa: F401  (autouse fixture)
 from tiny import CORPUS, MODEL_BUILDERS, TOKENIZER_KIND, word_tokenizer
 
 MINED = [

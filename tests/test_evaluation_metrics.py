@@ -23,6 +23,15 @@ from gradiend_peft.evaluation import (
 from tiny import tiny_gpt2, word_tokenizer
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread while a test runs: on a shared 2-core machine two threads ran these tests up to 90x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 class PositionTable(nn.Module):
     """Logits that depend on the position only: ``logits[b, t] = table[t]``."""
 

@@ -14,6 +14,7 @@ from gradiend_peft.data import collator_for
 from gradiend_peft.evaluation import REFERENCE_LEARNING_RATES, RewriteResult, prepare_lms, search_rewrite
 
 from batches import ROWS
+from test_evaluation_metrics import one_thread  # noqa: F401  (autouse fixture)
 from tiny import MODEL_BUILDERS, TOKENIZER_KIND, word_tokenizer
 
 MINED = [
