@@ -193,10 +193,10 @@ def search_rewrite(
         raise ValueError(f"The rewrite search compares two classes; got {list(words)}.")
     names = tuple(words)
     policy.check_classes(names)
-    ffs = [float(f) for f in (policy.default_feature_factors if feature_factors is None else feature_factors)]
+    ffs = list(dict.fromkeys(float(f) for f in (policy.default_feature_factors if feature_factors is None else feature_factors)))
     if not config.decoder_bias and feature_factors is None:
         ffs = [f for f in ffs if f != 0.0]
-    grid_lrs = sorted(float(lr) for lr in (REFERENCE_LEARNING_RATES if lrs is None else lrs))
+    grid_lrs = sorted({float(lr) for lr in (REFERENCE_LEARNING_RATES if lrs is None else lrs)})
     if not ffs or not grid_lrs or any(lr <= 0 or not math.isfinite(lr) for lr in grid_lrs):
         raise ValueError(f"Need feature factors and positive, finite learning rates; got {ffs} and {grid_lrs}.")
     objective = config.objective
@@ -236,6 +236,7 @@ def search_rewrite(
 
         def guards_pass(m: CandidateMetrics) -> bool:
             return score_candidates(policy, [m], base_metrics, lms_floor=lms_floor, control_floor=control_floor)[0].feasible
+
         logger.info("base: LMS %.4f, P %s, control %s", base_metrics.lms, base_metrics.class_probs,
                     base_metrics.control_accuracy)
         for ff in ffs:
