@@ -9,7 +9,7 @@ from .registration import register as _register
 
 _register()
 
-from . import data  # noqa: E402
+from . import data, evaluation, plotting  # noqa: E402
 from .atomic import save_adapter  # noqa: E402
 from .data import (  # noqa: E402
     MASK_PLACEHOLDER,
@@ -23,6 +23,16 @@ from .data import (  # noqa: E402
     mine_neutral,
     mine_pairs,
 )
+from .evaluation import (  # noqa: E402
+    Balance,
+    EncoderReport,
+    Favour,
+    RewriteResult,
+    Strengthen,
+    Weaken,
+    evaluate_encoder,
+    search_rewrite,
+)
 from .gradients import NonFiniteGradientError, batch_gradients, per_example_dots, per_example_encoder_dots  # noqa: E402
 from .hub import push_adapter_to_hub, write_model_card  # noqa: E402
 from .loading import UntrustedAdapterError, load_gradiend_model  # noqa: E402
@@ -32,6 +42,14 @@ from .tuner import GradiendConfig, GradiendModel  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
+    "Balance",
+    "EncoderReport",
+    "Favour",
+    "RewriteResult",
+    "Strengthen",
+    "Weaken",
+    "evaluate_encoder",
+    "search_rewrite",
     "MASK_PLACEHOLDER",
     "CausalLMCollator",
     "Feature",
