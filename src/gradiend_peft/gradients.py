@@ -21,7 +21,7 @@ for the pass and have it restored; the model runs in eval mode (no dropout) and 
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Iterable, Iterator, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -72,11 +72,68 @@ def model_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return inputs
 
 
+def label_positions(labels: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The positions labelled in any of ``labels`` (each ``(B, T)``), per row, left-aligned: ``(positions, valid)``,
+    both ``(B, P)`` with ``P`` the most labels of any row; padding repeats the row's first position (``valid`` False).
+    """
+    labels = list(labels)
+    mask = torch.zeros_like(labels[0], dtype=torch.bool)
+    for tensor in labels:
+        mask |= tensor != IGNORE_INDEX
+    counts = mask.sum(dim=1)
+    width = int(counts.max()) if counts.numel() else 0
+    order = torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices[:, :width]
+    valid = torch.arange(width, device=mask.device).unsqueeze(0) < counts.unsqueeze(1)
+    return torch.where(valid, order, order[:, :1]), valid
+
+
+@contextlib.contextmanager
+def head_at_positions(model: nn.Module, positions: torch.Tensor, seq_len: int) -> Iterator[dict]:
+    """Runs the output embedding (the LM head) on the hidden states at ``positions`` only, so that the logits are
+    ``(B, P, V)`` instead of ``(B, T, V)``. Only labelled positions enter the losses, so their gradients are the
+    same; the head's matmul, its softmax and their backward shrink by ``T / P``. Yields ``{"applied": bool}``:
+    False when the model has no output embedding or calls it on an unexpected shape (then nothing changes).
+    """
+    getter = getattr(model, "get_output_embeddings", None)
+    head = getter() if getter is not None else None
+    state = {"applied": False}
+    if head is None or positions.shape[1] == 0:
+        yield state
+        return
+
+    def pre_hook(module: nn.Module, args: tuple) -> Optional[tuple]:
+        hidden = args[0] if args else None
+        if (state["applied"] or not torch.is_tensor(hidden) or hidden.dim() != 3
+                or tuple(hidden.shape[:2]) != (positions.shape[0], seq_len)):
+            return None
+        index = positions.to(hidden.device).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+        state["applied"] = True
+        return (hidden.gather(1, index),) + tuple(args[1:])
+
+    handle = head.register_forward_pre_hook(pre_hook)
+    try:
+        yield state
+    finally:
+        handle.remove()
+
+
 def lm_losses(model: nn.Module, batch: Mapping[str, torch.Tensor], kinds: Iterable[str]) -> dict[str, torch.Tensor]:
-    """One forward pass; the per-row losses ``(B,)`` for each label kind in ``kinds``."""
-    output = model(**model_inputs(batch))
+    """One forward pass; the per-row losses ``(B,)`` for each label kind in ``kinds``.
+
+    The LM head runs on the labelled positions only (`head_at_positions`): the losses and every gradient are those
+    of the full logits, at a fraction of the head's cost.
+    """
+    labels = {kind: batch[KIND_TO_LABEL_KEY[kind]] for kind in kinds}
+    positions, valid = label_positions(labels.values())
+    with head_at_positions(model, positions, batch["input_ids"].shape[1]) as state:
+        output = model(**model_inputs(batch))
     logits = output.logits if hasattr(output, "logits") else output[0]
-    return {kind: per_row_losses(logits, batch[KIND_TO_LABEL_KEY[kind]].to(logits.device)) for kind in kinds}
+    if state["applied"]:
+        labels = {
+            kind: torch.where(valid, tensor.gather(1, positions), torch.full_like(positions, IGNORE_INDEX))
+            for kind, tensor in labels.items()
+        }
+    return {kind: per_row_losses(logits, labels[kind].to(logits.device)) for kind in kinds}
 
 
 @contextlib.contextmanager

@@ -222,12 +222,18 @@ class GradiendLayer(BaseTunerLayer):
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.disable_adapters and self.merged:
             self.unmerge()
-        result = self.base_layer(x, *args, **kwargs)
         if self.disable_adapters or not self._steering:
-            return result
+            return self.base_layer(x, *args, **kwargs)
         delta = self._steering_delta()
         if delta is None:
-            return result
+            return self.base_layer(x, *args, **kwargs)
+        base = self.get_base_layer()
+        if base is self.base_layer:
+            # One call with the shifted weight, as a merged model computes it: one matmul (not a second one for
+            # the shift) and outputs bit-identical to merging the same shift.
+            weight = base.weight
+            return torch.func.functional_call(base, {"weight": weight + delta.to(weight.dtype)}, (x, *args), kwargs)
+        result = self.base_layer(x, *args, **kwargs)
         return result + self._apply_delta(x, delta).to(result.dtype)
 
     def _apply_delta(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
