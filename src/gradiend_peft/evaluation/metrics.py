@@ -34,6 +34,7 @@ from torch import nn
 
 from ..data.collators import CausalLMCollator, target_pieces
 from ..data.feature import MASK_PLACEHOLDER, copy_casing
+from ..gradients import head_at_positions, label_positions
 from ._common import batches, model_device
 
 __all__ = [
@@ -204,9 +205,13 @@ def slot_probabilities(model: nn.Module, slots: SlotInputs) -> torch.Tensor:
     device = model_device(model)
     out = torch.zeros(len(slots), len(slots.classes), dtype=torch.float64)
     for batch in slots.batches:
-        logits = logits_of(model, batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        input_ids = batch["input_ids"].to(device)
+        position = batch["position"].to(device)
+        with head_at_positions(model, position.unsqueeze(1), input_ids.shape[1]) as head:  # the slot's logits only
+            logits = logits_of(model, input_ids, batch["attention_mask"].to(device))
         rows = torch.arange(logits.shape[0], device=logits.device)
-        probs = torch.softmax(logits[rows, batch["position"].to(device)].float(), dim=-1).double().cpu()
+        slot_logits = logits[:, 0] if head["applied"] else logits[rows, position]
+        probs = torch.softmax(slot_logits.float(), dim=-1).double().cpu()
         ids = batch["token_ids"]
         picked = probs.gather(1, ids.clamp(min=0).reshape(len(ids), -1)).reshape(ids.shape)
         out[batch["index"]] = (picked * (ids >= 0)).sum(dim=-1)
@@ -315,8 +320,13 @@ def masked_token_predictions(model: nn.Module, inputs: LMSInputs) -> tuple[torch
     device = model_device(model)
     predicted, original = [], []
     for batch in inputs.batches:
-        logits = logits_of(model, batch["input_ids"].to(device), batch["attention_mask"].to(device))
-        labels = batch["labels"].to(logits.device)
+        input_ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)
+        positions, valid = label_positions([labels])
+        with head_at_positions(model, positions, input_ids.shape[1]) as head:  # logits at the masked positions only
+            logits = logits_of(model, input_ids, batch["attention_mask"].to(device))
+        if head["applied"]:
+            labels = torch.where(valid, labels.gather(1, positions), torch.full_like(positions, IGNORE_INDEX))
+        labels = labels.to(logits.device)
         selected = labels != IGNORE_INDEX
         predicted.append(logits[selected].argmax(dim=-1).cpu())
         original.append(labels[selected].cpu())
