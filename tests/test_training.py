@@ -171,6 +171,25 @@ def test_only_the_adapter_is_optimised_and_the_base_is_untouched(tmp_path):
             assert torch.equal(param, base_before[name]), name
 
 
+def test_encoder_weights_learn_at_the_fan_in_scaled_rate(tmp_path):
+    trainer = _trainer(tmp_path, model=peft_model("llama"), family="llama", max_steps=1, eval_strategy="no")
+    trainer.train()
+    tuner = trainer.tuner
+    encoders = {id(layer.gradiend_encoder["default"]) for layer in tuner.gradiend_layers().values()}
+    rates = {}
+    for group in trainer.optimizer.param_groups:
+        for p in group["params"]:
+            rates[id(p)] = group["lr"]
+    n = trainer._num_entries
+    assert n == 18432
+    assert all(rates[i] == pytest.approx(1e-5 * 16384 / n) for i in encoders)
+    others = [i for i in rates if i not in encoders]
+    assert others and all(rates[i] == 1e-5 for i in others)
+    plain = _trainer(tmp_path / "plain", max_steps=1, eval_strategy="no", encoder_lr_fan_in=None)
+    plain.train()
+    assert {g["lr"] for g in plain.optimizer.param_groups if g["params"]} == {1e-5}
+
+
 def test_loss_is_summed_for_backward_and_logged_as_mse(tmp_path):
     trainer = _trainer(tmp_path, max_steps=1, eval_strategy="no", eval_on_start=False)
     batch = masked_lm_batch()

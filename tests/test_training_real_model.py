@@ -18,7 +18,7 @@ import torch
 TARGETS = r".*layers\.(2[0-9])\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))"
 
 
-def real_model_run(output_dir: str, steps: int = 125, threads: int = 1) -> dict:
+def real_model_run(output_dir: str, steps: int = 125, threads: int = 1, eval_steps: int = 125, **overrides) -> dict:
     torch.set_num_threads(threads)
     from peft import get_peft_model
     from transformers import TrainerCallback
@@ -44,8 +44,9 @@ def real_model_run(output_dir: str, steps: int = 125, threads: int = 1) -> dict:
     test = pairs["test"].shuffle(seed=0).select(range(min(256, len(pairs["test"]))))
     model = get_peft_model(base, GradiendConfig(target_modules=TARGETS, init_seed=0))
     args = GradiendTrainingArguments(
-        output_dir=output_dir, rows_per_gradient=16, max_steps=steps, eval_steps=steps, num_seeds=1,
+        output_dir=output_dir, rows_per_gradient=16, max_steps=steps, eval_steps=eval_steps, num_seeds=1,
         compute_eval_loss=False, save_strategy="no", report_to="none", disable_tqdm=True, logging_steps=25,
+        **overrides,
     )
     timer = StepTimer()
     trainer = GradiendTrainer(model=model, args=args, train_dataset=pairs["train"], eval_dataset=validation,
@@ -60,6 +61,7 @@ def real_model_run(output_dir: str, steps: int = 125, threads: int = 1) -> dict:
         "median_step_s": statistics.median(timer.times),
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "untrained_validation_correlation": evaluations[0]["eval_correlation"],
+        "evaluations": [(e["step"], e["eval_correlation"], e["eval_mean_M"], e["eval_mean_F"]) for e in evaluations],
         "summary": trainer.training_summary,
         "test": {k: v for k, v in held_out.items() if k.startswith("test_") and "runtime" not in k},
     }
@@ -80,5 +82,6 @@ def test_smollm2_reaches_high_held_out_correlation_with_defaults(tmp_path):
 
 
 if __name__ == "__main__":
-    print(json.dumps(real_model_run(sys.argv[1] if len(sys.argv) > 1 else "/tmp/gradiend_real_model"), indent=2,
-                     default=str))
+    extra = {key: json.loads(value) for key, value in (arg.split("=", 1) for arg in sys.argv[2:])}
+    print(json.dumps(real_model_run(sys.argv[1] if len(sys.argv) > 1 else "/tmp/gradiend_real_model", **extra),
+                     indent=2, default=str))

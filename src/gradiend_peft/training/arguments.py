@@ -61,6 +61,14 @@ class GradiendTrainingArguments(TrainingArguments):
         class_balance (`str`): How row groups of unequal classes fill an epoch: ``oversample`` (the smaller class
             is cycled so that both classes give as many groups as the larger), ``undersample`` (as many as the
             smaller) or ``none`` (every row once; the end of an epoch may hold one class only).
+        encoder_lr_fan_in (`int`, *optional*): The encoder weights ``E`` learn at
+            ``learning_rate * encoder_lr_fan_in / n``, ``n`` the adapter's input entries (the decoder, the decoder
+            bias and the encoder bias at ``learning_rate``). With inputs at unit RMS, one AdamW step moves every
+            entry of ``E`` by about its learning rate, so the encoding ``<E, s g>`` moves by about
+            ``0.8 * lr * n``: 0.1 for a tiny model, hundreds for a 100M-entry one, which saturates the tanh at the
+            first step. Scaling by ``1 / n`` (the 1/fan-in rule for Adam) makes the step the same at any size; the
+            default reference fan-in of 16384 keeps ``learning_rate`` as it is for an ``n`` of 16384. ``None``
+            trains every parameter at ``learning_rate``.
         compute_eval_loss (`bool`): Also report ``eval_loss``, the reconstruction MSE of the validation row groups
             (costs two more backward passes per group than the correlation alone).
         sign_normalization (`bool`): After each evaluation, orient the encoder so that the first feature class
@@ -91,6 +99,11 @@ class GradiendTrainingArguments(TrainingArguments):
     )
     class_balance: str = field(
         default="oversample", metadata={"help": f"How unequal classes fill an epoch, one of {CLASS_BALANCES}."}
+    )
+    encoder_lr_fan_in: Optional[int] = field(
+        default=16384,
+        metadata={"help": "Encoder weights learn at learning_rate * encoder_lr_fan_in / n (n: the adapter's input "
+                          "entries), so one step moves the encoding equally at any model size; None: no scaling."},
     )
     compute_eval_loss: bool = field(
         default=True, metadata={"help": "Also report eval_loss, the reconstruction MSE of the validation groups."}
@@ -162,6 +175,8 @@ class GradiendTrainingArguments(TrainingArguments):
             self.num_seeds = len(self.seeds)
         if isinstance(self.num_seeds, bool) or not isinstance(self.num_seeds, int) or self.num_seeds < 1:
             raise ValueError(f"num_seeds must be a positive integer, got {self.num_seeds!r}.")
+        if self.encoder_lr_fan_in is not None and (isinstance(self.encoder_lr_fan_in, bool) or self.encoder_lr_fan_in < 1):
+            raise ValueError(f"encoder_lr_fan_in must be a positive integer or None, got {self.encoder_lr_fan_in!r}.")
         if self.remove_unused_columns:
             logger.warning(
                 "GradiendTrainingArguments sets remove_unused_columns=False: the collator needs the text, factual "

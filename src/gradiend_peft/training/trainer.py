@@ -189,6 +189,37 @@ class GradiendTrainer(Trainer):
         """Weight decay on every adapter parameter, biases included (as the reference's AdamW)."""
         return [name for name, param in model.named_parameters() if param.requires_grad]
 
+    @property
+    def encoder_lr_factor(self) -> float:
+        """The encoder weights' learning rate relative to ``learning_rate`` (``encoder_lr_fan_in / n``)."""
+        if self.args.encoder_lr_fan_in is None:
+            return 1.0
+        return self.args.encoder_lr_fan_in / self._num_entries
+
+    def create_optimizer(self, model=None):
+        """The Trainer's optimizer, with the encoder weights in a group of their own at
+        ``learning_rate * encoder_lr_factor`` (see ``GradiendTrainingArguments.encoder_lr_fan_in``)."""
+        creating = self.optimizer is None
+        optimizer = super().create_optimizer(model)
+        factor = self.encoder_lr_factor
+        if not creating or factor == 1.0:
+            return optimizer
+        encoders = {id(layer.gradiend_encoder[self.adapter_name])
+                    for layer in self.tuner.gradiend_layers(self.adapter_name).values()}
+        inner = getattr(optimizer, "optimizer", optimizer)
+        moved = []
+        for group in inner.param_groups:
+            keep = [p for p in group["params"] if id(p) not in encoders]
+            moved += [p for p in group["params"] if id(p) in encoders]
+            group["params"] = keep
+        if moved:
+            reference = inner.param_groups[0]
+            inner.add_param_group({"params": moved, "lr": reference["lr"] * factor,
+                                   "weight_decay": self.args.weight_decay})
+            logger.info("GRADIEND: encoder weights learn at %.3g (learning_rate x %d / %d entries).",
+                        reference["lr"] * factor, self.args.encoder_lr_fan_in, self._num_entries)
+        return optimizer
+
     # ------------------------------------------------------------------------------------------------ data
     def _classes(self, dataset) -> list:
         key = id(dataset)
