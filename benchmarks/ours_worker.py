@@ -100,7 +100,20 @@ def _build(seed: int) -> None:
     STATE["peft"] = peft_model
     STATE["tuner"] = peft_model.base_model
     params = [p for p in peft_model.parameters() if p.requires_grad]
-    STATE["optimizer"] = torch.optim.AdamW(params, lr=1e-5, weight_decay=1e-2, eps=1e-8)
+    if STATE.get("step_in_backward"):
+        # AdamW is element-wise: one AdamW per tensor, stepped as soon as the tensor's gradient is complete, is the
+        # same update as one AdamW over all of them, but the 3n gradient floats never coexist
+        optimizers = {p: torch.optim.AdamW([p], lr=1e-5, weight_decay=1e-2, eps=1e-8) for p in params}
+
+        def hook(param):
+            optimizers[param].step()
+            optimizers[param].zero_grad(set_to_none=True)
+
+        for p in params:
+            p.register_post_accumulate_grad_hook(hook)
+        STATE["optimizer"] = None
+    else:
+        STATE["optimizer"] = torch.optim.AdamW(params, lr=1e-5, weight_decay=1e-2, eps=1e-8)
     STATE["next_group"] = 0
 
 
@@ -110,7 +123,7 @@ def _to(batch: dict) -> dict:
 
 
 def setup(model_dir: str, rows: str, seed: int = 0, rows_per_gradient: int = 32, threads: int = 1,
-          device: str = "cpu", dtype: str = "float32") -> dict:
+          device: str = "cpu", dtype: str = "float32", step_in_backward: bool = False) -> dict:
     wc.fix_threads(threads)
     import json
 
@@ -121,6 +134,7 @@ def setup(model_dir: str, rows: str, seed: int = 0, rows_per_gradient: int = 32,
 
     def load():
         STATE["device"] = device
+        STATE["step_in_backward"] = step_in_backward
         model, tokenizer, objective = _load(model_dir, device, dtype)
         with open(rows, encoding="utf-8") as handle:
             data = json.load(handle)
@@ -167,8 +181,9 @@ def _one_step() -> float:
     batch = _next_batch()
     loss, _, n = tuner.reconstruction_loss(batch)
     loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)  # as transformers' Trainer (GradiendTrainer) does: after the step
+    if optimizer is not None:  # else the step ran inside backward (step_in_backward)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)  # as transformers' Trainer (GradiendTrainer) does: after the step
     return float(loss.item()) / n
 
 
@@ -452,7 +467,9 @@ def trainer_run(steps: int, seed: int = 0, output_dir: str | None = None) -> dic
         def on_step_end(self, args, state, control, **kwargs):
             self.times.append(time.perf_counter() - self.start)
 
+    fused, STATE["step_in_backward"] = STATE.get("step_in_backward"), False  # the Trainer owns the optimiser
     _build(seed)
+    STATE["step_in_backward"] = fused
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as tmp:
         args = GradiendTrainingArguments(

@@ -334,6 +334,58 @@ def run_scaling(args: argparse.Namespace, log_dir: str) -> list[dict]:
     return results
 
 
+# ----------------------------------------------------------------------------------------------- memory suite
+def run_memory(args: argparse.Namespace, log_dir: str) -> list[dict]:
+    """Peak RSS while training, each variant in a fresh process, one after the other (memory is not disturbed by
+    other load, so this suite may run beside other work): ours, ours+patch, ours+patch with the optimiser step
+    inside backward, the reference."""
+    have_ref = os.path.exists(REF_PYTHON) and not args.no_reference
+    rows = []
+    for name in args.models.split(","):
+        layers = args.base_layers if name == "bert-base" else None
+        info = prepare.prepare(args.work, name, layers=layers)
+        variants = [("ours", sys.executable, "ours_worker.py", None, {}),
+                    ("ours, step in backward", sys.executable, "ours_worker.py", None, {"step_in_backward": True})]
+        if args.ours_src:
+            patched = os.path.join(args.ours_src, "src")
+            variants += [("ours+patch", sys.executable, "ours_worker.py", patched, {}),
+                         ("ours+patch, step in backward", sys.executable, "ours_worker.py", patched,
+                          {"step_in_backward": True})]
+        if have_ref:
+            variants.append(("reference", REF_PYTHON, "ref_worker.py", None, {}))
+        params = None
+        for label, python, script, path, extra in variants:
+            worker = Worker(f"memory-{info['tag']}-{label.replace(' ', '_').replace(',', '')}", python, script,
+                            args.threads, log_dir, pythonpath=path)
+            try:
+                common = {"model_dir": info["model_dir"], "rows": info["rows"], "rows_per_gradient": args.rows,
+                          "threads": args.threads, **extra}
+                if label == "reference":
+                    common["params"] = params
+                setup = worker.call("setup", **common)
+                if params is None:
+                    params = setup.get("params")
+                worker.call("reset_peak")
+                step = worker.call("step", count=args.memory_steps)
+                rows.append({"model": info["tag"], "impl": label, "n": setup["n"], "rss_after_setup_mb":
+                             setup["rss"] / MB, "peak_mb": step["peak"] / MB, "step_s": median(step["times"])})
+                log(f"[memory] {info['tag']} {label}: after setup {setup['rss'] / MB:,.0f} MB, peak while training "
+                    f"{step['peak'] / MB:,.0f} MB")
+            finally:
+                worker.close()
+    return rows
+
+
+def memory_table(rows: list[dict]) -> str:
+    lines = ["| model | variant | n | RSS after setup (MB) | peak RSS while training (MB) | / reference |",
+             "|---|---|---|---|---|---|"]
+    refs = {r["model"]: r["peak_mb"] for r in rows if r["impl"] == "reference"}
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['impl']} | {r['n']:,} | {r['rss_after_setup_mb']:,.0f} | "
+                     f"{r['peak_mb']:,.0f} | {fmt(ratio(r['peak_mb'], refs.get(r['model'])))} |")
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------------------------------- printing
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
@@ -464,7 +516,8 @@ def machine() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suite", choices=["main", "scaling"], default="main")
+    parser.add_argument("--suite", choices=["main", "scaling", "memory"], default="main")
+    parser.add_argument("--memory-steps", type=int, default=2, help="steps of the memory suite")
     parser.add_argument("--models", default="bert-tiny,gpt2-tiny,llama-tiny",
                         help=f"comma-separated, from {sorted(prepare.MODEL_SPECS)}")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and rows")
@@ -532,6 +585,11 @@ def main() -> None:
         text = table(results, impls)
         payload = {**header, "results": results}
         default_out = f"main-{'-'.join(args.models.split(','))}{'-quick' if args.quick else ''}.json"
+    elif args.suite == "memory":
+        rows = run_memory(args, log_dir)
+        text = memory_table(rows)
+        payload = {**header, "results": rows}
+        default_out = f"memory-{'-'.join(args.models.split(','))}{'-L' + str(args.base_layers) if args.base_layers else ''}.json"
     else:
         rows = run_scaling(args, log_dir)
         text = scaling_table(rows)
