@@ -41,8 +41,8 @@ def load_base(model_args) -> tuple[torch.nn.Module, Any]:
     return load_model_and_tokenizer(model_args.model, dtype=_DTYPES[model_args.dtype])
 
 
-def gradiend_config(model: torch.nn.Module, model_args, feature) -> Any:
-    """The `GradiendConfig` the model arguments describe."""
+def gradiend_config(model: torch.nn.Module, model_args, feature, init_seed: Optional[int] = None) -> Any:
+    """The `GradiendConfig` the model arguments describe (initialised from ``init_seed``: runs are reproducible)."""
     from .tuner.config import GradiendConfig
 
     layers = parse_layers(model_args.layers)
@@ -56,6 +56,7 @@ def gradiend_config(model: torch.nn.Module, model_args, feature) -> Any:
         source=model_args.source,
         target=model_args.target,
         feature_classes=list(feature.pair),
+        init_seed=init_seed,
     )
 
 
@@ -143,10 +144,10 @@ def rewrite(peft_model, tokenizer, data: FeatureData, out: str, rewrite_args, ru
     return results, table
 
 
-def _attach(base, model_args, feature) -> Any:
+def _attach(base, model_args, feature, seed: int) -> Any:
     from peft import get_peft_model
 
-    return get_peft_model(base, gradiend_config(base, model_args, feature))
+    return get_peft_model(base, gradiend_config(base, model_args, feature, init_seed=seed))
 
 
 def _load_adapter(base, run, out: str) -> Any:
@@ -171,7 +172,7 @@ def run_train(run, model_args, data_args, train_args) -> dict[str, Any]:
     _setup(run)
     base, tokenizer = load_base(model_args)
     feature = parse_classes(data_args.classes)
-    peft_model = _attach(base, model_args, feature)
+    peft_model = _attach(base, model_args, feature, train_args.seed)
     data = mine(data_args, tokenizer, peft_model)
     summary = train(peft_model, tokenizer, data, train_args, run)
     evaluate(peft_model, tokenizer, data, train_args.output_dir, run)
@@ -218,7 +219,7 @@ def run_demo(run, model_args, data_args, rewrite_args, train_args) -> list:
         blocks = getattr(base.config, "num_hidden_layers", None) or getattr(base.config, "n_layer", 0)
         if blocks and max(layers) >= blocks:
             model_args = replace(model_args, layers=None)  # the demo's block range does not exist here
-    peft_model = _attach(base, model_args, parse_classes(data_args.classes))
+    peft_model = _attach(base, model_args, parse_classes(data_args.classes), train_args.seed)
     data = mine(data_args, tokenizer, peft_model)
     summary = train(peft_model, tokenizer, data, train_args, run)
     report = evaluate(peft_model, tokenizer, data, out, run)
