@@ -99,3 +99,35 @@ def test_same_seed_same_adapter_and_encodings():
         if "gradiend" in key:
             assert torch.equal(value, second.state_dict()[key]), key
     assert torch.equal(first.base_model.encode_rows(batch_for("bert")), second.base_model.encode_rows(batch_for("bert")))
+
+
+def test_training_stops_at_a_nan_gradient_naming_step_module_and_checkpoint(tmp_path):
+    from gradiend_peft.data import collator_for
+    from gradiend_peft.training import GradiendTrainer, GradiendTrainingArguments
+
+    from tiny import word_tokenizer
+
+    tok = word_tokenizer("bert")
+    rows = [{"text": f"the {noun} said that [MASK] would come .", "factual": w, "alternative": a,
+             "factual_class": c, "alternative_class": o, "label": 1.0 if c == "M" else -1.0}
+            for noun in ("man", "king", "boy", "father") for w, a, c, o in (("he", "she", "M", "F"), ("she", "he", "F", "M"))]
+    import datasets
+
+    dataset = datasets.Dataset.from_list(rows)
+    model = get_peft_model(MODEL_BUILDERS["bert"](), GradiendConfig(init_seed=0, feature_classes=["M", "F"]))
+    args = GradiendTrainingArguments(output_dir=str(tmp_path), rows_per_gradient=2, max_steps=6, save_steps=2,
+                                     eval_strategy="no", report_to="none", logging_steps=1, use_cpu=True)
+
+    class PoisonAfterCheckpoint(__import__("transformers").TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            layer = model.base_model.gradiend_layers()["bert.encoder.layer.1.output.dense"]
+            with torch.no_grad():
+                layer.get_base_layer().weight[0, 0] = float("inf")
+
+    trainer = GradiendTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator_for(tok, "masked_lm"),
+                              processing_class=tok, callbacks=[PoisonAfterCheckpoint()])
+    with pytest.raises(NonFiniteGradientError) as err:
+        trainer.train()
+    message = str(err.value)
+    assert "Training stopped at step 2" in message and "bert.encoder.layer" in message
+    assert "checkpoint-2" in message and (tmp_path / "checkpoint-2" / "adapter_model.safetensors").is_file()

@@ -41,6 +41,20 @@ from .tuner import GradiendConfig, GradiendModel  # noqa: E402
 
 __version__ = "0.1.0"
 
+_LAZY = {"GradiendTrainer": "training", "GradiendTrainingArguments": "training", "training": None, "cli": None,
+         "pretrained": None, "workflow": None}
+
+
+def __getattr__(name: str):
+    # the trainer imports transformers' Trainer (and accelerate): load it on first use, not at `import gradiend_peft`
+    if name not in _LAZY:
+        raise AttributeError(f"module 'gradiend_peft' has no attribute {name!r}")
+    import importlib
+
+    module = importlib.import_module(f".{_LAZY[name] or name}", __name__)
+    return module if _LAZY[name] is None else getattr(module, name)
+
+
 __all__ = [
     "Balance",
     "EncoderReport",
@@ -55,6 +69,8 @@ __all__ = [
     "Feature",
     "GradiendConfig",
     "GradiendModel",
+    "GradiendTrainer",
+    "GradiendTrainingArguments",
     "MaskedLMCollator",
     "MiningReport",
     "NonFiniteGradientError",

@@ -99,11 +99,9 @@ class SeedReport:
 
 def reinitialize_adapter(tuner, adapter_name: str, seed: int) -> None:
     """Re-draws the adapter's initial weights with ``init_seed = seed`` (the core's initialisation scheme)."""
-    initialize = getattr(tuner, "_initialize_adapter", None)
-    if initialize is None:  # pragma: no cover - depends on the core
-        raise RuntimeError("This GradiendModel cannot re-initialise an adapter; train a fresh model per seed.")
-    tuner.peft_config[adapter_name].init_seed = int(seed)
-    initialize(adapter_name)
+    scale = tuner.gradiend_gradient_scale[adapter_name].clone()
+    tuner.reset_adapter(adapter_name, seed=seed)
+    tuner.gradiend_gradient_scale[adapter_name].copy_(scale)  # the calibration is the data's, not the seed's
 
 
 def _load_finished(folder: str):

@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import re
 from typing import Any, Callable, Optional
 
@@ -44,7 +45,7 @@ from torch.utils.data import DataLoader
 from transformers import Trainer
 from transformers.trainer_utils import EvalLoopOutput, get_last_checkpoint
 
-from ..gradients import batch_gradients
+from ..gradients import NonFiniteGradientError, batch_gradients
 from ..tuner.model import GradiendModel
 from .arguments import GradiendTrainingArguments, bf16_supported
 from .callbacks import BestAdapterCallback, ConvergenceCallback, SignNormalizationCallback
@@ -354,9 +355,29 @@ class GradiendTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
-        """The Trainer's step (backward on the summed loss); returns the mean squared error for logging."""
-        loss = super().training_step(model, inputs, num_items_in_batch)
+        """The Trainer's step (backward on the summed loss); returns the mean squared error for logging.
+
+        Non-finite base-model gradients or a non-finite loss stop training with the step (and the module) named;
+        checkpoints already written stay as they are, so the run can resume from the last good one.
+        """
+        step = self.state.global_step
+        try:
+            loss = super().training_step(model, inputs, num_items_in_batch)
+        except NonFiniteGradientError as err:
+            raise NonFiniteGradientError(f"Training stopped at step {step}: {err} {self._last_checkpoint_hint()}") from err
+        if not torch.isfinite(loss).all():
+            raise NonFiniteGradientError(
+                f"Training stopped at step {step}: the GRADIEND loss is {float(loss)} (the adapter diverged; lower "
+                f"learning_rate). {self._last_checkpoint_hint()}"
+            )
         return loss / self._num_entries
+
+    def _last_checkpoint_hint(self) -> str:
+        folder = self.args.output_dir
+        last = get_last_checkpoint(folder) if folder and os.path.isdir(folder) else None
+        if last is None:
+            return "No checkpoint was written before this step."
+        return f"The last good checkpoint is {last}; resume with trainer.train(resume_from_checkpoint=True)."
 
     # ---------------------------------------------------------------------------------------- evaluation
     def _class_names(self) -> dict[float, str]:

@@ -141,6 +141,19 @@ class GradiendModel(BaseTuner):
             self.gradiend_gradient_scale[adapter_name] = torch.zeros(())
             self.gradiend_encoder_bias[adapter_name].requires_grad_(adapter_name in self.active_adapters)
 
+    def reset_adapter(self, adapter_name: Optional[str] = None, seed: Optional[int] = None) -> None:
+        """Re-draws the adapter's encoder and decoder (as at creation) and clears its gradient scale.
+
+        Args:
+            adapter_name (`str`, *optional*): The adapter (default: the active one).
+            seed (`int`, *optional*): Stored as ``config.init_seed`` and used for the draw (default: the config's).
+        """
+        name = self._resolve_adapter(adapter_name)
+        if seed is not None:
+            self.peft_config[name].init_seed = int(seed)
+        self._initialize_adapter(name)
+        self.gradiend_gradient_scale[name].zero_()
+
     @torch.no_grad()
     def _initialize_adapter(self, adapter_name: str) -> None:
         """Encoder and its bias ~ U(-1/sqrt(n), 1/sqrt(n)) as an ``nn.Linear(n, k)``; decoder weight and bias ~
@@ -243,7 +256,12 @@ class GradiendModel(BaseTuner):
         return value if value > 0 else 1.0
 
     def calibrate_gradient_scale(self, gradients: Mapping[str, torch.Tensor], adapter_name: Optional[str] = None) -> float:
-        """Sets ``s = 1 / RMS(gradients)`` over the adapter's entries if not calibrated yet; returns ``s``."""
+        """Sets ``s = 1 / RMS(gradients)`` over the adapter's entries if not calibrated yet; returns ``s``.
+
+        The first call decides the scale for good. Calibrate explicitly on a training row group before anything else
+        encodes (`GradiendTrainer` does, identically on every process); otherwise `reconstruction_loss` calibrates
+        on whatever batch comes first.
+        """
         name = self._resolve_adapter(adapter_name)
         if not self.peft_config[name].normalize_gradients or float(self.gradiend_gradient_scale[name]) > 0:
             return self.gradient_scale(name)
@@ -298,7 +316,8 @@ class GradiendModel(BaseTuner):
     def reconstruction_loss(self, batch: Mapping[str, torch.Tensor], adapter_name: Optional[str] = None) -> tuple[torch.Tensor, torch.Tensor, int]:
         """The GRADIEND objective for one row group.
 
-        Computes the source and target gradients (one forward pass), encodes the scaled source gradient and
+        Computes the source and target gradients (one forward pass), calibrates the gradient scale if that has not
+        happened yet (see `calibrate_gradient_scale`), encodes the scaled source gradient and
         returns ``(sum_m ||d_m(h) - s * target_m||^2, h, n)``: the summed squared error (differentiable w.r.t. the
         adapter), the latent and the number of entries ``n`` (``loss / n`` is the mean squared error).
         """
