@@ -80,8 +80,16 @@ def test_resume_after_sigkill_ends_with_the_same_adapter(tmp_path):
     finally:
         if victim.poll() is None:
             victim.kill()
+    # a checkpoint whose writing was cut short (adapter half written, no trainer_state.json) must not be resumed from
+    partial = os.path.join(broken, f"checkpoint-{SAVE_STEPS + 3}")
+    os.makedirs(partial)
+    with open(os.path.join(broken, f"checkpoint-{SAVE_STEPS}", "adapter_model.safetensors"), "rb") as handle:
+        head = handle.read(100)
+    with open(os.path.join(partial, "adapter_model.safetensors"), "wb") as handle:
+        handle.write(head)
     resumed = subprocess.run(_script(broken, "--resume"), env=_env(), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not os.path.isdir(partial) and any(n.startswith(f"checkpoint-{SAVE_STEPS + 3}.incomplete") for n in os.listdir(broken))
     assert uninterrupted.wait(timeout=300) == 0
 
     expected, got = _adapter(whole), _adapter(broken)

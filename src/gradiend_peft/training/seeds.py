@@ -23,9 +23,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from transformers.trainer_utils import TrainOutput, get_last_checkpoint
+from transformers.trainer_utils import TrainOutput
 
 from .callbacks import _json_safe, adapter_snapshot, restore_adapter_snapshot
+from .checkpoints import last_complete_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ def train_attempts(trainer, resume_from_checkpoint=None, **train_kwargs) -> Trai
                 if resume_dir is not None and os.path.abspath(folder) == resume_dir:
                     checkpoint = resume_from_checkpoint
                 elif resume_dir is None and os.path.isdir(folder):
-                    checkpoint = get_last_checkpoint(folder)
+                    checkpoint = last_complete_checkpoint(folder)
             logger.info("GRADIEND attempt %d of at most %d (seed %d)%s.", index + 1, len(args.seed_list), seed,
                         f", resuming from {checkpoint}" if checkpoint else "")
             child_args = dataclasses.replace(args, seed=seed, seeds=None, num_seeds=1, output_dir=folder)

@@ -43,12 +43,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer
-from transformers.trainer_utils import EvalLoopOutput, get_last_checkpoint
+from transformers.trainer_utils import EvalLoopOutput
 
 from ..gradients import NonFiniteGradientError, batch_gradients
 from ..tuner.model import GradiendModel
 from .arguments import GradiendTrainingArguments, bf16_supported
 from .callbacks import BestAdapterCallback, ConvergenceCallback, SignNormalizationCallback
+from .checkpoints import last_complete_checkpoint
 from .losses import per_example_reconstruction_loss
 from .metrics import encoding_metrics, expected_signs
 from .sampler import ClassGroupedBatchSampler, row_classes
@@ -374,7 +375,7 @@ class GradiendTrainer(Trainer):
 
     def _last_checkpoint_hint(self) -> str:
         folder = self.args.output_dir
-        last = get_last_checkpoint(folder) if folder and os.path.isdir(folder) else None
+        last = last_complete_checkpoint(folder, set_aside_incomplete=False)
         if last is None:
             return "No checkpoint was written before this step."
         return f"The last good checkpoint is {last}; resume with trainer.train(resume_from_checkpoint=True)."
@@ -459,7 +460,7 @@ class GradiendTrainer(Trainer):
         if resume_from_checkpoint is False:
             resume_from_checkpoint = None
         if resume_from_checkpoint is True:
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
                 raise ValueError(f"No checkpoint found in output_dir ({self.args.output_dir}) to resume from.")
         self._signs.reset()
