@@ -372,9 +372,18 @@ def run_memory(args: argparse.Namespace, log_dir: str) -> list[dict]:
                 if params is None:
                     params = setup.get("params")
                 worker.call("reset_peak")
-                step = worker.call("step", count=args.memory_steps)
+                if args.memory_op == "search":  # the rewrite search on a fresh process: model + adapter + ?
+                    if "step in backward" in label:
+                        continue
+                    kwargs = {} if label == "reference" else {"apply": args.search_apply}
+                    step = worker.call("search", prob_rows=args.search_prob_rows or 16,
+                                       lms_rows=args.search_lms_rows or 32, **kwargs)
+                    step["times"] = [step["seconds"]]
+                else:
+                    step = worker.call("step", count=args.memory_steps)
                 rows.append({"model": info["tag"], "impl": label, "n": setup["n"], "rss_after_setup_mb":
-                             setup["rss"] / MB, "peak_mb": step["peak"] / MB, "step_s": median(step["times"])})
+                             setup["rss"] / MB, "peak_mb": step["peak"] / MB, "step_s": median(step["times"]),
+                             "op": args.memory_op})
                 log(f"[memory] {info['tag']} {label}: after setup {setup['rss'] / MB:,.0f} MB, peak while training "
                     f"{step['peak'] / MB:,.0f} MB")
             finally:
@@ -383,12 +392,14 @@ def run_memory(args: argparse.Namespace, log_dir: str) -> list[dict]:
 
 
 def memory_table(rows: list[dict]) -> str:
-    lines = ["| model | variant | n | RSS after setup (MB) | peak RSS while training (MB) | / reference |",
-             "|---|---|---|---|---|---|"]
+    what = "the rewrite search" if rows and rows[0].get("op") == "search" else "training"
+    lines = [f"| model | variant | n | RSS after setup (MB) | peak RSS during {what} (MB) | peak / after setup | "
+             "peak / reference's |", "|---|---|---|---|---|---|---|"]
     refs = {r["model"]: r["peak_mb"] for r in rows if r["impl"] == "reference"}
     for r in rows:
         lines.append(f"| {r['model']} | {r['impl']} | {r['n']:,} | {r['rss_after_setup_mb']:,.0f} | "
-                     f"{r['peak_mb']:,.0f} | {fmt(ratio(r['peak_mb'], refs.get(r['model'])))} |")
+                     f"{r['peak_mb']:,.0f} | {fmt(ratio(r['peak_mb'], r['rss_after_setup_mb']))} | "
+                     f"{fmt(ratio(r['peak_mb'], refs.get(r['model'])))} |")
     return "\n".join(lines)
 
 
@@ -524,6 +535,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", choices=["main", "scaling", "memory"], default="main")
     parser.add_argument("--memory-steps", type=int, default=2, help="steps of the memory suite")
+    parser.add_argument("--memory-op", choices=["train", "search"], default="train",
+                        help="what the memory suite measures: training steps or the rewrite search")
     parser.add_argument("--models", default="bert-tiny,gpt2-tiny,llama-tiny",
                         help=f"comma-separated, from {sorted(prepare.MODEL_SPECS)}")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and rows")
@@ -600,7 +613,8 @@ def main() -> None:
         rows = run_memory(args, log_dir)
         text = memory_table(rows)
         payload = {**header, "results": rows}
-        default_out = f"memory-{'-'.join(args.models.split(','))}{'-L' + str(args.base_layers) if args.base_layers else ''}.json"
+        default_out = (f"memory-{'search-' if args.memory_op == 'search' else ''}{'-'.join(args.models.split(','))}"
+                       f"{'-L' + str(args.base_layers) if args.base_layers else ''}.json")
     else:
         rows = run_scaling(args, log_dir)
         text = scaling_table(rows)
