@@ -19,8 +19,8 @@ import sys
 
 import torch
 
-# the rewrite's learning rates: merges are in gradient units (see docs/concepts.md), and on SmolLM2/Gemma edits
-# start to act near lr 100 (the reference's grid, 0.001 ... 100, ends there)
+# the rewrite's learning rates: merges are in gradient units (see docs/concepts.md); edits start to act near lr 100
+# on SmolLM2-135M and near lr 10 on Gemma-3-270m, at the top of the reference's grid (0.001 ... 100) or above
 LRS = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0]
 FAST_LRS = [10.0, 100.0, 1000.0]
 
