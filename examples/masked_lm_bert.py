@@ -8,7 +8,7 @@ pre-training so that the model has something to say about "he" and "she", then t
 
 Run it:
 
-    python examples/masked_lm_bert.py            # about 2 minutes on one CPU thread
+    python examples/masked_lm_bert.py            # 2-3 minutes on one CPU thread
     python examples/masked_lm_bert.py --fast     # about 20 seconds: fewer rows and steps (a smoke test)
 
 Outputs (plots, metrics, the adapter) go to ``--output-dir`` (default ``outputs/examples/masked_lm_bert``).
