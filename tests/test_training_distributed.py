@@ -24,7 +24,9 @@ def _run(out_dir: str, accumulation: int, per_example: bool) -> None:
 
     data = pairs("bert")
     args = arguments(out_dir, learning_rate=1e-4, num_train_epochs=2, eval_steps=3,
-                     gradient_accumulation_steps=accumulation, per_example=per_example)
+                     gradient_accumulation_steps=accumulation, per_example=per_example,
+                     use_cpu=False)  # the arguments switch use_cpu on by themselves when WORLD_SIZE > 1
+    assert args.use_cpu == (int(os.environ.get("WORLD_SIZE", "1")) > 1)
     trainer = GradiendTrainer(model=peft_model("bert"), args=args, train_dataset=data["train"],
                               eval_dataset=data["validation"], processing_class=tokenizer("bert"))
     output = trainer.train()

@@ -9,6 +9,7 @@ adapter chosen by the absolute correlation). Every field works with ``HfArgument
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -199,6 +200,11 @@ class GradiendTrainingArguments(TrainingArguments):
                     f"bf16=True, but this {kind} device has no bf16 support (CUDA needs an Ampere or newer GPU). "
                     "Train in float32 (bf16=False), or use a device with bf16, or use_cpu=True (slow but exact)."
                 )
+        if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and _bf16_device_kind() is None:
+            # without use_cpu, accelerate reports no distributed setup for CPU processes launched together, and the
+            # evaluation would not gather the other processes' encodings
+            logger.info("Several processes on a CPU-only machine: setting use_cpu=True so that evaluation gathers.")
+            self.use_cpu = True
         self.per_device_train_batch_size = self.rows_per_gradient
         self.per_device_eval_batch_size = self.rows_per_gradient
         super().__post_init__()
