@@ -19,6 +19,25 @@ def test_atomic_write_replaces_content(tmp_path):
     assert os.listdir(tmp_path) == ["metrics.json"]
 
 
+def test_saved_files_and_folders_get_the_usual_permissions(tmp_path):
+    old = os.umask(0o027)
+    try:
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")  # what open() gives under this umask
+        atomic_write_text(str(tmp_path / "new.txt"), "x")
+        with atomic_directory(str(tmp_path / "adapter")) as folder:
+            atomic_write_text(os.path.join(folder, "a.txt"), "x")
+        os.mkdir(tmp_path / "plain_dir")
+    finally:
+        os.umask(old)
+    mode = lambda p: os.stat(p).st_mode & 0o777  # noqa: E731
+    assert mode(tmp_path / "new.txt") == mode(plain) == 0o640
+    assert mode(tmp_path / "adapter") == mode(tmp_path / "plain_dir") == 0o750
+    os.chmod(tmp_path / "new.txt", 0o600)
+    atomic_write_text(str(tmp_path / "new.txt"), "y")  # a replaced file keeps its permissions
+    assert mode(tmp_path / "new.txt") == 0o600
+
+
 def test_failed_directory_write_keeps_the_old_folder(tmp_path):
     target = tmp_path / "adapter"
     with atomic_directory(str(target)) as folder:

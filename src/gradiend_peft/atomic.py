@@ -30,12 +30,28 @@ def _fsync_directory(path: str) -> None:
             os.close(fd)
 
 
+def _default_mode(full: int) -> int:
+    """``full`` (0o666 for files, 0o777 for folders) less the process umask, as ``open``/``mkdir`` would give."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return full & ~umask
+
+
 def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Writes ``data`` to ``path`` atomically."""
+    """Writes ``data`` to ``path`` atomically.
+
+    The new file keeps the permissions of the file it replaces, or gets the usual ones (0o666 less the umask);
+    `tempfile.mkstemp` alone would leave it readable by its owner only.
+    """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
+    try:
+        mode = os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        mode = _default_mode(0o666)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -86,7 +102,7 @@ def recover_directory(path: str) -> None:
 def atomic_directory(path: str) -> Iterator[str]:
     """Yields a fresh temporary folder; on success it replaces ``path`` in one step, on error it is removed.
 
-    Example:
+    Examples:
 
     ```python
     with atomic_directory("adapter") as folder:
@@ -98,6 +114,7 @@ def atomic_directory(path: str) -> Iterator[str]:
     os.makedirs(parent, exist_ok=True)
     recover_directory(path)
     tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    os.chmod(tmp, _default_mode(0o777))  # mkdtemp makes it 0o700
     try:
         yield tmp
     except BaseException:
