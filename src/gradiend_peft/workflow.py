@@ -92,11 +92,12 @@ class FeatureData:
 def he_she_controls(feature: Feature, count: int = 40, seed: int = 0) -> list[dict[str, Any]]:
     """Rows whose class is fixed by their context (kinship words and first names), for the rewrite's control guard.
 
-    Only for a feature whose classes contain ``he`` and ``she``; returns ``[]`` otherwise.
+    Only for a feature with ``he`` and ``she`` in two different classes; returns ``[]`` otherwise (with both in
+    one class, as in 3SG vs 3PL, the context fixes no class).
     """
     he_class = next((c for c, words in feature.classes.items() if "he" in [w.lower() for w in words]), None)
     she_class = next((c for c, words in feature.classes.items() if "she" in [w.lower() for w in words]), None)
-    if he_class is None or she_class is None:
+    if he_class is None or she_class is None or he_class == she_class:
         return []
     rng = random.Random(seed)
     female = [n for n in load_names("female", top=200) if n not in set(load_names("male", top=400))]

@@ -1,0 +1,44 @@
+"""The workflow helpers the CLI stands on: class parsing, control rows, tables."""
+
+import pytest
+
+from gradiend_peft.data import Feature
+from gradiend_peft.workflow import he_she_controls, parse_classes, parse_layers
+
+
+def test_parse_classes_reads_names_and_words():
+    feature = parse_classes("3SG:he|she|it,3PL:they")
+    assert feature.classes == {"3SG": ("he", "she", "it"), "3PL": ("they",)}
+    assert feature.pair == ("3SG", "3PL")
+
+
+@pytest.mark.parametrize("spec", ["he,she", "M:he", ""])
+def test_parse_classes_refuses_malformed_specs(spec):
+    with pytest.raises(ValueError, match="class"):
+        parse_classes(spec)
+
+
+def test_parse_layers_reads_ranges_and_lists():
+    assert parse_layers("20-22,25") == [20, 21, 22, 25] and parse_layers(None) is None
+    with pytest.raises(ValueError, match="backwards"):
+        parse_layers("5-3")
+
+
+def test_he_she_controls_fix_the_class_by_their_subject():
+    feature = Feature({"F": ["she"], "M": ["he"]})
+    rows = he_she_controls(feature, count=40, seed=3)
+    assert len(rows) == 40 and rows == he_she_controls(feature, count=40, seed=3)
+    female_subjects = ("My mother", "My sister", "My aunt", "The queen", "My grandmother", "His wife")
+    for row in rows:
+        assert row["text"].count("[MASK]") == 1 and row["text"].endswith("would come.")
+        assert {row["factual"], row["alternative"]} == {"he", "she"}
+        assert row["factual_class"] == ("F" if row["factual"] == "she" else "M")
+        assert row["label"] == (1.0 if row["factual_class"] == "F" else -1.0)
+        if any(subject in row["text"] for subject in female_subjects):
+            assert row["factual"] == "she"
+    assert sum(row["factual"] == "she" for row in rows) == 20
+
+
+def test_he_she_controls_need_he_and_she_in_different_classes():
+    assert he_she_controls(Feature({"3SG": ["he", "she", "it"], "3PL": ["they"]})) == []
+    assert he_she_controls(Feature({"DER": ["der"], "DIE": ["die"]})) == []
