@@ -98,3 +98,12 @@ def test_model_card_names_peft_base_model_and_classes(saved):
     text = card.read_text()
     assert text.startswith("---\n") and "library_name: peft" in text and "base_model: org/base" in text
     assert "class `M` encodes to +1" in text and "class `F` encodes to -1" in text
+    assert "base = AutoModelForMaskedLM.from_pretrained('org/base')" in text  # a BERT: the masked-LM class
+    assert "merge_and_unload(feature_factor=..., lr=...)" in text
+    config = model.peft_config["default"]
+    config.feature_factor, config.lr = 0.5, 20.0
+    try:
+        write_model_card(model, str(path), repo_id="me/gender")
+    finally:
+        config.feature_factor = config.lr = None
+    assert "merge_and_unload()  # the stored rewrite: feature_factor=0.5, lr=20" in card.read_text()

@@ -41,7 +41,7 @@ def _card_text(config: GradiendConfig, repo_id: Optional[str]) -> str:
         "",
         "## Adapter",
         "",
-        f"- base model: `{config.base_model_name_or_path}`",
+        f"- base model: `{config.base_model_name_or_path or 'not recorded'}`",
         f"- target modules: {n_targets} ({'pruned' if config.kept_entries else 'unpruned'})",
         f"- latent dimension: {config.latent_dim}; activation: {config.activation}",
         f"- encoder reads the `{config.source}` gradient; decoder reconstructs the `{config.target}` gradient",
@@ -49,19 +49,26 @@ def _card_text(config: GradiendConfig, repo_id: Optional[str]) -> str:
     ]
     if config.training_summary:
         lines += ["", "## Training", "", "```json", json.dumps(config.training_summary, indent=2, sort_keys=True), "```"]
+    auto_class = "AutoModelForMaskedLM" if config.objective == "masked_lm" else "AutoModelForCausalLM"
+    if config.feature_factor is not None and config.lr is not None:
+        merge = f"model.merge_and_unload()  # the stored rewrite: feature_factor={config.feature_factor:g}, lr={config.lr:g}"
+    else:
+        merge = "model.merge_and_unload(feature_factor=..., lr=...)  # choose them with gradiend_peft.search_rewrite"
     lines += [
         "",
         "## Usage",
         "",
         "```python",
         "import gradiend_peft  # registers GRADIEND with peft: import it before loading",
-        "from transformers import AutoModelForCausalLM",
+        f"from transformers import {auto_class}",
         "",
-        f"base = AutoModelForCausalLM.from_pretrained({(config.base_model_name_or_path or 'BASE_MODEL')!r})",
+        f"base = {auto_class}.from_pretrained({(config.base_model_name_or_path or 'BASE_MODEL')!r})",
         f"model = gradiend_peft.load_gradiend_model(base, {repo_id or 'ADAPTER_REPO'!r})",
-        "edited = model.merge_and_unload(feature_factor=1.0, lr=1e-3)  # values from gradiend_peft.search_rewrite",
+        f"edited = {merge}",
         "```",
     ]
+    if config.objective == "auto":
+        lines.append(f"\n(For a masked LM, load the base with `AutoModelForMaskedLM` instead.)")
     return "\n".join(lines) + "\n"
 
 
