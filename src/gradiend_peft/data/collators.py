@@ -142,7 +142,7 @@ class MaskedLMCollator(_SlotCollator):
     Raises:
         ValueError: when the tokenizer has no mask token.
 
-    Example:
+    Examples:
         >>> batch = MaskedLMCollator(tok)([{"text": "[MASK] came.", "factual": "She", "alternative": "He", "label": -1.0}])
         >>> sorted(batch)
         ['alternative_labels', 'attention_mask', 'factual_labels', 'input_ids', 'label']
@@ -260,7 +260,7 @@ def check_single_token(tokenizer: Any, words: Feature | Iterable[str]) -> dict[s
         ``{form: pieces}`` for every form that is not a single token, the form written as it stands in
         the text (``" she"`` mid-sentence, ``"She"`` at the start); empty when all are single tokens.
 
-    Example:
+    Examples:
         >>> check_single_token(gpt2_tokenizer, ["he", "nurse"])
         {' nurse': ['Ġn', 'urse'], 'Nurse': ['N', 'urse']}
     """

@@ -47,7 +47,7 @@ def _manifest() -> dict[str, Any]:
 def available_corpora() -> dict[str, list[str]]:
     """Every corpus name, mapped to the parts it is made of (a part maps to itself).
 
-    Example:
+    Examples:
         >>> available_corpora()["english"]
         ['wordnet', 'web']
     """
@@ -98,7 +98,7 @@ def load_corpus(name: str) -> list[str]:
     Raises:
         ValueError: for an unknown name (the message lists the known ones).
 
-    Example:
+    Examples:
         >>> sentences = load_corpus("english")
         >>> pairs = mine_pairs(sentences, {"M": ["he"], "F": ["she"]}, min_context_words=5)
     """

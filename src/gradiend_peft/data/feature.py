@@ -51,7 +51,7 @@ def copy_casing(template: str, word: str) -> str:
         ``word`` in upper case when ``template`` is all capitals (and longer than one letter), with a
         capital first letter when ``template`` starts with one, otherwise ``word`` unchanged.
 
-    Example:
+    Examples:
         >>> copy_casing("She", "he"), copy_casing("SHE", "he"), copy_casing("she", "he")
         ('He', 'HE', 'he')
     """
@@ -74,7 +74,7 @@ class Feature:
             Defaults to the two classes of a binary feature; required with more than two classes.
         name: an optional name for logs and reports, e.g. ``"gender"``.
 
-    Example:
+    Examples:
         >>> number = Feature(classes={"3SG": ["he", "she", "it"], "3PL": ["they"]}, name="number")
         >>> number.class_of("She")
         '3SG'

@@ -259,7 +259,7 @@ def mine_pairs(
         ValueError: when no text is given, or a class of the pair gets no rows (the message names the
             class and its words).
 
-    Example:
+    Examples:
         >>> rows = mine_pairs(["She said that he would come."], {"M": ["he"], "F": ["she"]},
         ...                   balance=False, split_ratios=(1, 0, 0))
         >>> sorted(rows["train"]["text"])

@@ -63,7 +63,7 @@ def mine_neutral(
     Raises:
         ValueError: when there is nothing to exclude, or no sentence qualifies.
 
-    Example:
+    Examples:
         >>> mine_neutral(["He came. The dog ran. There she was."], {"M": ["he"], "F": ["she"]})["text"]
         ['The dog ran.']
     """

@@ -58,7 +58,7 @@ def split_sentences(text: str) -> list[str]:
     Returns:
         The non-empty sentences, each with its whitespace collapsed to single spaces.
 
-    Example:
+    Examples:
         >>> split_sentences("Dr. Smith came home. She was tired!  “Why?” he asked.")
         ['Dr. Smith came home.', 'She was tired!', '“Why?” he asked.']
     """

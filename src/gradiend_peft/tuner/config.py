@@ -18,8 +18,10 @@ class GradiendConfig(PeftConfig):
     """Configuration of a GRADIEND adapter: a gradient encoder-decoder over chosen target modules.
 
     GRADIEND encodes the gradient ``g`` of the language-modelling loss w.r.t. the target weights into a small
-    latent ``h = act(sum_m <E_m, g_m> + b_e)`` and decodes it back, ``d_m(h) = sum_j h_j D_m,j + c_m``, per target
-    module. Merging writes ``W_m += lr * d_m(feature_factor)`` into the base weights.
+    latent ``h = act(sum_m <E_m, s * g_m> + b_e)`` and decodes it back, ``d_m(h) = sum_j h_j D_m,j + c_m``, per
+    target module, in the units of ``s * g``. ``s`` is the gradient scale: the factor that brings the first training
+    batch's gradient to unit RMS when ``normalize_gradients`` is on (the default), else 1. Merging writes
+    ``W_m += lr * d_m(feature_factor) / s`` into the base weights, so ``lr`` acts on raw-gradient units.
 
     Args:
         target_modules (`list[str]` or `str`, *optional*):

@@ -204,10 +204,16 @@ class GradiendLayer(BaseTunerLayer):
                 base.weight.data.sub_(self.delta_weight(name, factor, lr, scale))
 
     def set_steering(self, adapter_name: str, feature_factor: FeatureFactor, lr: float, gradient_scale: float) -> None:
+        """Makes this layer's forward use ``W + lr * d(feature_factor) / gradient_scale`` for ``adapter_name``.
+
+        The base weight is not changed; `clear_steering` ends it. The tuner's ``set_steering`` calls this on every
+        layer with the adapter's gradient scale.
+        """
         k = self.gradiend_decoder[adapter_name].shape[0]
         self._steering[adapter_name] = (_as_factor(feature_factor, k, "cpu"), float(lr), float(gradient_scale))
 
     def clear_steering(self) -> None:
+        """Ends run-time steering of this layer for every adapter."""
         self._steering.clear()
 
     def _steering_delta(self) -> Optional[torch.Tensor]:

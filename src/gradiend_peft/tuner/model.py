@@ -275,6 +275,7 @@ class GradiendModel(BaseTuner):
         return 1.0 / rms
 
     def activation(self, adapter_name: Optional[str] = None):
+        """The encoder's activation function (a callable on tensors) of ``adapter_name`` (default: the active one)."""
         return _ACTIVATIONS[self.peft_config[self._resolve_adapter(adapter_name)].activation]
 
     def encode_gradients(self, gradients: Mapping[str, torch.Tensor], adapter_name: Optional[str] = None) -> torch.Tensor:
