@@ -206,6 +206,25 @@ def test_result_round_trips_and_feeds_merge_and_unload(tmp_path):
         nothing.merge_kwargs()
 
 
+def test_policies_share_measurements_and_score_them_alike():
+    model, tok = crafted("gpt2")
+    calls = []
+    model.base_model.model.register_forward_hook(lambda *_: calls.append(1))
+    kwargs = dict(tokenizer=tok, lrs=(0.2, 1.0, 5.0), progress=False, lms_floor=None)
+    alone = search_rewrite(model, MINED, NEUTRAL, policy="weaken:F", **kwargs)
+    calls.clear()
+    shared: dict = {}
+    balance = search_rewrite(model, MINED, NEUTRAL, policy="balance", measurements=shared, **kwargs)
+    first = len(calls)
+    weaken = search_rewrite(model, MINED, NEUTRAL, policy="weaken:F", measurements=shared, **kwargs)
+    # weaken's grid (ff +-1) and base were all measured by balance: only its own refinement costs forward passes
+    new = {(c.feature_factor, c.lr) for c in weaken.candidates} - {(c.feature_factor, c.lr) for c in balance.candidates}
+    assert new and len(calls) - first == 2 * len(new)  # one pass over the rows and one over the neutral texts each
+    assert weaken.candidates == alone.candidates and weaken.best == alone.best and weaken.base == alone.base
+    with pytest.raises(ValueError, match="other rows"):
+        search_rewrite(model, MINED[:4], NEUTRAL, policy="balance", measurements=shared, **kwargs)
+
+
 def test_bad_arguments_are_refused():
     model, tok = crafted("gpt2")
     with pytest.raises(ValueError, match="rows' classes"):

@@ -67,6 +67,9 @@ class RewriteArguments:
     control_floor: float = field(default=0.95, metadata={"help": "Keep control accuracy >= this x base."})
     lrs: Optional[list[float]] = field(default=None, metadata={"help": "Learning-rate grid (default: the reference's)."})
     feature_factors: Optional[list[float]] = field(default=None, metadata={"help": "Feature factors (default: policy's)."})
+    refine_rounds: int = field(
+        default=2, metadata={"help": "Rounds of learning-rate refinement around where the edit acts and fails."}
+    )
     merge_policy: Optional[str] = field(
         default=None, metadata={"help": "Save the model rewritten by this policy's choice to <output_dir>/merged."}
     )
@@ -112,8 +115,9 @@ DEMO_DEFAULTS: dict[str, Any] = {
     "eval_steps": 25,
     "save_steps": 25,
     "logging_steps": 5,
-    "max_test_rows": 160,
-    "neutral_rows": 120,
+    "max_test_rows": 64,
+    "neutral_rows": 48,
+    "control_rows": 24,
 }
 """The demo's settings: SmolLM2-135M, blocks 20-29 (35.4M target weights), 16 rows per gradient, 125 steps."""
 

@@ -116,11 +116,13 @@ def rewrite(peft_model, tokenizer, data: FeatureData, out: str, rewrite_args, ru
     words = {c: "/".join(data.feature.classes[c]) for c in classes}
     results: dict[str, Any] = {}
     table: list[dict[str, Any]] = []
+    measurements: dict = {}  # candidates measured for one policy are scored, not measured again, for the next
     for policy in [p.strip() for p in rewrite_args.policies.split(",") if p.strip()]:
         result = search_rewrite(
             peft_model, data.pairs["test"], data.neutral, tokenizer=tokenizer, policy=policy,
             control=data.control or None, lms_floor=rewrite_args.lms_floor, control_floor=rewrite_args.control_floor,
             lrs=rewrite_args.lrs, feature_factors=rewrite_args.feature_factors, max_length=data.max_length,
+            refine_rounds=rewrite_args.refine_rounds, measurements=measurements,
         )
         results[policy] = result
         safe = policy.replace(":", "_")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import hashlib
 import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -95,6 +96,27 @@ def _applied(tuner, name: str, feature_factor: float, lr: float, apply: str) -> 
             tuner.unmerge_adapter()
 
 
+def _batches_digest(batches: Sequence[dict]) -> Optional[str]:
+    """A digest of every tensor of prepared batches: two searches measure the same inputs only if these agree."""
+    if batches is None:
+        return None
+    digest = hashlib.sha256()
+    for batch in batches:
+        for key in sorted(batch):
+            value = batch[key]
+            if isinstance(value, torch.Tensor):
+                digest.update(key.encode())
+                digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _inputs_signature(name: str, apply: str, classes, slots, lms_inputs, control_slots) -> tuple:
+    """What a shared measurement cache must agree on: the adapter, the mode, and the measured rows and texts."""
+    return (name, apply, tuple(classes), slots.row_classes, _batches_digest(slots.batches),
+            _batches_digest(lms_inputs.batches),
+            None if control_slots is None else (control_slots.row_classes, _batches_digest(control_slots.batches)))
+
+
 def _control_accuracy(probs: torch.Tensor, row_classes: Sequence[Optional[str]], classes: Sequence[str]) -> float:
     own = torch.tensor([classes.index(c) for c in row_classes])
     own_p = probs[torch.arange(len(own)), own]
@@ -147,6 +169,7 @@ def search_rewrite(
     max_length: Optional[int] = None,
     adapter_name: Optional[str] = None,
     progress: Optional[bool] = None,
+    measurements: Optional[dict] = None,
 ) -> RewriteResult:
     """Searches ``(feature_factor, lr)`` for the rewrite that serves ``policy`` best (see the module docstring).
 
@@ -174,6 +197,10 @@ def search_rewrite(
         batch_size, mask_fraction, seed, max_length: how rows and neutral text are batched and masked.
         adapter_name: the adapter (default: the active one).
         progress: show a progress bar (default: tqdm decides).
+        measurements (`dict`, *optional*): a dict shared by several searches of the same model on the same rows,
+            neutral texts and controls (e.g. one search per policy): candidates already measured are taken from it,
+            new ones are added. Only the scoring differs between policies, so a second policy pays only for the
+            candidates the first did not measure. A dict filled with other inputs is refused.
     """
     started = time.perf_counter()
     tuner, name, config = model_parts(model, adapter_name)
@@ -215,14 +242,27 @@ def search_rewrite(
 
     forward = tuner.model
     probs_of: dict[tuple[float, float], torch.Tensor] = {}
+    if measurements is not None:
+        inputs = _inputs_signature(name, apply, names, slots, lms_inputs, control_slots)
+        if measurements.setdefault("inputs", inputs) != inputs:
+            raise ValueError("The measurements dict was filled by a search on other rows, texts, controls or adapter; "
+                             "pass a fresh dict for these inputs.")
+        cache = measurements.setdefault("candidates", {})
+    else:
+        cache = {}
 
     def measure(ff: float, lr: float, stage: str, base_probs: Optional[torch.Tensor]) -> CandidateMetrics:
-        with _applied(tuner, name, ff, lr, apply):
-            probs = slot_probabilities(forward, slots)
-            lms = language_modeling_score(forward, lms_inputs)
-            control_acc = None
-            if control_slots is not None:
-                control_acc = _control_accuracy(slot_probabilities(forward, control_slots), control_slots.row_classes, names)
+        key = (float(ff), float(lr))
+        if key not in cache:
+            with _applied(tuner, name, ff, lr, apply):
+                probs = slot_probabilities(forward, slots)
+                lms = language_modeling_score(forward, lms_inputs)
+                control_acc = None
+                if control_slots is not None:
+                    control_acc = _control_accuracy(
+                        slot_probabilities(forward, control_slots), control_slots.row_classes, names)
+            cache[key] = (probs, lms, control_acc)
+        probs, lms, control_acc = cache[key]
         probs_of[(ff, lr)] = probs
         return _metrics(probs, base_probs, slots.row_classes, names, ff, lr, lms, control_acc, stage)
 
