@@ -13,13 +13,14 @@ accordingly; merging, steering, encoding and loading work unchanged. Rebuild any
 from __future__ import annotations
 
 import logging
+import math
 from typing import Iterable, Mapping, Optional, Union
 
 import torch
 from torch import nn
 
 from .gradients import batch_gradients
-from .tuner.layer import GradiendLayer
+from .tuner.layer import GradiendLayer, index_dtype
 from .tuner.model import GradiendModel
 
 logger = logging.getLogger(__name__)
@@ -85,7 +86,8 @@ def _restrict_layer(layer: GradiendLayer, adapter_name: str, local: torch.Tensor
         layer.gradiend_decoder_bias[adapter_name] = nn.Parameter(
             old.detach().reshape(-1)[local].clone(), requires_grad=old.requires_grad
         )
-    layer.gradiend_kept_indices[adapter_name] = global_indices.clone()
+    numel = math.prod(layer.weight_shape)
+    layer.gradiend_kept_indices[adapter_name] = global_indices.to(index_dtype(numel)).clone()
 
 
 def prune_adapter(model: nn.Module, keep: Union[float, int] = 0.01, adapter_name: Optional[str] = None) -> dict[str, int]:

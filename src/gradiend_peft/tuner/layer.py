@@ -28,6 +28,12 @@ from transformers.pytorch_utils import Conv1D
 FeatureFactor = Union[float, Sequence[float], torch.Tensor]
 
 
+def index_dtype(numel: int) -> torch.dtype:
+    """The dtype of kept-entry indices into a weight of ``numel`` entries: int32 where it fits (4 bytes per kept entry
+    on disk instead of 8), else int64."""
+    return torch.int32 if numel < 2**31 else torch.int64
+
+
 def _as_factor(feature_factor: FeatureFactor, k: int, device, dtype=torch.float32) -> torch.Tensor:
     factor = torch.as_tensor(feature_factor, dtype=dtype, device=device).reshape(-1)
     if factor.numel() == 1:
@@ -73,7 +79,9 @@ class GradiendLayer(BaseTunerLayer):
                     f"kept_entries={kept_entries} is out of range for a weight of {weight.numel()} entries."
                 )
             # placeholder indices; the real ones come from pruning or from the loaded state dict
-            self.gradiend_kept_indices[adapter_name] = torch.arange(kept_entries, device=weight.device)
+            self.gradiend_kept_indices[adapter_name] = torch.arange(
+                kept_entries, dtype=index_dtype(weight.numel()), device=weight.device
+            )
         device = weight.device if weight.device.type != "meta" else torch.device("cpu")
         self.gradiend_encoder[adapter_name] = nn.Parameter(torch.zeros(latent_dim, *entry_shape, device=device))
         self.gradiend_decoder[adapter_name] = nn.Parameter(torch.zeros(latent_dim, *entry_shape, device=device))
@@ -134,9 +142,14 @@ class GradiendLayer(BaseTunerLayer):
         self, adapter_name: str, feature_factor: FeatureFactor, lr: float, gradient_scale: float = 1.0
     ) -> torch.Tensor:
         """The weight shift ``lr * d(feature_factor) / s``, shaped like the base weight, in its dtype."""
-        k = self.gradiend_decoder[adapter_name].shape[0]
-        factor = _as_factor(feature_factor, k, self.gradiend_decoder[adapter_name].device)
-        decoded = self.decode(adapter_name, factor) * (float(lr) / float(gradient_scale))
+        decoder = self.gradiend_decoder[adapter_name]
+        factor = _as_factor(feature_factor, decoder.shape[0], decoder.device)
+        # in place on the one fresh buffer of the matmul: the same values as ``(D h + c) * (lr / s)``, without a
+        # second and third weight-sized temporary (a steered forward builds this for every layer and call)
+        decoded = factor.to(decoder.dtype) @ decoder.reshape(decoder.shape[0], -1)
+        if adapter_name in self.gradiend_decoder_bias:
+            decoded.add_(self.gradiend_decoder_bias[adapter_name].reshape(-1))
+        decoded.mul_(float(lr) / float(gradient_scale))
         weight = self.get_base_layer().weight
         return self.scatter(adapter_name, decoded).to(dtype=weight.dtype, device=weight.device)
 
@@ -238,7 +251,8 @@ class GradiendLayer(BaseTunerLayer):
             # One call with the shifted weight, as a merged model computes it: one matmul (not a second one for
             # the shift) and outputs bit-identical to merging the same shift.
             weight = base.weight
-            return torch.func.functional_call(base, {"weight": weight + delta.to(weight.dtype)}, (x, *args), kwargs)
+            shifted = delta.to(weight.dtype).add_(weight)  # W + delta in the fresh shift buffer (no third copy)
+            return torch.func.functional_call(base, {"weight": shifted}, (x, *args), kwargs)
         result = self.base_layer(x, *args, **kwargs)
         return result + self._apply_delta(x, delta).to(result.dtype)
 
