@@ -111,15 +111,19 @@ DEMO_DEFAULTS: dict[str, Any] = {
     "layers": "20-29",
     "policies": "balance,strengthen:F,strengthen:M",
     "rows_per_gradient": 16,
-    "max_steps": 125,
+    "max_steps": 100,
     "eval_steps": 25,
     "save_steps": 25,
     "logging_steps": 5,
     "max_test_rows": 64,
     "neutral_rows": 48,
     "control_rows": 24,
+    "lrs": [1.0, 3.0, 10.0, 30.0, 100.0, 300.0],
+    "feature_factors": [-1.0, -0.5, 0.0, 0.5, 1.0],
+    "refine_rounds": 1,
 }
-"""The demo's settings: SmolLM2-135M, blocks 20-29 (35.4M target weights), 16 rows per gradient, 125 steps."""
+"""The demo's settings: SmolLM2-135M, blocks 20-29 (35.4M target weights), 16 rows per gradient, 100 steps; a rewrite
+grid where SmolLM2's edits act (rates below 1 leave it unchanged), refined once."""
 
 
 def _dataclasses_for(command: str) -> tuple:

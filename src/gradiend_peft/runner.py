@@ -205,7 +205,7 @@ def _fast(data_args, train_args, rewrite_args) -> tuple:
     """The demo's fast mode: a handful of steps and rows (a smoke test of the whole workflow)."""
     data_args = replace(data_args, max_rows_per_class=60, max_test_rows=16, neutral_rows=12, control_rows=8)
     train_args = replace(train_args, max_steps=4, rows_per_gradient=4, eval_steps=2, save_steps=2, logging_steps=1)
-    rewrite_args = replace(rewrite_args, lrs=rewrite_args.lrs or [1.0, 0.1, 0.01])
+    rewrite_args = replace(rewrite_args, lrs=[0.01, 0.1, 1.0], feature_factors=[-1.0, 0.0, 1.0], refine_rounds=1)
     return data_args, train_args, rewrite_args
 
 
