@@ -3,7 +3,7 @@
 import pytest
 
 from gradiend_peft.data import Feature
-from gradiend_peft.workflow import he_she_controls, parse_classes, parse_layers
+from gradiend_peft.workflow import format_table, he_she_controls, parse_classes, parse_layers
 
 
 def test_parse_classes_reads_names_and_words():
@@ -42,3 +42,12 @@ def test_he_she_controls_fix_the_class_by_their_subject():
 def test_he_she_controls_need_he_and_she_in_different_classes():
     assert he_she_controls(Feature({"3SG": ["he", "she", "it"], "3PL": ["they"]})) == []
     assert he_she_controls(Feature({"DER": ["der"], "DIE": ["die"]})) == []
+
+
+def test_format_table_shows_every_column_and_blanks_missing_cells():
+    text = format_table([{"model": "base", "LMS": 0.16554}, {"model": "balance", "LMS": 0.1661, "lr": 30.0},
+                         {"model": "x", "LMS": None}])
+    lines = text.splitlines()
+    assert lines[0].split() == ["model", "LMS", "lr"]
+    assert lines[-3].split() == ["base", "0.1655", "-"] and lines[-2].split() == ["balance", "0.1661", "30.0000"]
+    assert lines[-1].split() == ["x", "-", "-"]

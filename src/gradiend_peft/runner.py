@@ -134,7 +134,7 @@ def rewrite(peft_model, tokenizer, data: FeatureData, out: str, rewrite_args, ru
             table.append({"model": f"{policy} (none)"})
         else:
             row = summary_row(policy, result.best.metrics, classes, words)
-            row["ff"], row["lr"] = result.best.metrics.feature_factor, result.best.metrics.lr
+            row["ff"], row["lr"] = f"{result.best.metrics.feature_factor:+g}", f"{result.best.metrics.lr:.3g}"
             table.append(row)
         if run.plots:
             from .plotting import plot_probability_shifts, plot_rewrite_grid

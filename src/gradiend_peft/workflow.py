@@ -192,7 +192,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """A plain-text table of dict rows (numbers with 4 decimals)."""
     if not rows:
         return ""
-    headers = list(rows[0])
+    headers = list(dict.fromkeys(key for row in rows for key in row))  # every column, in order of appearance
 
     def cell(value: Any) -> str:
         if value is None:
