@@ -9,7 +9,7 @@ import pytest
 
 from gradiend_peft.cli import main, parse_command
 
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
 
 from tiny import word_tokenizer
 
@@ -75,6 +75,24 @@ def test_demo_fast_mode_runs_end_to_end(tmp_path, tiny_model_dir, capsys):
     assert summary[0]["model"] == "base" and len(summary) == 4
     for name in ("convergence.png", "encoder.png", "rewrite_balance.png"):
         assert (out / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_fast_mode_on_a_masked_lm_folder(tmp_path, capsys):
+    folder = tmp_path / "tiny-bert"
+    tok = word_tokenizer("bert")
+    config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, pad_token_id=tok.pad_token_id)
+    BertForMaskedLM(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    out = tmp_path / "demo"
+    assert main(["demo", "--model", str(folder), "--fast", "--output_dir", str(out), "--min_context_words", "0",
+                 "--threads", "1", "--report_to", "none", "--plots", "false"]) == 0
+    assert "Before/after on held-out prompts" in capsys.readouterr().out
+    adapter_config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["objective"] == "masked_lm"
+    rewrite = json.loads((out / "metrics" / "rewrite_balance.json").read_text())
+    assert rewrite["settings"]["objective"] == "masked_lm" and rewrite["settings"]["n_lms_tokens"] > 0
+    assert 0.0 <= rewrite["base"]["lms"] <= 1.0 and rewrite["base"]["perplexity"] is None  # masked LM: an accuracy
 
 
 def test_train_then_evaluate_then_rewrite_with_merge(tmp_path, tiny_model_dir):
