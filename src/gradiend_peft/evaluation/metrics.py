@@ -333,6 +333,10 @@ def masked_token_predictions(model: nn.Module, inputs: LMSInputs) -> tuple[torch
     return torch.cat(predicted), torch.cat(original)
 
 
+_NLL_CHUNK = 256
+"""Positions per cross-entropy call in `lms_token_scores` (bounds its vocabulary-sized temporaries)."""
+
+
 @torch.no_grad()
 def lms_token_scores(model: nn.Module, inputs: LMSInputs) -> torch.Tensor:
     """Per predicted token (float64, CPU): masked LM, 1.0 where the argmax is the original token, else 0.0; causal LM,
@@ -346,10 +350,14 @@ def lms_token_scores(model: nn.Module, inputs: LMSInputs) -> torch.Tensor:
         logits = logits_of(model, batch["input_ids"].to(device), batch["attention_mask"].to(device))
         labels = batch["labels"].to(logits.device)
         targets = labels[:, 1:]
-        selected = targets != IGNORE_INDEX
-        predicted = logits[:, :-1][selected].float()
-        values.append(F.cross_entropy(predicted, targets[selected], reduction="none").double().cpu())
-    return torch.cat(values)
+        rows, positions = torch.nonzero(targets != IGNORE_INDEX, as_tuple=True)
+        # the NLL a chunk of positions at a time: the batch's (B, T, V) logits are the only vocabulary-sized tensor
+        # (no selected copy, no full log-softmax beside them)
+        for start in range(0, len(rows), _NLL_CHUNK):
+            r, p = rows[start:start + _NLL_CHUNK], positions[start:start + _NLL_CHUNK]
+            values.append(F.cross_entropy(logits[r, p].float(), targets[r, p], reduction="none").double().cpu())
+        del logits
+    return torch.cat(values) if values else torch.zeros(0, dtype=torch.float64)
 
 
 def language_modeling_score(model: nn.Module, inputs: LMSInputs) -> LMSResult:
