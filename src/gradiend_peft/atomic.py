@@ -103,11 +103,10 @@ def atomic_directory(path: str) -> Iterator[str]:
     """Yields a fresh temporary folder; on success it replaces ``path`` in one step, on error it is removed.
 
     Examples:
-
-    ```python
-    with atomic_directory("adapter") as folder:
-        model.save_pretrained(folder)
-    ```
+        ```python
+        with atomic_directory("adapter") as folder:
+            model.save_pretrained(folder)
+        ```
     """
     path = os.path.abspath(path)
     parent = os.path.dirname(path)

@@ -146,7 +146,13 @@ def load_gradiend_model(
         model_id (`str`): A folder with ``adapter_config.json`` and ``adapter_model.safetensors``, or a Hub repo id.
         adapter_name (`str`): The name to load the adapter under.
         is_trainable (`bool`): Load it trainable (to continue training) rather than for inference.
-        revision, token, cache_dir, subfolder: Passed to the Hub download.
+        revision (`str`, *optional*, defaults to ``None``): The branch, tag or commit to download (Hub repositories
+            only; default: the main branch).
+        token (`str`, *optional*, defaults to ``None``): A Hub token for the download (default: the stored login).
+        cache_dir (`str`, *optional*, defaults to ``None``): Where the Hub download is cached (default: the Hub
+            cache).
+        subfolder (`str`, *optional*, defaults to ``None``): The folder inside ``model_id`` (the local folder or the
+            Hub repository) that holds the adapter files.
 
     Returns:
         `PeftModel`: ``base_model`` with the adapter attached.

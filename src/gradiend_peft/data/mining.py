@@ -247,7 +247,10 @@ def mine_pairs(
         max_rows_per_class: keep at most this many rows per class (after balancing).
         split_sentences: split each text into sentences first (``False``: each text is one unit).
         deduplicate: skip a sentence identical to an earlier one.
-        text_column, dataset_config, dataset_split: pick the text of a dataset source.
+        text_column (`str`, *optional*, defaults to ``"text"``): the column that holds the text, for a
+            :class:`datasets.Dataset` or Hub dataset source.
+        dataset_config (`str`, *optional*, defaults to ``None``): the configuration of a Hub dataset source.
+        dataset_split (`str`, *optional*, defaults to ``"train"``): the split of a Hub dataset source.
         return_report: also return the :class:`MiningReport`.
         progress: show a progress bar (``None``: only on a terminal).
 

@@ -51,11 +51,19 @@ def mine_neutral(
         feature: the feature whose words must be absent, a ``{class: words}`` mapping, or ``None``
             (then only ``exclude_words`` are excluded).
         exclude_words: more words to exclude, e.g. ``["him", "his", "her", "hers"]`` for he/she.
-        min_words, max_words: keep sentences with this many words (``max_words=None``: no upper limit).
+        min_words (`int`, *optional*, defaults to ``1``): skip sentences with fewer words.
+        max_words (`int`, *optional*, defaults to ``None``): skip sentences with more words (``None``: no upper
+            limit).
         max_rows: keep at most this many sentences, drawn at random with ``seed`` (order of the text kept).
         seed: seeds the draw for ``max_rows``.
-        split_sentences, deduplicate, text_column, dataset_config, dataset_split, progress: as for
-            :func:`~gradiend_peft.data.mine_pairs`.
+        split_sentences (`bool`, *optional*, defaults to ``True``): split each text into sentences first
+            (``False``: each text is one unit).
+        deduplicate (`bool`, *optional*, defaults to ``True``): skip a sentence identical to an earlier one.
+        text_column (`str`, *optional*, defaults to ``"text"``): the column that holds the text, for a
+            :class:`datasets.Dataset` or Hub dataset source.
+        dataset_config (`str`, *optional*, defaults to ``None``): the configuration of a Hub dataset source.
+        dataset_split (`str`, *optional*, defaults to ``"train"``): the split of a Hub dataset source.
+        progress (`bool`, *optional*, defaults to ``None``): show a progress bar (``None``: only on a terminal).
 
     Returns:
         A :class:`datasets.Dataset` with the single column ``text``.

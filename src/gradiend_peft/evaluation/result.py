@@ -25,9 +25,15 @@ class RewriteResult:
         candidates: every measured candidate, in the order measured (``metrics.stage`` is ``grid`` or ``refine``).
         best: the chosen candidate, or ``None`` when none passed the guards (and beat the base's score).
             ``peft_model.merge_and_unload(**result.merge_kwargs())`` writes it into the weights.
-        lms_floor, control_floor: the guards (see `gradiend_peft.evaluation.policies`).
-        row_classes: each evaluation row's class; ``base_row_probs`` / ``best_row_probs``: its ``P(class)`` per class
-            before and after the chosen rewrite.
+        lms_floor (`float` or `None`): the LMS guard, relative to the base model's LMS (``None``: off; see
+            `gradiend_peft.evaluation.policies`).
+        control_floor (`float` or `None`): the control guard, relative to the base model's control accuracy
+            (``None``: off; see `gradiend_peft.evaluation.policies`).
+        row_classes (`tuple[str | None, ...]`, *optional*, defaults to ``()``): each evaluation row's class.
+        base_row_probs (`tuple[tuple[float, ...], ...]`, *optional*, defaults to ``()``): each evaluation row's
+            ``P(class)`` per class, before the rewrite (the base model).
+        best_row_probs (`tuple[tuple[float, ...], ...]`, *optional*, defaults to ``None``): each evaluation row's
+            ``P(class)`` per class, after the chosen rewrite (``None``: no candidate was chosen).
         transitions: per feature factor, ``acts_from`` (the first rate at which the edit acts) and ``fails_from``
             (the first rate above a feasible one that fails a guard), ``None`` where not seen.
         settings: how the search ran (objective, apply mode, sizes, seconds).

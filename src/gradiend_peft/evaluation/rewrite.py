@@ -186,15 +186,29 @@ def search_rewrite(
         control: rows whose class is fixed by their context (``text``, ``factual``, ``factual_class``); they must
             keep their answer (the control guard).
         classes: ``{class: words}`` whose probabilities are measured (default: the words of the rows).
-        lms_floor, control_floor: the guards, relative to the base model (``None``: off).
-        refine, refine_rounds, refine_points, refine_top: the refinement stage (``refine_top``: how many of the best
-            feature factors are refined; ``None``: all).
+        lms_floor (`float`, *optional*, defaults to ``0.99``): the LMS guard: a candidate must keep
+            ``lms >= lms_floor * base lms`` (``None``: off).
+        control_floor (`float`, *optional*, defaults to ``0.95``): the control guard: with ``control`` rows, a
+            candidate must keep ``control_accuracy >= control_floor * base control_accuracy`` (``None``: off).
+        refine (`bool`, *optional*, defaults to ``True``): run the refinement stage after the grid (``False``: the
+            grid only).
+        refine_rounds (`int`, *optional*, defaults to ``2``): how many rounds of refinement, each round around the
+            new neighbours.
+        refine_points (`int`, *optional*, defaults to ``3``): the geometric points added inside each refined
+            interval (see `refinement_lrs`).
+        refine_top (`int`, *optional*, defaults to ``3``): how many of the best feature factors are refined
+            (``None``: all).
         act_threshold: the edit acts once ``mean_abs_shift >= act_threshold * mean base probability``.
         early_stop: stop a feature factor's sweep after two rates in a row that fail a guard.
         require_improvement: choose nothing unless a candidate beats the base model's score.
         apply: ``"steer"`` (run-time steering; no weight is written) or ``"merge"`` (merge with a kept original and
             unmerge: faster forwards, but a copy of the target weights while a candidate is applied).
-        batch_size, mask_fraction, seed, max_length: how rows and neutral text are batched and masked.
+        batch_size (`int`, *optional*, defaults to ``32``): rows, control rows or neutral texts per forward pass.
+        mask_fraction (`float`, *optional*, defaults to ``0.15``): the share of maskable tokens masked per neutral
+            text for the LMS (masked LM).
+        seed (`int`, *optional*, defaults to ``0``): seeds the mask draw on the neutral texts (masked LM).
+        max_length (`int`, *optional*, defaults to ``None``): truncate neutral texts to this many tokens (``None``:
+            no truncation).
         adapter_name: the adapter (default: the active one).
         progress: show a progress bar (default: tqdm decides).
         measurements (`dict`, *optional*): a dict shared by several searches of the same model on the same rows,

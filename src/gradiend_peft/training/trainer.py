@@ -103,7 +103,10 @@ class GradiendTrainer(Trainer):
         eval_dataset (`datasets.Dataset` or `dict`, *optional*): Validation rows, needed with an ``eval_strategy``.
         processing_class (tokenizer, *optional*): The tokenizer (for the default collator; saved with checkpoints).
         callbacks (`list[TrainerCallback]`, *optional*): Any transformers callbacks; they run after GRADIEND's.
-        optimizers, optimizer_cls_and_kwargs: As for `Trainer`.
+        optimizers (`tuple`, *optional*, defaults to ``(None, None)``): An ``(optimizer, lr_scheduler)`` pair to use
+            instead of the default ones, as for `Trainer`.
+        optimizer_cls_and_kwargs (`tuple[type[torch.optim.Optimizer], dict]`, *optional*): An optimizer class and
+            its keyword arguments, as for `Trainer` (passed through ``**kwargs``).
 
     After ``train()``: ``trainer.training_summary`` (also in ``model.peft_config[adapter].training_summary``) holds
     the convergence verdict, and ``trainer.seed_report`` the attempts when several seeds were tried.
