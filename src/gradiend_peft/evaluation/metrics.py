@@ -71,8 +71,9 @@ def _pad_id(tokenizer: Any) -> int:
 
 
 def logits_of(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The ``(B, T, V)`` logits of any model returning ``.logits``, a tuple or a tensor."""
-    output = model(input_ids=input_ids, attention_mask=attention_mask)
+    """The ``(B, T, V)`` logits of any model returning ``.logits``, a tuple or a tensor (no KV cache is kept)."""
+    kwargs = {"use_cache": False} if getattr(getattr(model, "config", None), "use_cache", None) is not None else {}
+    output = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
     if hasattr(output, "logits"):
         return output.logits
     return output[0] if isinstance(output, (tuple, list)) else output
