@@ -67,6 +67,7 @@ def test_demo_fast_mode_runs_end_to_end(tmp_path, tiny_model_dir, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "Before/after on held-out prompts" in printed and "base" in printed
+    assert "P(she|he rows)" in printed and "P(he|she rows)" in printed and "validation r = " in printed
     assert os.path.isfile(out / "adapter" / "adapter_config.json")
     assert os.path.isfile(out / "adapter" / "adapter_model.safetensors")
     for name in ("encoder.json", "summary.json", "rewrite_balance.json", "training_history.json"):

@@ -209,6 +209,14 @@ def _fast(data_args, train_args, rewrite_args) -> tuple:
     return data_args, train_args, rewrite_args
 
 
+def _training_line(summary: dict[str, Any]) -> str:
+    """The trainer's verdict in one line (the whole summary is in the adapter's config and metrics/)."""
+    means = ", ".join(f"{c} {m:+.2f}" for c, m in (summary.get("class_means") or {}).items())
+    verdict = "converged" if summary.get("converged") else f"did not converge ({'; '.join(summary.get('reasons', []))})"
+    return (f"{verdict}; best step {summary.get('best_step')} of {summary.get('global_step')}, validation "
+            f"r = {summary.get('correlation', float('nan')):+.3f}, class means {means}, seed {summary.get('seed')}")
+
+
 def run_demo(run, model_args, data_args, rewrite_args, train_args) -> list:
     """The whole workflow: mine he/she rows, train, evaluate the encoder, search three rewrites, print a table."""
     _setup(run)
@@ -229,7 +237,7 @@ def run_demo(run, model_args, data_args, rewrite_args, train_args) -> list:
     lines = [
         "",
         f"GRADIEND demo on {model_args.model}: feature {data_args.classes}, {data.counts} rows",
-        f"training: {summary}",
+        f"training: {_training_line(summary)}",
         f"encoder on held-out rows: {report.summary()}",
         "",
         "Before/after on held-out prompts (rewrites applied in place, chosen under the LMS and control guards):",

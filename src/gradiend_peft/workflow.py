@@ -176,13 +176,17 @@ def prepare_feature_data(feature: Feature, *, corpus: str = "english", text_file
 
 
 def summary_row(name: str, metrics: Any, classes: Sequence[str], words: dict[str, str]) -> dict[str, Any]:
-    """One line of the before/after table from a rewrite candidate's metrics."""
+    """One line of the before/after table from a rewrite candidate's metrics: each class's mean probability over all
+    rows, the mean per-row gap, each class's probability on the other class's rows (what a strengthen policy raises),
+    the control accuracy and the LMS."""
     a, b = classes
     return {
         "model": name,
         f"P({words[a]})": metrics.class_probs[a],
         f"P({words[b]})": metrics.class_probs[b],
         f"|P({words[a]})-P({words[b]})|": metrics.mean_abs_gap,
+        f"P({words[a]}|{words[b]} rows)": metrics.probs_by_class[b][a],
+        f"P({words[b]}|{words[a]} rows)": metrics.probs_by_class[a][b],
         "control_acc": metrics.control_accuracy,
         "LMS": metrics.lms,
     }
