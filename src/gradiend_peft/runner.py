@@ -211,10 +211,12 @@ def _fast(data_args, train_args, rewrite_args) -> tuple:
 
 def _training_line(summary: dict[str, Any]) -> str:
     """The trainer's verdict in one line (the whole summary is in the adapter's config and metrics/)."""
+    # the trainer keys its means by the class of the gradient the encoder read (class_signs), not the row's word
     means = ", ".join(f"{c} {m:+.2f}" for c, m in (summary.get("class_means") or {}).items())
     verdict = "converged" if summary.get("converged") else f"did not converge ({'; '.join(summary.get('reasons', []))})"
     return (f"{verdict}; best step {summary.get('best_step')} of {summary.get('global_step')}, validation "
-            f"r = {summary.get('correlation', float('nan')):+.3f}, class means {means}, seed {summary.get('seed')}")
+            f"r = {summary.get('correlation', float('nan')):+.3f}, mean encoding of each class's gradients {means}, "
+            f"seed {summary.get('seed')}")
 
 
 def run_demo(run, model_args, data_args, rewrite_args, train_args) -> list:
