@@ -57,6 +57,7 @@ import time  # noqa: E402
 from typing import Any, Callable, Optional  # noqa: E402
 
 import torch  # noqa: E402
+from worker_common import reset_peak_rss  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 MB = 1024 * 1024
 
@@ -91,12 +92,7 @@ def max_rss_so_far() -> int:
 def reset_hwm() -> bool:
     """Resets VmHWM (and with it ``ru_maxrss``) to the current RSS (Linux >= 4.0); False where it cannot."""
     max_rss_so_far()
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
+    return reset_peak_rss()
 
 
 def trim() -> None:
