@@ -68,6 +68,7 @@ def main() -> None:
         with open(os.path.join(options.output_dir, "run.json"), "w") as handle:
             json.dump(record, handle, indent=2)
         print(json.dumps(record))
+    trainer.end_training()  # every process: release DDP, then destroy the process group, before exit
 
 
 if __name__ == "__main__":

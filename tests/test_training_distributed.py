@@ -35,6 +35,7 @@ def _run(out_dir: str, accumulation: int, per_example: bool) -> None:
         with open(os.path.join(out_dir, "run.json"), "w") as handle:
             json.dump({"world_size": trainer.args.world_size, "global_step": output.global_step,
                        "evaluations": [e for e in trainer.state.log_history if "eval_correlation" in e]}, handle)
+    assert trainer.end_training() == (trainer.args.world_size > 1)
 
 
 def _env() -> dict:
@@ -73,6 +74,7 @@ def test_two_processes_train_the_same_adapter_as_one(tmp_path, per_example):
         env=_env(), capture_output=True, text=True, timeout=400,
     )
     assert double.returncode == 0, double.stderr[-3000:]
+    assert "still referenced" not in double.stderr  # the DDP wrapper was released before the process group
     _, single_err = single.communicate(timeout=400)
     assert single.returncode == 0, single_err[-3000:]
 

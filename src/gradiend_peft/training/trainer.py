@@ -50,6 +50,7 @@ from ..tuner.model import GradiendModel
 from .arguments import GradiendTrainingArguments, bf16_supported
 from .callbacks import BestAdapterCallback, ConvergenceCallback, SignNormalizationCallback
 from .checkpoints import last_complete_checkpoint
+from .distributed import end_distributed_training
 from .losses import per_example_reconstruction_loss
 from .metrics import encoding_metrics, expected_signs
 from .sampler import ClassGroupedBatchSampler, row_classes
@@ -458,6 +459,18 @@ class GradiendTrainer(Trainer):
                                   ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
         return self._train_once(resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval,
                                 **kwargs)
+
+    def end_training(self) -> bool:
+        """Ends a multi-process run: waits for every process, releases the DDP wrapper and destroys the process group.
+
+        Call it once at the end of a script launched with ``accelerate launch`` / ``torchrun``, after the main process
+        has saved what it needs. The trainer cannot train or evaluate across processes afterwards. In a single
+        process it does nothing. See `gradiend_peft.training.distributed` for why the order matters.
+
+        Returns:
+            `bool`: ``True`` when a process group was destroyed.
+        """
+        return end_distributed_training(self)
 
     def _train_once(self, resume_from_checkpoint=None, **kwargs):
         if resume_from_checkpoint is False:
