@@ -14,13 +14,24 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(ROOT, "docs")
 
 
-def quickstart_code() -> str:
-    """The Python block that follows the ``<!-- quickstart -->`` marker in docs/quickstart.md."""
-    with open(os.path.join(DOCS, "quickstart.md"), encoding="utf-8") as handle:
+def quickstart_code(path: str = os.path.join(DOCS, "quickstart.md")) -> str:
+    """The Python block that follows the ``<!-- quickstart -->`` marker in ``path`` (default docs/quickstart.md)."""
+    with open(path, encoding="utf-8") as handle:
         text = handle.read()
     match = re.search(r"<!-- quickstart -->\s*```python\n(.*?)```", text, re.DOTALL)
-    assert match, "docs/quickstart.md lost its <!-- quickstart --> code block"
+    assert match, f"{path} lost its <!-- quickstart --> code block"
     return match.group(1)
+
+
+def test_readme_quick_start_is_the_tested_one_and_its_commands_exist():
+    readme = os.path.join(ROOT, "README.md")
+    assert quickstart_code(readme) == quickstart_code()  # test_quickstart_runs runs this block
+    with open(readme, encoding="utf-8") as handle:
+        text = handle.read()
+    setup = re.search(r"## Set-up.*?```bash\n(.*?)```", text, re.DOTALL).group(1)
+    commands = [line.split("#")[0].split() for line in setup.splitlines() if line.strip()]
+    assert commands == [["bash", "scripts/demo.sh"], ["bash", ".ci/run"]]
+    assert all(os.path.isfile(os.path.join(ROOT, c[1])) for c in commands)
 
 
 def test_quickstart_block_is_valid_python():
