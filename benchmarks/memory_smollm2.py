@@ -27,8 +27,9 @@ Measured, in one process:
   2. ``search_rewrite`` with policy ``balance``, ``lrs=(1, 10, 100)``, ``feature_factors=(-1, 0, 1)``,
      ``refine=False``, ``apply="steer"`` (run-time steering, the default), with the control rows;
   3. the same search with ``apply="merge"`` (merge with a kept original, unmerge);
-  4. diagnostics (``--no-diagnostics`` skips them): phases 0, 1 and 2 again with ``config.use_cache = False``,
-     to show how much of each peak is the KV cache that transformers builds by default in every forward;
+  4. diagnostics (``--no-diagnostics`` skips them): phases 0, 1 and 2 again with ``config.use_cache = False``.
+     The evaluation code already passes ``use_cache=False`` in its forwards, so these repeat the same work and
+     show the run-to-run spread of each peak;
 
 - the process's overall peak (includes loading): ``resource.getrusage(RUSAGE_SELF).ru_maxrss``, read before every
   VmHWM reset (the reset lowers ``ru_maxrss`` too: both read the kernel's high-water mark) and at the end; the
