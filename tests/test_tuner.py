@@ -100,8 +100,10 @@ def test_merge_and_unload_equals_hand_computed_weights(family):
     untouched = {n: p.detach().clone() for n, p in model.get_base_model().named_parameters() if "base_layer" not in n and "gradiend" not in n}
     merged = model.merge_and_unload(feature_factor=factor, lr=lr)
     params = dict(merged.named_parameters())
+    eps = torch.finfo(torch.float32).eps
     for name, value in expected.items():
-        torch.testing.assert_close(params[f"{name}.weight"], value, rtol=0, atol=1e-7)
+        # the library sums in another order than the test: a few float32 roundings of the largest term
+        torch.testing.assert_close(params[f"{name}.weight"], value, rtol=0, atol=8 * eps * float(value.abs().max()))
     assert not any("gradiend" in n for n in params)
     for name, value in untouched.items():
         if name in params:

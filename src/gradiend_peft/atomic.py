@@ -1,9 +1,14 @@
-"""Atomic writes: a kill at any moment leaves either the old file (or folder) or the new one, never a mix.
+"""Atomic writes: a kill at any moment leaves the old content or the new one, never a mix, and nothing we did not
+write is touched.
 
-Files are written beside their destination and moved into place with ``os.replace``. Folders (an adapter is a
-config, weights and a card) are written beside their destination and swapped in with one ``renameat2`` exchange
-on Linux; elsewhere the old folder is first renamed aside, and `recover_directory` puts it back if a crash hit
-between the two renames.
+- `atomic_write_bytes` / `atomic_write_text` / `atomic_write_json`: one file, written beside its destination and moved
+  into place with ``os.replace``.
+- `atomic_files`: a set of files saved into a folder the user owns (an adapter: config, weights, card). The files are
+  staged in a hidden folder inside the destination, then moved into place one by one under a journal: a crash
+  between two moves is rolled forward by `recover_directory` (called by every save and by `load_gradiend_model`), so
+  readers that recover see the whole old set or the whole new set. Files of the destination that the save does not
+  write are left alone. Concurrent commits to one folder are serialised with an advisory lock on the folder.
+- `atomic_directory`: replaces a whole folder that the library owns (a conversion cache entry) in one step.
 """
 
 from __future__ import annotations
@@ -12,13 +17,25 @@ import contextlib
 import ctypes
 import ctypes.util
 import json
+import logging
 import os
 import shutil
 import tempfile
+import time
 from typing import Any, Iterator
+
+try:  # advisory locks: POSIX only; elsewhere commits are not serialised between processes
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
+logger = logging.getLogger(__name__)
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
+_STAGING_PREFIX = ".gradiend-staging-"
+_JOURNAL_PREFIX = ".gradiend-commit-"
+_STALE_STAGING_SECONDS = 24 * 3600
 
 
 def _fsync_directory(path: str) -> None:
@@ -74,6 +91,114 @@ def atomic_write_json(path: str, payload: Any) -> None:
     atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
 
 
+# ------------------------------------------------------------------------------------------- a set of files
+@contextlib.contextmanager
+def _folder_lock(path: str) -> Iterator[None]:
+    """An exclusive advisory lock on the folder itself (no lock file is left behind)."""
+    if fcntl is None:  # pragma: no cover - Windows
+        yield
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _staged_files(staging: str) -> list[str]:
+    files = []
+    for root, _, names in os.walk(staging):
+        for name in names:
+            files.append(os.path.relpath(os.path.join(root, name), staging))
+    return sorted(files)
+
+
+def _safe_relative(name: Any) -> bool:
+    return (isinstance(name, str) and bool(name) and not os.path.isabs(name)
+            and ".." not in name.replace("\\", "/").split("/"))
+
+
+def _roll_forward(path: str, journal_path: str) -> None:
+    """Completes a commit: moves the journal's staged files into place, then removes the journal and the staging."""
+    try:
+        with open(journal_path, encoding="utf-8") as handle:
+            journal = json.load(handle)
+        staging_name, files = journal["staging"], list(journal["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        # a journal is written atomically, so an unreadable one is not ours: leave it for a person to look at
+        return
+    if not (_safe_relative(staging_name) and staging_name.startswith(_STAGING_PREFIX)
+            and all(_safe_relative(f) for f in files)):
+        return
+    staging = os.path.join(path, staging_name)
+    for name in files:
+        source, target = os.path.join(staging, name), os.path.join(path, name)
+        if os.path.lexists(source):
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.replace(source, target)
+            _fsync_directory(os.path.dirname(target))
+    os.unlink(journal_path)
+    _fsync_directory(path)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def recover_directory(path: str) -> None:
+    """Finishes commits into ``path`` that a crash interrupted (see `atomic_files`); nothing to do otherwise.
+
+    Staging folders without a journal (a crash before the commit began) are removed once a day old; younger ones may
+    belong to a save still running in another process.
+    """
+    if not os.path.isdir(path):
+        return
+    journals = [n for n in os.listdir(path) if n.startswith(_JOURNAL_PREFIX) and n.endswith(".json")]
+    stale = [n for n in os.listdir(path) if n.startswith(_STAGING_PREFIX)]
+    if not journals and not stale:
+        return
+    with _folder_lock(path):
+        for name in sorted(os.listdir(path)):
+            if name.startswith(_JOURNAL_PREFIX) and name.endswith(".json"):
+                _roll_forward(path, os.path.join(path, name))
+        now = time.time()
+        for name in os.listdir(path):
+            full = os.path.join(path, name)
+            if name.startswith(_STAGING_PREFIX) and os.path.isdir(full):
+                with contextlib.suppress(OSError):
+                    if now - os.stat(full).st_mtime > _STALE_STAGING_SECONDS:
+                        shutil.rmtree(full, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_files(path: str) -> Iterator[str]:
+    """Yields a staging folder; on success every file written into it replaces its counterpart in ``path`` as one
+    set; on error nothing in ``path`` changes. Files of ``path`` that were not staged are never touched.
+
+    Examples:
+        ```python
+        with atomic_files("my-project/adapter") as folder:
+            model.save_pretrained(folder)
+        ```
+    """
+    path = os.path.abspath(path)
+    os.makedirs(path, exist_ok=True)
+    recover_directory(path)
+    staging = tempfile.mkdtemp(dir=path, prefix=_STAGING_PREFIX)
+    os.chmod(staging, _default_mode(0o777))  # mkdtemp makes it 0o700; subfolders moved out keep the usual mode
+    try:
+        yield staging
+        files = _staged_files(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    with _folder_lock(path):
+        journal = os.path.join(path, f"{_JOURNAL_PREFIX}{os.path.basename(staging)}.json")
+        atomic_write_json(journal, {"staging": os.path.basename(staging), "files": files})
+        _roll_forward(path, journal)
+
+
+# ------------------------------------------------------------------------------- a folder the library owns
 def _exchange(a: str, b: str) -> bool:
     """Swaps two paths atomically with renameat2(RENAME_EXCHANGE); False where the OS does not offer it."""
     libc_name = ctypes.util.find_library("c")
@@ -91,8 +216,8 @@ def _aside_name(path: str) -> str:
     return f"{path}.previous"
 
 
-def recover_directory(path: str) -> None:
-    """Puts back a folder left aside by an interrupted non-Linux swap (nothing to do otherwise)."""
+def recover_owned_directory(path: str) -> None:
+    """Puts back a folder left aside by an interrupted non-Linux `atomic_directory` swap."""
     aside = _aside_name(path)
     if not os.path.exists(path) and os.path.isdir(aside):
         os.rename(aside, path)
@@ -100,18 +225,15 @@ def recover_directory(path: str) -> None:
 
 @contextlib.contextmanager
 def atomic_directory(path: str) -> Iterator[str]:
-    """Yields a fresh temporary folder; on success it replaces ``path`` in one step, on error it is removed.
+    """Yields a fresh temporary folder; on success it replaces the WHOLE folder ``path`` in one step.
 
-    Examples:
-        ```python
-        with atomic_directory("adapter") as folder:
-            model.save_pretrained(folder)
-        ```
+    Only for folders the library owns entirely (a conversion cache entry): everything in the old folder goes. Saves
+    into a user's folder use `atomic_files`, which leaves other files alone.
     """
     path = os.path.abspath(path)
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
-    recover_directory(path)
+    recover_owned_directory(path)
     tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     os.chmod(tmp, _default_mode(0o777))  # mkdtemp makes it 0o700
     try:
@@ -133,11 +255,21 @@ def atomic_directory(path: str) -> Iterator[str]:
 
 
 def save_adapter(model: Any, directory: str, **kwargs: Any) -> str:
-    """``model.save_pretrained(directory)`` made atomic, plus the GRADIEND model card; returns ``directory``."""
-    from .hub import write_model_card
+    """``model.save_pretrained(directory)`` made atomic, plus the GRADIEND model card; returns ``directory``.
 
-    with atomic_directory(directory) as folder:
+    Only the files peft writes (``adapter_config.json``, ``adapter_model.safetensors``, per adapter) and the card
+    (``README.md``) are replaced; anything else in ``directory`` stays as it was.
+    """
+    from .hub import is_gradiend_card, write_model_card
+
+    with atomic_files(directory) as folder:
         model.save_pretrained(folder, **kwargs)
         if hasattr(model, "peft_config"):
             write_model_card(model, folder)
+        for card in [f for f in _staged_files(folder) if os.path.basename(f) == "README.md"]:
+            existing = os.path.join(directory, card)
+            if os.path.isfile(existing) and not is_gradiend_card(existing):
+                os.unlink(os.path.join(folder, card))  # a README.md of the user's own: keep it
+                logger.warning("Kept the existing %s (not a GRADIEND model card); the adapter's card was not "
+                               "written. Save into a folder of its own to get the card.", existing)
     return directory

@@ -139,10 +139,11 @@ def lm_losses(model: nn.Module, batch: Mapping[str, torch.Tensor], kinds: Iterab
 @contextlib.contextmanager
 def gradient_pass(tuner: "GradiendModel", weights: list[nn.Parameter]) -> Iterator[None]:
     """Eval mode, no steering, and ``requires_grad`` on ``weights`` for the duration; all restored after."""
+    tuner.check_unmerged("Computing the base model's gradients (training, encoding, evaluation)")
     model = tuner.model
     training = {module: module.training for module in model.modules()}
     flags = [w.requires_grad for w in weights]
-    steering = {name: dict(layer._steering) for name, layer in tuner.gradiend_layers().items()}
+    steering = {name: layer.steering_state() for name, layer in tuner.gradiend_layers().items()}
     model.eval()
     for layer in tuner.gradiend_layers().values():
         layer.clear_steering()
@@ -155,7 +156,7 @@ def gradient_pass(tuner: "GradiendModel", weights: list[nn.Parameter]) -> Iterat
         for weight, flag in zip(weights, flags):
             weight.requires_grad_(flag)
         for name, layer in tuner.gradiend_layers().items():
-            layer._steering.update(steering[name])
+            layer.restore_steering(steering[name])
         for module, mode in training.items():
             module.training = mode
 

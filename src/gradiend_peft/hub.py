@@ -72,6 +72,17 @@ def _card_text(config: GradiendConfig, repo_id: Optional[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def is_gradiend_card(path: str) -> bool:
+    """Whether the ``README.md`` at ``path`` is a model card that `write_model_card` wrote (its metadata carries the
+    ``gradiend`` tag and ``library_name: peft``)."""
+    try:
+        card = ModelCard.load(path)
+    except Exception:  # noqa: BLE001 - any unreadable card is not ours
+        return False
+    data = card.data.to_dict() if card.data is not None else {}
+    return data.get("library_name") == "peft" and "gradiend" in (data.get("tags") or [])
+
+
 def write_model_card(model: PeftModel, directory: str, repo_id: Optional[str] = None, adapter_name: Optional[str] = None) -> str:
     """Writes the GRADIEND model card (``README.md``) of ``model``'s adapter into ``directory``; returns its path."""
     name = adapter_name or model.active_adapter

@@ -103,6 +103,7 @@ def prune_adapter(model: nn.Module, keep: Union[float, int] = 0.01, adapter_name
     """
     tuner = _tuner(model)
     name = tuner._resolve_adapter(adapter_name)
+    tuner.check_unmerged("prune_adapter")
     layers = tuner.gradiend_layers(name)
     scores = {m: layer.gradiend_decoder[name].detach().abs().sum(0).reshape(-1) for m, layer in layers.items()}
     total = sum(s.numel() for s in scores.values())
@@ -134,6 +135,7 @@ def pre_prune_adapter(
     """
     tuner = _tuner(model)
     name = tuner._resolve_adapter(adapter_name)
+    tuner.check_unmerged("pre_prune_adapter")
     source = tuner.peft_config[name].source
     layers = tuner.gradiend_layers(name)
     sums: dict[str, torch.Tensor] = {}

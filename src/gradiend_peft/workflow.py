@@ -21,7 +21,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from .atomic import atomic_directory, atomic_write_json, save_adapter
+from .atomic import atomic_files, atomic_write_json, save_adapter
 from .data import Feature, load_corpus, load_names, mine_neutral, mine_pairs
 
 logger = logging.getLogger(__name__)
@@ -223,7 +223,7 @@ def save_merged(model: Any, tokenizer: Any, folder: str, feature_factor: float, 
     The PEFT model is consumed (its layers are unloaded); reload the base model to continue.
     """
     merged = model.merge_and_unload(feature_factor=feature_factor, lr=lr)
-    with atomic_directory(folder) as tmp:
+    with atomic_files(folder) as tmp:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return folder

@@ -221,9 +221,9 @@ def search_rewrite(
     policy = parse_policy(policy)
     if apply not in ("steer", "merge"):
         raise ValueError(f"apply must be 'steer' or 'merge', got {apply!r}.")
-    if any(layer.merged for layer in tuner.gradiend_layers().values()):
+    if tuner.merged_adapter_names():
         raise ValueError("The adapter is merged; call unmerge_adapter() before searching rewrites.")
-    if any(layer._steering for layer in tuner.gradiend_layers().values()):
+    if tuner.steering_active:
         raise ValueError("The model is being steered; call clear_steering() before searching rewrites.")
     rows = as_rows(rows)
     if hasattr(classes, "pair"):  # a Feature: its pair's words

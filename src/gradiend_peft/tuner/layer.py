@@ -141,9 +141,14 @@ class GradiendLayer(BaseTunerLayer):
     def delta_weight(
         self, adapter_name: str, feature_factor: FeatureFactor, lr: float, gradient_scale: float = 1.0
     ) -> torch.Tensor:
-        """The weight shift ``lr * d(feature_factor) / s``, shaped like the base weight, in its dtype."""
+        """The weight shift ``lr * d(feature_factor) / s``, shaped like the base weight, on its device, in the
+        adapter's dtype (float32 for float32 adapters: a merge adds it to the base weight in float32 and rounds once
+        to the base dtype, see `shifted_weight`)."""
         decoder = self.gradiend_decoder[adapter_name]
         factor = _as_factor(feature_factor, decoder.shape[0], decoder.device)
+        if not (math.isfinite(float(gradient_scale)) and float(gradient_scale) > 0):
+            raise ValueError(f"The gradient scale of adapter {adapter_name!r} is {gradient_scale}; it must be a "
+                             "positive finite number (a corrupt adapter file?).")
         # in place on the one fresh buffer of the matmul: the same values as ``(D h + c) * (lr / s)``, without a
         # second and third weight-sized temporary (a steered forward builds this for every layer and call)
         decoded = factor.to(decoder.dtype) @ decoder.reshape(decoder.shape[0], -1)
@@ -151,7 +156,38 @@ class GradiendLayer(BaseTunerLayer):
             decoded.add_(self.gradiend_decoder_bias[adapter_name].reshape(-1))
         decoded.mul_(float(lr) / float(gradient_scale))
         weight = self.get_base_layer().weight
-        return self.scatter(adapter_name, decoded).to(dtype=weight.dtype, device=weight.device)
+        return self.scatter(adapter_name, decoded).to(device=weight.device)
+
+    def shifted_weight(self, delta: torch.Tensor, what: str) -> torch.Tensor:
+        """``W + delta`` computed in at least float32 and rounded once to ``W``'s dtype, in ``delta``'s buffer where
+        the dtypes allow (merging and steering both use it, so a steered forward equals the merged one exactly).
+
+        Raises:
+            `ValueError`: if the result holds NaN or infinite values (nothing is written then); ``what`` names the
+                operation and the adapter in the message.
+        """
+        weight = self.get_base_layer().weight
+        compute = torch.promote_types(torch.promote_types(weight.dtype, delta.dtype), torch.float32)
+        shifted = delta.to(compute).add_(weight.detach().to(compute))  # in delta's own buffer where dtypes agree
+        if not torch.isfinite(shifted).all():
+            raise ValueError(
+                f"{what} would write NaN or infinite values into a {tuple(weight.shape)} weight (the adapter holds "
+                "non-finite values, or lr is too large for the weight's dtype). Nothing was written; use a smaller lr "
+                "or check the adapter."
+            )
+        return shifted.to(weight.dtype)
+
+    def _fingerprint(self, adapter_name: str) -> tuple:
+        """Identity and in-place version of every tensor a merge's delta depends on: a change (pruning, a reset,
+        a training step, loading weights) makes the fingerprint differ."""
+        tensors = [container[adapter_name] if adapter_name in container else None
+                   for container in (self.gradiend_decoder, self.gradiend_decoder_bias, self.gradiend_kept_indices)]
+        return tuple((id(t), t._version) if t is not None else None for t in tensors)
+
+    def changed_since_merge(self, adapter_name: str) -> bool:
+        """Whether ``adapter_name`` is merged into this layer and its tensors changed after the merge."""
+        record = self._merge_record.get(adapter_name)
+        return record is not None and record[3] != self._fingerprint(adapter_name)
 
     def per_example_dot(self, probe: torch.Tensor, inputs: torch.Tensor, output_grad: torch.Tensor) -> torch.Tensor:
         """``<P_j, G_i>`` for a probe ``P`` of shape ``(k', *W.shape)`` (e.g. the encoder) and the per-example
@@ -171,50 +207,69 @@ class GradiendLayer(BaseTunerLayer):
         lr: float = 0.0,
         gradient_scales: Optional[dict[str, float]] = None,
         keep_original: bool = False,
-    ) -> None:
+    ) -> int:
         """Adds ``lr * d(feature_factor) / s`` of each adapter to the base weight.
 
+        The sum is formed in float32 (at least) and rounded once to the weight's dtype, and it is checked for NaN
+        and infinities before anything is written, whatever ``safe_merge`` says (peft's flag, kept for its
+        signature). A base weight in bfloat16/float16 keeps a copy of its original, so that `unmerge` restores it
+        exactly.
+
         Args:
-            safe_merge (`bool`): Check the merged weight for NaN/inf before writing it.
+            safe_merge (`bool`): Accepted for peft's signature; merges are always checked.
             adapter_names (`list[str]`, *optional*): Adapters to merge (default: the active ones).
             feature_factor (`float` or sequence): The latent value to decode (length ``latent_dim``).
             lr (`float`): The step size of the rewrite.
             gradient_scales (`dict[str, float]`, *optional*): Each adapter's gradient scale (default 1).
-            keep_original (`bool`): Keep a copy of the weight so that `unmerge` restores it bit for bit.
+            keep_original (`bool`): Keep a copy of the weight so that `unmerge` restores it exactly (always on
+                for half-precision weights).
+
+        Returns:
+            `int`: how many entries the shift should have changed (non-zero shift) but did not, because the
+            weight's dtype cannot represent so small a step (0 for float32 weights in practice).
         """
         adapter_names = check_adapters_to_merge(self, adapter_names)
-        if not adapter_names:
-            return
         base = self.get_base_layer()
+        lost = 0
         for name in adapter_names:
             if name not in self.gradiend_decoder:
                 continue
             scale = (gradient_scales or {}).get(name, 1.0)
             factor = _as_factor(feature_factor, self.gradiend_decoder[name].shape[0], "cpu")
             delta = self.delta_weight(name, factor, lr, scale)
+            moving = delta != 0
+            shifted = self.shifted_weight(delta, f"Merging adapter {name!r}")
+            if base.weight.dtype in (torch.float16, torch.bfloat16):
+                lost = int((moving & (shifted == base.weight.data)).sum())
+                keep_original = True
             if keep_original:
                 self._original_weights[name] = base.weight.data.detach().clone()
-            if safe_merge:
-                merged = base.weight.data + delta
-                if not torch.isfinite(merged).all():
-                    raise ValueError(f"NaNs or infinities would appear in the merged weight of adapter {name!r}.")
-                base.weight.data.copy_(merged)
-            else:
-                base.weight.data.add_(delta)
-            self._merge_record[name] = (factor, float(lr), float(scale))
+            base.weight.data.copy_(shifted)
+            self._merge_record[name] = (factor, float(lr), float(scale), self._fingerprint(name))
             self.merged_adapters.append(name)
+        return lost
 
     def unmerge(self) -> None:
-        """Undoes every merge, newest first (exactly where the merge kept the original weight)."""
+        """Undoes every merge, newest first: exactly where the merge kept the original weight, else by subtracting
+        the same shift.
+
+        Raises:
+            `RuntimeError`: if an adapter changed after it was merged and no original was kept (its current decoder
+                would not undo the merge); nothing is changed then.
+        """
+        changed = [name for name in self.merged_adapters
+                   if name not in self._original_weights and self.changed_since_merge(name)]
+        if changed:
+            raise RuntimeError(unmerge_refusal(changed))
         base = self.get_base_layer()
         while self.merged_adapters:
             name = self.merged_adapters.pop()
-            factor, lr, scale = self._merge_record.pop(name)
+            factor, lr, scale, _ = self._merge_record.pop(name)
             original = self._original_weights.pop(name, None)
             if original is not None:
                 base.weight.data.copy_(original)
             else:
-                base.weight.data.sub_(self.delta_weight(name, factor, lr, scale))
+                base.weight.data.sub_(self.delta_weight(name, factor, lr, scale).to(base.weight.dtype))
 
     def set_steering(self, adapter_name: str, feature_factor: FeatureFactor, lr: float, gradient_scale: float) -> None:
         """Makes this layer's forward use ``W + lr * d(feature_factor) / gradient_scale`` for ``adapter_name``.
@@ -229,7 +284,17 @@ class GradiendLayer(BaseTunerLayer):
         """Ends run-time steering of this layer for every adapter."""
         self._steering.clear()
 
-    def _steering_delta(self) -> Optional[torch.Tensor]:
+    def steering_state(self) -> dict[str, tuple[torch.Tensor, float, float]]:
+        """A copy of the active steering (adapter -> feature factor, lr, gradient scale), for `restore_steering`."""
+        return dict(self._steering)
+
+    def restore_steering(self, state: dict[str, tuple[torch.Tensor, float, float]]) -> None:
+        """Puts back steering taken with `steering_state`."""
+        self._steering.clear()
+        self._steering.update(state)
+
+    def steering_delta(self) -> Optional[torch.Tensor]:
+        """The summed weight shift of the active, steered, unmerged adapters (``None``: no steering acts here)."""
         delta = None
         for name in self.active_adapters:
             if name in self._steering and name in self.gradiend_decoder and name not in self.merged_adapters:
@@ -243,15 +308,14 @@ class GradiendLayer(BaseTunerLayer):
             self.unmerge()
         if self.disable_adapters or not self._steering:
             return self.base_layer(x, *args, **kwargs)
-        delta = self._steering_delta()
+        delta = self.steering_delta()
         if delta is None:
             return self.base_layer(x, *args, **kwargs)
         base = self.get_base_layer()
         if base is self.base_layer:
             # One call with the shifted weight, as a merged model computes it: one matmul (not a second one for
-            # the shift) and outputs bit-identical to merging the same shift.
-            weight = base.weight
-            shifted = delta.to(weight.dtype).add_(weight)  # W + delta in the fresh shift buffer (no third copy)
+            # the shift) and outputs equal to merging the same shift (`shifted_weight` is shared with `merge`).
+            shifted = self.shifted_weight(delta, "Steering")
             return torch.func.functional_call(base, {"weight": shifted}, (x, *args), kwargs)
         result = self.base_layer(x, *args, **kwargs)
         return result + self._apply_delta(x, delta).to(result.dtype)
@@ -295,6 +359,18 @@ class _GradiendModule(nn.Module, GradiendLayer):
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         return GradiendLayer.forward(self, x, *args, **kwargs)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # loading new weights into a merged adapter would leave the merge impossible to undo: refuse before any
+        # tensor of this layer changes (peft's load_adapter and set_peft_model_state_dict end up here)
+        for name in self.merged_adapters:
+            keys = [f"{prefix}{container}.{name}" for container in self.adapter_layer_names + self.other_param_names]
+            if any(key in state_dict for key in keys):
+                raise RuntimeError(
+                    f"Cannot load weights into adapter {name!r} while it is merged into {prefix.rstrip('.')!r}: the "
+                    "merge could not be undone afterwards. Call unmerge_adapter() first."
+                )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def __repr__(self) -> str:
         return "gradiend." + nn.Module.__repr__(self)
@@ -346,6 +422,16 @@ class Embedding(_GradiendModule):
             delta = delta * (ids != base.padding_idx).unsqueeze(-1).to(delta.dtype)
         gathered = encoder[:, ids]  # (k, B, T, d)
         return torch.einsum("kbtd,btd->bk", gathered, delta) * self._embed_scale_value()
+
+
+def unmerge_refusal(adapters: Sequence[str]) -> str:
+    """The message refusing to unmerge adapters that changed after their merge."""
+    return (
+        f"Adapter(s) {sorted(set(adapters))} changed after they were merged (pruned, reset, trained or loaded anew), "
+        "so their current decoder would not undo the merge and the base weights cannot be restored. Nothing was "
+        "changed. Reload the base model, or next time unmerge before changing the adapter (or merge with "
+        "keep_original=True)."
+    )
 
 
 def layer_class_for(module: nn.Module) -> Optional[type[GradiendLayer]]:

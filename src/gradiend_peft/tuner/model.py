@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+import warnings
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import torch
@@ -15,7 +16,7 @@ from torch import nn
 from ..registration import ADAPTER_PREFIX
 from .config import GradiendConfig
 from .constants import MASKED_LM_MODEL_TYPES, TRANSFORMERS_MODELS_TO_GRADIEND_TARGET_MODULES_MAPPING
-from .layer import Embedding, FeatureFactor, GradiendLayer, layer_class_for
+from .layer import Embedding, FeatureFactor, GradiendLayer, layer_class_for, unmerge_refusal
 
 _ACTIVATIONS = {
     "tanh": torch.tanh,
@@ -149,6 +150,7 @@ class GradiendModel(BaseTuner):
             seed (`int`, *optional*): Stored as ``config.init_seed`` and used for the draw (default: the config's).
         """
         name = self._resolve_adapter(adapter_name)
+        self.check_unmerged("reset_adapter")
         if seed is not None:
             self.peft_config[name].init_seed = int(seed)
         self._initialize_adapter(name)
@@ -253,6 +255,9 @@ class GradiendModel(BaseTuner):
         if not self.peft_config[name].normalize_gradients:
             return 1.0
         value = float(self.gradiend_gradient_scale[name])
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"The gradient scale of adapter {name!r} is {value}; it must be finite and positive (0 "
+                             "before calibration). The adapter's tensors are corrupt: retrain or reload it.")
         return value if value > 0 else 1.0
 
     def calibrate_gradient_scale(self, gradients: Mapping[str, torch.Tensor], adapter_name: Optional[str] = None) -> float:
@@ -365,26 +370,93 @@ class GradiendModel(BaseTuner):
                       keep_original: bool = False) -> None:
         """Writes ``W += lr * d(feature_factor) / s`` into every target weight (undo with `unmerge_adapter`).
 
+        Merges are computed in float32, checked for NaN/infinities before anything is written, and refused for an
+        adapter that is already merged with other values (unmerge first). On a bfloat16/float16 base the original
+        weights are kept (so that unmerging restores them exactly) and a warning says how many entries the shift
+        could not move because the dtype is too coarse.
+
         Args:
             adapter_names (`list[str]`, *optional*): Adapters to merge (default: the active ones).
-            safe_merge (`bool`): Refuse to write a weight that would contain NaN or infinities.
+            safe_merge (`bool`): Accepted for peft's signature; merges are always checked.
             feature_factor (`float`, *optional*): The latent value to decode; default ``config.feature_factor``.
             lr (`float`, *optional*): The step size; default ``config.lr``.
-            keep_original (`bool`): Keep copies of the weights so that unmerging restores them bit for bit.
+            keep_original (`bool`): Keep copies of the weights so that unmerging restores them exactly (always on
+                for half-precision weights).
+
+        Raises:
+            `ValueError`: for an adapter already merged with another feature factor or lr, an unknown adapter name,
+                or a merge that would write non-finite weights (nothing is written then).
         """
         self._check_merge_allowed()
         names = adapter_names or list(self.active_adapters)
         for name in names:
+            self._resolve_adapter(name)
+        todo = []
+        for name in names:
             factor, step = self._merge_values(name, feature_factor, lr)
-            scales = {name: self.gradient_scale(name)}
-            for layer in self.gradiend_layers(name).values():
-                layer.merge(safe_merge=safe_merge, adapter_names=[name], feature_factor=factor, lr=step,
-                            gradient_scales=scales, keep_original=keep_original)
+            scale = self.gradient_scale(name)
+            layers = list(self.gradiend_layers(name).values())
+            merged = [layer._merge_record[name] for layer in layers if name in layer.merged_adapters]
+            if merged:
+                old_factor, old_lr, old_scale, _ = merged[0]
+                new_factor = torch.as_tensor(factor, dtype=torch.float32).reshape(-1).expand_as(old_factor)
+                if old_lr != step or old_scale != scale or not torch.equal(old_factor, new_factor):
+                    raise ValueError(
+                        f"Adapter {name!r} is already merged with feature_factor={old_factor.tolist()}, lr={old_lr}; "
+                        "call unmerge_adapter() before merging other values."
+                    )
+                warnings.warn(f"Adapter {name!r} is already merged with these values; nothing to do.")
+                continue
+            todo.append((name, factor, step, scale, layers))
+        for name, factor, step, scale, layers in todo:
+            # every layer's shift is checked before any weight changes: a refused merge leaves no layer merged
+            for layer in layers:
+                layer.shifted_weight(layer.delta_weight(name, factor, step, scale), f"Merging adapter {name!r}")
+            lost = moving = 0
+            for layer in layers:
+                lost += layer.merge(adapter_names=[name], feature_factor=factor, lr=step,
+                                    gradient_scales={name: scale}, keep_original=keep_original)
+                moving += layer.num_entries(name)
+            if lost:
+                warnings.warn(
+                    f"Merging adapter {name!r}: {lost} of {moving} adapter entries did not change, because the base "
+                    "weights' dtype cannot represent so small a step. Load the base model in float32 to apply the edit "
+                    "fully (unmerging still restores the original weights exactly).",
+                    stacklevel=2,
+                )
 
     def unmerge_adapter(self) -> None:
-        """Undoes all merges."""
-        for layer in self.gradiend_layers().values():
+        """Undoes all merges (exactly where the original was kept, else by subtracting the same shift).
+
+        Raises:
+            `RuntimeError`: if a merged adapter changed after its merge (pruned, reset, trained, loaded anew) and no
+                original was kept: its current decoder would not undo the merge. Nothing is changed then.
+        """
+        layers = self.gradiend_layers().values()
+        changed = {name for layer in layers for name in layer.merged_adapters
+                   if name not in layer._original_weights and layer.changed_since_merge(name)}
+        if changed:
+            raise RuntimeError(unmerge_refusal(sorted(changed)))
+        for layer in layers:
             layer.unmerge()
+
+    def merged_adapter_names(self) -> list[str]:
+        """The adapters merged into the base weights now (in any target module)."""
+        return sorted({name for layer in self.gradiend_layers().values() for name in layer.merged_adapters})
+
+    def check_unmerged(self, what: str) -> None:
+        """Raises a `RuntimeError` naming ``what`` and the fix when an adapter is merged into the base weights."""
+        merged = self.merged_adapter_names()
+        if merged:
+            raise RuntimeError(
+                f"{what} needs the base weights as they are, but adapter(s) {merged} are merged into them. Call "
+                "unmerge_adapter() first."
+            )
+
+    @property
+    def steering_active(self) -> bool:
+        """Whether run-time steering is set on any layer (see `set_steering`)."""
+        return any(layer.steering_state() for layer in self.gradiend_layers().values())
 
     def merge_and_unload(self, progressbar: bool = False, safe_merge: bool = False,
                          adapter_names: Optional[list[str]] = None, feature_factor: Optional[FeatureFactor] = None,
@@ -405,7 +477,12 @@ class GradiendModel(BaseTuner):
         return self._unload_and_optionally_merge(merge=False)
 
     def set_steering(self, feature_factor: FeatureFactor, lr: float, adapter_names: Optional[list[str]] = None) -> None:
-        """Steers at run time: forward passes use ``W + lr * d(feature_factor) / s`` without changing ``W``."""
+        """Steers at run time: forward passes use ``W + lr * d(feature_factor) / s`` without changing ``W``.
+
+        Raises:
+            `RuntimeError`: while an adapter is merged (steering would act on merged weights; unmerge first).
+        """
+        self.check_unmerged("Steering")
         for name in adapter_names or list(self.active_adapters):
             factor, step = self._merge_values(name, feature_factor, lr)
             scale = self.gradient_scale(name)
@@ -439,9 +516,9 @@ def _tied_head_steering_hook(layer: GradiendLayer):
     """A forward hook that shifts a tied LM head by its embedding's steering delta."""
 
     def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> Optional[torch.Tensor]:
-        if layer.disable_adapters or not layer._steering:
+        if layer.disable_adapters or not layer.steering_state():
             return None
-        delta = layer._steering_delta()
+        delta = layer.steering_delta()
         if delta is None:
             return None
         return output + nn.functional.linear(args[0].to(delta.dtype), delta).to(output.dtype)
