@@ -216,8 +216,8 @@ def test_unsupported_module_type_is_refused():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"latent_dim": 0}, "latent_dim must be a positive integer"),
-        ({"latent_dim": 1.5}, "latent_dim must be a positive integer"),
+        ({"latent_dim": 0}, "latent_dim must be an integer in"),
+        ({"latent_dim": 1.5}, "latent_dim must be an integer in"),
         ({"activation": "swish"}, "Unknown activation 'swish'"),
         ({"source": "both"}, "Unknown source 'both'"),
         ({"target": "grad"}, "Unknown target 'grad'"),

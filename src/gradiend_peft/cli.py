@@ -139,8 +139,15 @@ def _dataclasses_for(command: str) -> tuple:
 
 
 def _read_config(path: str) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as handle:
-        data = yaml.safe_load(handle) if path.endswith((".yaml", ".yml")) else json.load(handle)
+    if not os.path.isfile(path):
+        raise ValueError(f"--config {path!r}: no such file ({os.path.abspath(path)!r}).")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle) if path.endswith((".yaml", ".yml")) else json.load(handle)
+    except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        kind = "YAML" if path.endswith((".yaml", ".yml")) else "JSON (name it .yaml for YAML)"
+        detail = " ".join(str(err).split())
+        raise ValueError(f"--config {path!r} is not valid {kind}: {detail}") from err
     if not isinstance(data, dict):
         raise ValueError(f"The config file {path!r} must hold a mapping of option names to values.")
     return data
@@ -157,6 +164,11 @@ def parse_command(command: str, argv: Sequence[str]) -> tuple:
     classes = _dataclasses_for(command)
     parser = HfArgumentParser(classes, prog=f"gradiend-peft {command}", description=COMMANDS[command])
     parser.add_argument("--config", default=None, help="A YAML or JSON file of options; flags given as well win.")
+    traceback_help = "Show the whole traceback when the command fails (given without a value)."
+    if any(f.name == "debug" for cls in classes for f in fields(cls)):  # transformers' --debug takes values
+        parser.description = f"{parser.description} A bare --debug (no value): {traceback_help[:-21].lower()}."
+    else:
+        parser.add_argument("--debug", action="store_true", help=traceback_help)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)
@@ -175,14 +187,28 @@ def parse_command(command: str, argv: Sequence[str]) -> tuple:
         parser.set_defaults(**DEMO_DEFAULTS)
     parser.set_defaults(**values)
     parsed = parser.parse_args_into_dataclasses(args=list(argv))
-    return tuple(p for p in parsed if not isinstance(p, argparse.Namespace))
+    parsed = tuple(p for p in parsed if not isinstance(p, argparse.Namespace))
+    for args in parsed:
+        if hasattr(args, "resume_from_checkpoint"):
+            args.resume_from_checkpoint = _checkpoint_flag(args.resume_from_checkpoint)
+    return parsed
+
+
+def _checkpoint_flag(value: Any) -> Any:
+    """``--resume_from_checkpoint`` takes a folder, or true/false (the last checkpoint of output_dir / none)."""
+    if isinstance(value, str) and value.strip().lower() in ("true", "yes", "1"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("false", "no", "0", "none", ""):
+        return None
+    return value
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``gradiend-peft`` command."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        lines = ["usage: gradiend-peft {train,evaluate,rewrite,demo} [options]  (each command has --help)", ""]
+        lines = ["usage: gradiend-peft {train,evaluate,rewrite,demo} [options] [--debug]  (each command has --help;",
+                 "       --debug shows the whole traceback of an error)", ""]
         lines += [f"  {name:<9} {text}" for name, text in COMMANDS.items()]
         print("\n".join(lines))
         if argv and argv[0] not in ("-h", "--help"):
@@ -191,6 +217,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     command, rest = argv[0], argv[1:]
+    debug, kept = False, []
+    for i, arg in enumerate(rest):  # a bare --debug is ours; transformers' --debug takes values
+        if arg == "--debug" and (i + 1 == len(rest) or rest[i + 1].startswith("-")):
+            debug = True
+        else:
+            kept.append(arg)
+    rest = kept
     try:
         args = parse_command(command, rest)
     except ValueError as err:
@@ -199,7 +232,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from . import runner
 
     started = time.perf_counter()
-    getattr(runner, f"run_{command}")(*args)
+    try:
+        getattr(runner, f"run_{command}")(*args)
+    except KeyboardInterrupt:
+        print(f"gradiend-peft {command}: interrupted.", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - one line for the user; --debug shows the traceback
+        if debug:
+            raise
+        message = " ".join(str(err).split()) or "(no message)"
+        print(f"gradiend-peft {command}: {type(err).__name__}: {message}\n(run again with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
     logger.info("Done in %.1f s.", time.perf_counter() - started)
     return 0
 

@@ -65,6 +65,51 @@ def per_row_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return sums / counts.to(sums.dtype)
 
 
+def max_positions(model: nn.Module) -> Optional[int]:
+    """The most tokens the model takes (``max_position_embeddings`` or ``n_positions`` of its config), if recorded."""
+    config = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _vocabulary_rows(model: nn.Module) -> Optional[int]:
+    getter = getattr(model, "get_input_embeddings", None)
+    embedding = getter() if getter is not None else None
+    if embedding is None:
+        return None
+    if hasattr(embedding, "get_base_layer"):
+        embedding = embedding.get_base_layer()
+    weight = getattr(embedding, "weight", None)
+    return int(weight.shape[0]) if weight is not None else None
+
+
+def check_inputs_fit(model: nn.Module, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> None:
+    """Refuses input the model cannot embed, naming the batch row: more tokens than its positions, or token ids
+    beyond its vocabulary (a tokenizer that does not belong to the model).
+
+    Raises:
+        `ValueError`: naming the row, the size and the fix.
+    """
+    limit = max_positions(model)
+    if limit is not None and input_ids.shape[-1] > limit:
+        row = int(torch.argmax(attention_mask.sum(dim=-1))) if attention_mask is not None else 0
+        raise ValueError(
+            f"Batch row {row} is {input_ids.shape[-1]} tokens long, more than the {limit} positions of the model. "
+            "Drop long rows, or truncate them (collator_for(..., max_length=..., truncation=True); "
+            "GradiendTrainingArguments(truncate_long_rows=True); max_length= in the evaluation functions)."
+        )
+    rows = _vocabulary_rows(model)
+    if rows is not None and input_ids.numel() and int(input_ids.max()) >= rows:
+        bad = int(torch.nonzero(input_ids >= rows)[0][0])
+        raise ValueError(
+            f"Batch row {bad} holds token id {int(input_ids.max())}, but the model's embedding has {rows} rows: the "
+            "tokenizer does not belong to this model. Load the tokenizer that was saved with the model."
+        )
+
+
 def model_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     inputs = {"input_ids": batch["input_ids"]}
     if "attention_mask" in batch:
@@ -125,6 +170,7 @@ def lm_losses(model: nn.Module, batch: Mapping[str, torch.Tensor], kinds: Iterab
     """
     labels = {kind: batch[KIND_TO_LABEL_KEY[kind]] for kind in kinds}
     positions, valid = label_positions(labels.values())
+    check_inputs_fit(model, batch["input_ids"], batch.get("attention_mask"))
     with head_at_positions(model, positions, batch["input_ids"].shape[1]) as state:
         output = model(**model_inputs(batch))
     logits = output.logits if hasattr(output, "logits") else output[0]

@@ -15,16 +15,18 @@ import os
 import re
 from typing import Any, Optional
 
+import torch
 from peft import PeftModel
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
+from .atomic import recover_directory
 from .registration import PEFT_TYPE_NAME, register
+from .tuner.constants import MAX_LATENT_DIM
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
-MAX_LATENT_DIM = 4096
 _MODULE_NAME = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
 
 
@@ -36,6 +38,7 @@ def _resolve_files(model_id: str, revision: Optional[str], token: Optional[str],
                    subfolder: Optional[str]) -> str:
     if os.path.isdir(model_id):
         folder = os.path.join(model_id, subfolder) if subfolder else model_id
+        recover_directory(folder)  # finish a save that a crash interrupted (see gradiend_peft.atomic)
         if not os.path.isfile(os.path.join(folder, WEIGHTS_NAME)):
             raise UntrustedAdapterError(
                 f"{folder!r} has no {WEIGHTS_NAME}. gradiend_peft loads safetensors only (no pickled .bin files); "
@@ -43,10 +46,20 @@ def _resolve_files(model_id: str, revision: Optional[str], token: Optional[str],
             )
         return folder
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
 
-    config_path = hf_hub_download(model_id, CONFIG_NAME, subfolder=subfolder, revision=revision, token=token,
-                                  cache_dir=cache_dir)
-    hf_hub_download(model_id, WEIGHTS_NAME, subfolder=subfolder, revision=revision, token=token, cache_dir=cache_dir)
+    try:
+        config_path = hf_hub_download(model_id, CONFIG_NAME, subfolder=subfolder, revision=revision, token=token,
+                                      cache_dir=cache_dir)
+        hf_hub_download(model_id, WEIGHTS_NAME, subfolder=subfolder, revision=revision, token=token,
+                        cache_dir=cache_dir)
+    except (HFValidationError, LocalEntryNotFoundError, HfHubHTTPError, OSError) as err:
+        raise FileNotFoundError(
+            f"No such adapter folder or Hub repository: {model_id!r}. It is not a local folder "
+            f"({os.path.abspath(model_id)!r} does not exist), and the Hub lookup failed ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else 'no details'}). Check the path, or the repository id, "
+            "your network and HF_TOKEN for a private repository."
+        ) from err
     return os.path.dirname(config_path)
 
 
@@ -114,19 +127,90 @@ def _expected_tensor_shapes(raw: dict[str, Any]) -> Optional[dict[str, tuple[int
     return expected
 
 
-def validate_adapter_weights(path: str, raw_config: dict[str, Any]) -> None:
-    """Checks a safetensors file's header (names, shapes) against the config, without loading any tensor."""
-    expected = _expected_tensor_shapes(raw_config)
-    with safe_open(path, framework="pt") as handle:
-        found = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
-    if expected is None:
-        return
-    unexpected = sorted(set(found) - set(expected))
-    missing = sorted(set(expected) - set(found))
-    _expect(not unexpected, f"{path} holds tensors the config does not describe: {unexpected[:5]}.")
-    _expect(not missing, f"{path} lacks tensors the config describes: {missing[:5]}.")
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+def _read_header(path: str) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes from a safetensors header, checked for size and form before safetensors reads it."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+    _expect(len(prefix) == 8, f"{path} is truncated: {size} bytes, not even a safetensors header length.")
+    header_bytes = int.from_bytes(prefix, "little")
+    _expect(header_bytes <= MAX_HEADER_BYTES, f"{path} declares a {header_bytes}-byte header (over "
+            f"{MAX_HEADER_BYTES}): not a GRADIEND adapter file.")
+    _expect(8 + header_bytes <= size, f"{path} is truncated: its header needs {8 + header_bytes} bytes, the file has "
+            f"{size}. Save the adapter again.")
+    try:
+        with safe_open(path, framework="pt") as handle:
+            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise UntrustedAdapterError(f"{path} is not a readable safetensors file: {err}. Save the adapter again.") from err
+
+
+def _module_of(key: str) -> Optional[tuple[str, str]]:
+    """``("layers.0.mlp.up_proj", "gradiend_encoder")`` from ``base_model.model.layers.0.mlp.up_proj.gradiend_encoder``."""
+    prefix = "base_model.model."
+    if not key.startswith(prefix):
+        return None
+    module, _, tensor = key[len(prefix):].rpartition(".")
+    return (module, tensor) if module else None
+
+
+def _check_against_model(found: dict[str, tuple[int, ...]], base_model: nn.Module, path: str) -> None:
+    """Without recorded ``target_shapes``: each unpruned layer tensor must match its base module's weight shape."""
+    modules = dict(base_model.named_modules())
     for key, shape in found.items():
-        _expect(shape == expected[key], f"Tensor {key!r} in {path} has shape {shape}, but the config implies {expected[key]}.")
+        parsed = _module_of(key)
+        if parsed is None or parsed[1] not in ("gradiend_encoder", "gradiend_decoder", "gradiend_decoder_bias"):
+            continue
+        name, tensor = parsed
+        module = modules.get(name)
+        _expect(module is not None and getattr(module, "weight", None) is not None,
+                f"{path} holds adapter tensors for module {name!r}, which this base model does not have. Load the "
+                "adapter onto the base model it was trained on.")
+        weight_shape = tuple(module.weight.shape)
+        pruned = f"base_model.model.{name}.gradiend_kept_indices" in found
+        own = shape if tensor == "gradiend_decoder_bias" else shape[1:]
+        _expect(pruned or own == weight_shape,
+                f"Tensor {key!r} in {path} has shape {shape}, which does not fit module {name!r} of this base model "
+                f"(weight shape {weight_shape}). Load the adapter onto the base model it was trained on.")
+
+
+def validate_adapter_weights(path: str, raw_config: dict[str, Any], base_model: Optional[nn.Module] = None) -> None:
+    """Checks a safetensors file against the config (names, shapes; without ``target_shapes`` in the config, against
+    ``base_model``'s modules) and then every value: adapter tensors must be finite, the gradient scale non-negative,
+    kept indices inside their weight.
+
+    Raises:
+        `UntrustedAdapterError`: naming the file, the tensor and the problem (nothing is loaded into a model).
+    """
+    found = _read_header(path)
+    expected = _expected_tensor_shapes(raw_config)
+    if expected is not None:
+        unexpected = sorted(set(found) - set(expected))
+        missing = sorted(set(expected) - set(found))
+        _expect(not unexpected, f"{path} holds tensors the config does not describe: {unexpected[:5]}.")
+        _expect(not missing, f"{path} lacks tensors the config describes: {missing[:5]}.")
+        for key, shape in found.items():
+            _expect(shape == expected[key], f"Tensor {key!r} in {path} has shape {shape}, but the config implies {expected[key]}.")
+    elif base_model is not None:
+        _check_against_model(found, base_model, path)
+    shapes = raw_config.get("target_shapes") or {}
+    with safe_open(path, framework="pt") as handle:
+        for key in handle.keys():
+            tensor = handle.get_tensor(key)
+            if tensor.is_floating_point():
+                _expect(bool(torch.isfinite(tensor).all()), f"Tensor {key!r} in {path} holds NaN or infinite values; "
+                        "merging it would corrupt the base weights. Retrain the adapter or load an intact copy.")
+            if key == "base_model.gradiend_gradient_scale":
+                _expect(bool((tensor >= 0).all()), f"Tensor {key!r} in {path} is negative: a gradient scale is >= 0.")
+            if key.endswith(".gradiend_kept_indices"):
+                parsed = _module_of(key)
+                limit = math.prod(shapes[parsed[0]]) if parsed and parsed[0] in shapes else None
+                _expect(not tensor.is_floating_point() and (tensor.numel() == 0 or int(tensor.min()) >= 0)
+                        and (limit is None or tensor.numel() == 0 or int(tensor.max()) < limit),
+                        f"Tensor {key!r} in {path} holds indices outside its weight.")
 
 
 def load_gradiend_model(
@@ -158,7 +242,9 @@ def load_gradiend_model(
         `PeftModel`: ``base_model`` with the adapter attached.
 
     Raises:
-        `UntrustedAdapterError`: If the files are malformed or inconsistent (nothing is loaded then).
+        `UntrustedAdapterError`: If the files are malformed, truncated, hold non-finite values or are inconsistent
+            (nothing is loaded then).
+        `FileNotFoundError`: If ``model_id`` is neither a local folder nor a reachable Hub repository.
         `ValueError`: If the adapter does not fit ``base_model`` (the message names the module and both shapes).
     """
     register()
@@ -171,5 +257,5 @@ def load_gradiend_model(
         except json.JSONDecodeError as err:
             raise UntrustedAdapterError(f"{config_path} is not valid JSON: {err}") from err
     validate_adapter_config(raw)
-    validate_adapter_weights(os.path.join(folder, WEIGHTS_NAME), raw)
+    validate_adapter_weights(os.path.join(folder, WEIGHTS_NAME), raw, base_model)
     return PeftModel.from_pretrained(base_model, folder, adapter_name=adapter_name, is_trainable=is_trainable)

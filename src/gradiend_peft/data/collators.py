@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Optional
 
 from .feature import MASK_PLACEHOLDER, Feature
 
@@ -90,14 +90,27 @@ def _split_row(row: Any, index: int) -> tuple[str, str, str, str, float]:
 
 
 class _SlotCollator:
-    """Shared padding and tensor building; subclasses implement :meth:`encode`."""
+    """Shared padding, length checks and tensor building; subclasses implement :meth:`encode`.
+
+    Args:
+        tokenizer: the model's tokenizer.
+        max_length (`int`, *optional*): the most tokens a row may have (the model's positions); ``None``: no limit.
+        truncation (`bool`): what happens to a longer row: ``False`` (default) refuses it with a ``ValueError``
+            naming the row; ``True`` keeps the ``max_length`` tokens nearest the slot (and the special tokens at
+            the ends).
+    """
 
     objective: str = ""
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, max_length: Optional[int] = None, truncation: bool = False) -> None:
         if not callable(tokenizer) or not hasattr(tokenizer, "convert_ids_to_tokens"):
             raise TypeError(f"expected a transformers tokenizer, got {type(tokenizer).__name__}.")
+        if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)
+                                       or max_length < 2):
+            raise ValueError(f"max_length must be an integer >= 2 or None, got {max_length!r}.")
         self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.truncation = bool(truncation)
         pad = tokenizer.pad_token_id
         if pad is None:
             pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
@@ -106,12 +119,57 @@ class _SlotCollator:
     def encode(self, row: Mapping[str, Any], index: int = 0) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _check_known(self, pieces: Sequence[int], word: str, name: str, index: int) -> None:
+        unk = getattr(self.tokenizer, "unk_token_id", None)
+        if unk is not None and unk in pieces and word != getattr(self.tokenizer, "unk_token", None):
+            raise ValueError(
+                f"row {index}: the {name} {word!r} is not in the tokenizer's vocabulary (it becomes "
+                f"{self.tokenizer.convert_ids_to_tokens(list(pieces))}); training on it would train on the unknown "
+                "token. Choose target words the tokenizer knows, or drop these rows."
+            )
+
+    def _fit(self, encoded: dict[str, Any], row: Mapping[str, Any], index: int) -> dict[str, Any]:
+        """Refuses or truncates a row longer than ``max_length`` (see the class docstring)."""
+        ids = encoded["input_ids"]
+        if self.max_length is None or len(ids) <= self.max_length:
+            return encoded
+        if not self.truncation:
+            raise ValueError(
+                f"row {index} is {len(ids)} tokens, more than max_length={self.max_length} (the model's positions): "
+                f"{str(row.get('text'))[:80]!r}... Drop the row, or truncate it to the tokens nearest the slot "
+                "(collator_for(..., truncation=True); GradiendTrainingArguments(truncate_long_rows=True))."
+            )
+        specials = set(getattr(self.tokenizer, "all_special_ids", []) or [])
+        head = 0
+        while head < len(ids) and ids[head] in specials and not self._is_slot(ids[head]):
+            head += 1
+        tail = 0
+        while tail < len(ids) - head and ids[-1 - tail] in specials and not self._is_slot(ids[-1 - tail]):
+            tail += 1
+        width = self.max_length - head - tail
+        positions = [p for key in ("factual_labels", "alternative_labels") for p, _ in encoded[key]]
+        low, high = min(positions) - head, max(positions) - head
+        middle = len(ids) - head - tail
+        if width <= 0 or high - low + 1 > width:
+            raise ValueError(f"row {index}: its slot alone needs more than max_length={self.max_length} tokens.")
+        # the window [start, start + width) of the middle tokens must hold every label position; centred on them
+        lowest, highest = max(0, high - width + 1), min(low, middle - width)
+        start = min(max((low + high) // 2 - width // 2, lowest), highest)
+        out = dict(encoded)
+        out["input_ids"] = ids[:head] + ids[head + start : head + start + width] + ids[len(ids) - tail :]
+        for key in ("factual_labels", "alternative_labels"):
+            out[key] = [(p - start, t) for p, t in encoded[key]]
+        return out
+
+    def _is_slot(self, token: int) -> bool:
+        return token == getattr(self.tokenizer, "mask_token_id", None) and self.objective == "masked_lm"
+
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         import torch
 
         if not rows:
             raise ValueError("cannot collate an empty batch.")
-        encoded = [self.encode(row, i) for i, row in enumerate(rows)]
+        encoded = [self._fit(self.encode(row, i), row, i) for i, row in enumerate(rows)]
         width = max(len(e["input_ids"]) for e in encoded)
         batch = {
             "input_ids": torch.full((len(rows), width), self.pad_token_id, dtype=torch.long),
@@ -150,8 +208,8 @@ class MaskedLMCollator(_SlotCollator):
 
     objective = "masked_lm"
 
-    def __init__(self, tokenizer: Any) -> None:
-        super().__init__(tokenizer)
+    def __init__(self, tokenizer: Any, max_length: Optional[int] = None, truncation: bool = False) -> None:
+        super().__init__(tokenizer, max_length, truncation)
         if getattr(tokenizer, "mask_token", None) is None or tokenizer.mask_token_id is None:
             raise ValueError(
                 f"{type(tokenizer).__name__} has no mask_token, so it cannot fill a [MASK] slot. Use a masked-LM "
@@ -166,6 +224,8 @@ class MaskedLMCollator(_SlotCollator):
             "factual_labels": target_pieces(tok, prefix, factual),
             "alternative_labels": target_pieces(tok, prefix, alternative),
         }
+        self._check_known(pieces["factual_labels"], factual, "factual", index)
+        self._check_known(pieces["alternative_labels"], alternative, "alternative", index)
         n_masks = max(len(p) for p in pieces.values())
         input_ids = list(tok(prefix + tok.mask_token * n_masks + suffix)["input_ids"])
         positions = [i for i, t in enumerate(input_ids) if t == tok.mask_token_id]
@@ -189,8 +249,8 @@ class CausalLMCollator(_SlotCollator):
 
     objective = "causal_lm"
 
-    def __init__(self, tokenizer: Any) -> None:
-        super().__init__(tokenizer)
+    def __init__(self, tokenizer: Any, max_length: Optional[int] = None, truncation: bool = False) -> None:
+        super().__init__(tokenizer, max_length, truncation)
         self.leading_ids = self._leading_special_ids(tokenizer)
 
     @staticmethod
@@ -213,6 +273,7 @@ class CausalLMCollator(_SlotCollator):
                 f"cannot be used: {text!r}. Choose single-token target words (check_single_token helps) or filter "
                 "these rows out."
             )
+        self._check_known(pieces, word, name, index)
         return pieces[0]
 
     def encode(self, row: Mapping[str, Any], index: int = 0) -> dict[str, Any]:
@@ -237,12 +298,14 @@ class CausalLMCollator(_SlotCollator):
         }
 
 
-def collator_for(tokenizer: Any, objective: str) -> MaskedLMCollator | CausalLMCollator:
-    """The collator for ``objective``: ``"masked_lm"`` or ``"causal_lm"``."""
+def collator_for(tokenizer: Any, objective: str, max_length: Optional[int] = None,
+                 truncation: bool = False) -> MaskedLMCollator | CausalLMCollator:
+    """The collator for ``objective``: ``"masked_lm"`` or ``"causal_lm"`` (``max_length`` and ``truncation``: see
+    the collators)."""
     if objective == "masked_lm":
-        return MaskedLMCollator(tokenizer)
+        return MaskedLMCollator(tokenizer, max_length, truncation)
     if objective == "causal_lm":
-        return CausalLMCollator(tokenizer)
+        return CausalLMCollator(tokenizer, max_length, truncation)
     raise ValueError(f"objective must be one of {OBJECTIVES}; got {objective!r}.")
 
 

@@ -34,7 +34,7 @@ from torch import nn
 
 from ..data.collators import CausalLMCollator, target_pieces
 from ..data.feature import MASK_PLACEHOLDER, copy_casing
-from ..gradients import head_at_positions, label_positions
+from ..gradients import check_inputs_fit, head_at_positions, label_positions
 from ._common import batches, model_device
 
 __all__ = [
@@ -72,6 +72,7 @@ def _pad_id(tokenizer: Any) -> int:
 
 def logits_of(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """The ``(B, T, V)`` logits of any model returning ``.logits``, a tuple or a tensor (no KV cache is kept)."""
+    check_inputs_fit(model, input_ids, attention_mask)
     kwargs = {"use_cache": False} if getattr(getattr(model, "config", None), "use_cache", None) is not None else {}
     output = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
     if hasattr(output, "logits"):

@@ -88,7 +88,10 @@ class GradiendTrainingArguments(TrainingArguments):
         seeds (`list[int]`, *optional*): The seeds of the attempts (default ``seed, seed + 1, ...``).
         seed_selection (`str`): ``first_converged`` (stop at the first converged attempt; otherwise keep the best)
             or ``best`` (run all attempts, keep the best: converged first, then highest ``|correlation|``).
-        history_file (`str`): Name of the training history JSON written into ``output_dir`` at the end.
+        history_file (`str`): Name of the training history JSON written into ``output_dir`` at the end (a file name,
+            not a path).
+        truncate_long_rows (`bool`): A row longer than the base model's positions is refused with its index named
+            (``False``, the default), or truncated to the tokens nearest its slot (``True``).
     """
 
     # ----------------------------------------------------------------------------------- GRADIEND options
@@ -136,6 +139,11 @@ class GradiendTrainingArguments(TrainingArguments):
     history_file: str = field(
         default="gradiend_training_history.json", metadata={"help": "Training history JSON written to output_dir."}
     )
+    truncate_long_rows: bool = field(
+        default=False,
+        metadata={"help": "Rows longer than the model's positions: False refuses them naming the row; True keeps the "
+                          "tokens nearest the slot."},
+    )
 
     # ------------------------------------------------------------------- TrainingArguments, new defaults
     learning_rate: float = field(default=1e-5, metadata={"help": "AdamW learning rate (reference: 1e-5)."})
@@ -178,6 +186,13 @@ class GradiendTrainingArguments(TrainingArguments):
             raise ValueError(f"num_seeds must be a positive integer, got {self.num_seeds!r}.")
         if self.encoder_lr_fan_in is not None and (isinstance(self.encoder_lr_fan_in, bool) or self.encoder_lr_fan_in < 1):
             raise ValueError(f"encoder_lr_fan_in must be a positive integer or None, got {self.encoder_lr_fan_in!r}.")
+        name = self.history_file
+        if name is not None and (not isinstance(name, str) or not name or os.path.basename(name) != name
+                                 or name in (".", "..")):
+            raise ValueError(
+                f"history_file must be a file name inside output_dir, got {name!r}; set output_dir to choose the "
+                "folder."
+            )
         if self.remove_unused_columns:
             logger.warning(
                 "GradiendTrainingArguments sets remove_unused_columns=False: the collator needs the text, factual "

@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader
 from transformers import Trainer
 from transformers.trainer_utils import EvalLoopOutput
 
-from ..gradients import NonFiniteGradientError, batch_gradients
+from ..gradients import NonFiniteGradientError, batch_gradients, max_positions
 from ..tuner.model import GradiendModel
 from .arguments import GradiendTrainingArguments, bf16_supported
 from .callbacks import BestAdapterCallback, ConvergenceCallback, SignNormalizationCallback
@@ -146,7 +146,8 @@ class GradiendTrainer(Trainer):
                 )
             from ..data.collators import collator_for
 
-            data_collator = collator_for(processing_class, config.objective)
+            data_collator = collator_for(processing_class, config.objective, max_length=max_positions(model),
+                                         truncation=args.truncate_long_rows)
         if eval_dataset is None and args.eval_strategy == "no":
             args.eval_on_start = False  # nothing to evaluate
         if args.eval_strategy != "no" and eval_dataset is None:
@@ -154,9 +155,10 @@ class GradiendTrainer(Trainer):
                 "GRADIEND evaluates the encoder on validation rows every eval_steps (correlation, class means, best "
                 "adapter, convergence): pass eval_dataset=pairs['validation'], or set eval_strategy='no'."
             )
+        tuner.check_unmerged("Training")
         eval_sets = list(eval_dataset.values()) if isinstance(eval_dataset, dict) else [eval_dataset]
-        for dataset in [train_dataset, *eval_sets]:
-            _check_rows(dataset)
+        for dataset, what in [(train_dataset, "train_dataset"), *((d, "eval_dataset") for d in eval_sets)]:
+            _check_rows(dataset, what, data_collator)
         _prepare_feature_classes(config, train_dataset if train_dataset is not None else _first(eval_dataset))
         _check_trainable(model, tuner, adapter)
         _check_precision(model, tuner, adapter, args)
@@ -282,11 +284,11 @@ class GradiendTrainer(Trainer):
             dataset = self.eval_dataset[eval_dataset]
         else:
             dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
-        _check_rows(dataset)
+        _check_rows(dataset, "eval_dataset")
         return self._eval_loader(dataset)
 
     def get_test_dataloader(self, test_dataset) -> DataLoader:
-        _check_rows(test_dataset)
+        _check_rows(test_dataset, "test_dataset")
         return self._eval_loader(test_dataset)
 
     # ------------------------------------------------------------------------------------------------ loss
@@ -479,6 +481,9 @@ class GradiendTrainer(Trainer):
             resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
                 raise ValueError(f"No checkpoint found in output_dir ({self.args.output_dir}) to resume from.")
+        if resume_from_checkpoint is not None:
+            _check_checkpoint_fits(resume_from_checkpoint, self.tuner.peft_config[self.adapter_name],
+                                   self.adapter_name)
         self._signs.reset()
         self._best.reset()
         if resume_from_checkpoint is not None and not self._best.load(resume_from_checkpoint):
@@ -503,20 +508,92 @@ def _first(eval_dataset):
     return eval_dataset
 
 
-def _check_rows(dataset) -> None:
+def _check_rows(dataset, what: str = "dataset", collator=None) -> None:
+    """Refuses datasets the trainer cannot use, before any step: not a `datasets.Dataset` (an `IterableDataset`:
+    the class-pure row groups need random access), empty, rows whose factual word equals the alternative (an
+    all-zero diff target), and words the collator refuses (e.g. not in the vocabulary), each with the fix."""
     if dataset is None:
         return
+    from datasets import IterableDataset
+
+    if isinstance(dataset, IterableDataset):
+        raise TypeError(
+            f"{what} is a datasets.IterableDataset; GradiendTrainer groups rows by class and needs random access. "
+            "Load it as a datasets.Dataset (e.g. Dataset.from_list(list(iterable)) or load_dataset(..., "
+            "streaming=False))."
+        )
     columns = getattr(dataset, "column_names", None)
     if columns is None:
         raise TypeError(
             f"GradiendTrainer takes datasets.Dataset rows (text, factual, alternative, factual_class, label), got "
-            f"{type(dataset).__name__}. gradiend_peft.data.mine_pairs makes them."
+            f"{type(dataset).__name__} for {what}. gradiend_peft.data.mine_pairs makes them."
         )
     missing = [c for c in ROW_COLUMNS if c not in columns]
     if missing and "input_ids" in columns:
         raise ValueError(
             "GradiendTrainer takes rows, not pre-tokenised tensors: the collator tokenises each row group and puts "
             "the labels. Pass the rows of gradiend_peft.data.mine_pairs (text, factual, alternative, label)."
+        )
+    if missing:
+        raise ValueError(f"{what} lacks the columns {missing}; GradiendTrainer needs {list(ROW_COLUMNS)} "
+                         "(gradiend_peft.data.mine_pairs makes them).")
+    if len(dataset) == 0:
+        raise ValueError(f"{what} has no rows; mine more text or lower the mining filters (e.g. min_context_words).")
+    pairs = {}
+    for index, (factual, alternative) in enumerate(zip(dataset["factual"], dataset["alternative"])):
+        if str(factual).strip().lower() == str(alternative).strip().lower():
+            raise ValueError(
+                f"{what} row {index}: the factual word {factual!r} equals the alternative, so the difference of the "
+                "two gradients is zero and the row teaches nothing. Give each row an alternative of the other class."
+            )
+        pairs.setdefault((factual, alternative), index)
+    if collator is None:
+        return
+    check = set(pairs.values())  # one row per word pair: the collator refuses unknown or split words
+    limit, tokenizer = getattr(collator, "max_length", None), getattr(collator, "tokenizer", None)
+    if limit is not None and not getattr(collator, "truncation", False) and tokenizer is not None:
+        # the whole text (one batched tokenizer call) bounds a row's length: rows near the limit are collated
+        lengths = [len(ids) for ids in tokenizer(list(dataset["text"]))["input_ids"]]
+        check.update(i for i, n in enumerate(lengths) if n > limit - 8)
+    for index in sorted(check):
+        try:
+            collator([dataset[index]])
+        except ValueError as err:
+            message = str(err).removeprefix("row 0").lstrip(": ")
+            raise ValueError(f"{what} row {index}{' ' if message.startswith('is ') else ': '}{message}") from err
+
+
+def _check_checkpoint_fits(checkpoint: str, config, adapter: str) -> None:
+    """Refuses to resume from a checkpoint whose adapter is not this GRADIEND adapter (another PEFT method, other
+    target modules, latent size or pruning), naming the mismatch, before any state is restored."""
+    import json
+
+    if not os.path.isdir(checkpoint):
+        raise ValueError(f"resume_from_checkpoint={checkpoint!r} is not a folder. Pass a checkpoint-<step> folder of "
+                         "output_dir, or True for the last one.")
+    folder = checkpoint if adapter == "default" else os.path.join(checkpoint, adapter)
+    path = os.path.join(folder, "adapter_config.json")
+    if not os.path.isfile(path):
+        raise ValueError(f"{checkpoint!r} holds no adapter_config.json for adapter {adapter!r}: it is not a checkpoint "
+                         "of a GradiendTrainer run. Pass a checkpoint-<step> folder of this run's output_dir.")
+    with open(path, encoding="utf-8") as handle:
+        saved = json.load(handle)
+    problems = []
+    if saved.get("peft_type") != "GRADIEND":
+        problems.append(f"it holds a {saved.get('peft_type')} adapter, not a GRADIEND one")
+    else:
+        for key in ("target_shapes", "latent_dim", "kept_entries", "decoder_bias", "source", "target"):
+            if saved.get(key) != getattr(config, key):
+                ours, theirs = getattr(config, key), saved.get(key)
+                if isinstance(ours, dict) and isinstance(theirs, dict):
+                    differ = sorted(set(ours) ^ set(theirs)) or sorted(k for k in ours if ours[k] != theirs.get(k))
+                    problems.append(f"its {key} differ (e.g. {differ[:3]})")
+                else:
+                    problems.append(f"its {key} is {theirs!r}, this adapter's is {ours!r}")
+    if problems:
+        raise ValueError(
+            f"Cannot resume from {checkpoint!r}: {'; '.join(problems)}. Resume only from checkpoints of the same "
+            "GRADIEND configuration (or start a new run in another output_dir)."
         )
 
 

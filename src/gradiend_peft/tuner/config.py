@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
@@ -10,7 +11,7 @@ from peft.config import PeftConfig
 from peft.utils.peft_types import PeftType
 
 from ..registration import PEFT_TYPE_NAME
-from .constants import ACTIVATIONS, GRADIENT_KINDS, OBJECTIVES
+from .constants import ACTIVATIONS, GRADIENT_KINDS, MAX_LATENT_DIM, OBJECTIVES
 
 
 @dataclass
@@ -106,8 +107,12 @@ class GradiendConfig(PeftConfig):
         self._validate()
 
     def _validate(self) -> None:
-        if isinstance(self.latent_dim, bool) or not isinstance(self.latent_dim, int) or self.latent_dim <= 0:
-            raise ValueError(f"latent_dim must be a positive integer, got {self.latent_dim!r}. Use e.g. latent_dim=1.")
+        if (isinstance(self.latent_dim, bool) or not isinstance(self.latent_dim, int)
+                or not 0 < self.latent_dim <= MAX_LATENT_DIM):
+            raise ValueError(
+                f"latent_dim must be an integer in [1, {MAX_LATENT_DIM}], got {self.latent_dim!r}: the adapter holds "
+                "2 x latent_dim numbers per target weight. Use e.g. latent_dim=1 (the papers')."
+            )
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"Unknown activation {self.activation!r}; choose one of {list(ACTIVATIONS)}.")
         for name in ("source", "target"):
@@ -119,8 +124,24 @@ class GradiendConfig(PeftConfig):
             raise ValueError(f"Unknown objective {self.objective!r}; choose one of {list(OBJECTIVES)}.")
         if self.target_parameters:
             raise ValueError("GRADIEND targets modules, not bare parameters: leave target_parameters=None.")
-        if isinstance(self.target_modules, list) and not all(isinstance(t, str) and t for t in self.target_modules):
-            raise ValueError(f"target_modules must be non-empty strings, got {self.target_modules!r}.")
+        for name in ("target_modules", "exclude_modules"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                if not value and name == "target_modules":
+                    raise ValueError("target_modules=[] targets nothing. Pass module names (e.g. ['q_proj', 'v_proj']), "
+                                     "a regular expression, 'all-linear', or None for the architecture's default.")
+                if not all(isinstance(t, str) and t for t in value):
+                    raise ValueError(f"{name} must be non-empty strings, got {value!r}.")
+            elif isinstance(value, str) and value != "all-linear":
+                try:
+                    re.compile(value)
+                except re.error as err:
+                    raise ValueError(
+                        f"{name}={value!r} is not a valid regular expression ({err}). A string is matched with "
+                        "re.fullmatch against full module names; pass a list of names for suffix matching instead."
+                    ) from err
+            elif value is not None and not isinstance(value, str):
+                raise ValueError(f"{name} must be a list of module names, a regular expression or None, got {value!r}.")
         if self.feature_classes is not None:
             classes = list(self.feature_classes)
             if len(classes) != 2 or len(set(classes)) != 2 or not all(isinstance(c, str) and c for c in classes):
@@ -141,8 +162,11 @@ class GradiendConfig(PeftConfig):
             self.class_signs = signs
         for name in ("feature_factor", "lr"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not math.isfinite(float(value))):
-                raise ValueError(f"{name} must be a finite number, got {value!r}.")
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+                raise ValueError(f"{name} must be a finite number (int or float), got {value!r}, e.g. {name}=1.0.")
+            setattr(self, name, float(value))
         if self.kept_entries is not None:
             bad = {k: v for k, v in self.kept_entries.items() if isinstance(v, bool) or not isinstance(v, int) or v < 0}
             if bad:

@@ -31,3 +31,6 @@ MASKED_LM_MODEL_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "electra", 
 ACTIVATIONS = ("tanh", "relu", "leakyrelu", "gelu", "silu", "elu", "sigmoid", "hardtanh", "id")
 GRADIENT_KINDS = ("factual", "alternative", "diff")
 OBJECTIVES = ("auto", "masked_lm", "causal_lm")
+MAX_LATENT_DIM = 4096
+"""The largest latent size a config accepts (and the loader trusts): the adapter holds 2 x latent_dim numbers per
+target weight, so larger values only run out of memory."""

@@ -104,6 +104,12 @@ class GradiendModel(BaseTuner):
             ) from err
         layers = self.gradiend_layers(adapter_name)
         shapes = {name: list(layer.weight_shape) for name, layer in layers.items()}
+        stray = sorted(set(config.kept_entries or {}) - set(layers))
+        if stray:
+            raise ValueError(
+                f"kept_entries names modules that adapter {adapter_name!r} does not target: {stray[:5]}. Pruning "
+                "records only targeted modules; remove these entries or add the modules to target_modules."
+            )
         if loading:
             _check_shapes(config, shapes)
         else:

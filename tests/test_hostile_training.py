@@ -1,0 +1,182 @@
+"""Careless and hostile use of training, evaluation and the command line: foreign checkpoints, over-long rows,
+tokens the model cannot embed, unusable rows, bad command-line input. Each case asserts the clear error."""
+
+import datasets
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from gradiend_peft.cli import main, parse_command
+from gradiend_peft.data import collator_for
+from gradiend_peft.evaluation import evaluate_encoder
+from gradiend_peft.training import GradiendTrainer, GradiendTrainingArguments
+
+from test_training_fixtures import arguments, one_thread, pairs, peft_model, tokenizer  # noqa: F401
+from tiny import tiny_llama
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+LONG_TEXT = "the man said that " * 30 + "[MASK] would come ."
+
+
+def _trainer(tmp_path, train, model=None, family="llama", **overrides):
+    model = model if model is not None else peft_model(family)
+    overrides.setdefault("eval_strategy", "no")
+    return GradiendTrainer(model=model, args=arguments(tmp_path, **overrides), train_dataset=train,
+                           processing_class=tokenizer(family))
+
+
+def _with_row(rows, **row):
+    base = dict(rows[0])
+    base.update(row)
+    return datasets.Dataset.from_list([base] + list(rows))
+
+
+# ----------------------------------------------------------------------- 3. resuming a foreign checkpoint
+def test_resuming_from_a_lora_checkpoint_names_the_mismatch(tmp_path):
+    lora = get_peft_model(tiny_llama(), LoraConfig(r=2, target_modules=["q_proj"]))
+    checkpoint = tmp_path / "checkpoint-5"
+    lora.save_pretrained(checkpoint)
+    trainer = _trainer(tmp_path, pairs("llama")["train"], max_steps=2)
+    with pytest.raises(ValueError, match="holds a LORA adapter, not a GRADIEND one"):
+        trainer.train(resume_from_checkpoint=str(checkpoint))
+
+
+def test_resuming_from_a_gradiend_checkpoint_with_other_targets_names_the_mismatch(tmp_path):
+    other = peft_model("llama", target_modules=["q_proj"])
+    checkpoint = tmp_path / "checkpoint-5"
+    other.save_pretrained(checkpoint)
+    trainer = _trainer(tmp_path, pairs("llama")["train"], max_steps=2)
+    with pytest.raises(ValueError, match="target_shapes differ"):
+        trainer.train(resume_from_checkpoint=str(checkpoint))
+
+
+def test_resuming_from_a_folder_that_is_no_checkpoint_is_refused(tmp_path):
+    trainer = _trainer(tmp_path, pairs("llama")["train"], max_steps=2)
+    with pytest.raises(ValueError, match="not a checkpoint of a GradiendTrainer run"):
+        trainer.train(resume_from_checkpoint=str(tmp_path))
+
+
+# ----------------------------------------------------------------------------------- 6. over-long rows
+def test_an_over_long_training_row_is_refused_naming_it(tmp_path):
+    train = _with_row(pairs("llama")["train"], text=LONG_TEXT)  # tiny Llama: 64 positions
+    with pytest.raises(ValueError, match=r"train_dataset row 0 is \d+ tokens, more than max_length=64"):
+        _trainer(tmp_path, train, max_steps=2)  # before the first step
+
+
+def test_over_long_training_rows_train_when_truncation_is_asked_for(tmp_path):
+    train = _with_row(pairs("llama")["train"], text=LONG_TEXT)
+    trainer = _trainer(tmp_path, train, max_steps=3, truncate_long_rows=True)
+    trainer.train()
+    assert trainer.state.global_step == 3
+
+
+def test_truncation_keeps_the_slot_and_its_label():
+    tok = tokenizer("llama")
+    row = {"text": LONG_TEXT, "factual": "he", "alternative": "she", "label": 1.0}
+    full = collator_for(tok, "causal_lm")([row])
+    cut = collator_for(tok, "causal_lm", max_length=16, truncation=True)([row])
+    assert cut["input_ids"].shape[1] == 16
+    assert torch.equal(cut["input_ids"][0], full["input_ids"][0, -16:])  # the 16 tokens before the slot
+    assert cut["factual_labels"][0, -1] == full["factual_labels"][0, -1] != -100
+
+
+def test_an_over_long_evaluation_row_is_refused_with_the_fix():
+    rows = _with_row(pairs("llama")["test"], text=LONG_TEXT)
+    with pytest.raises(ValueError, match="positions of the model.*truncate"):
+        evaluate_encoder(peft_model("llama"), rows, tokenizer=tokenizer("llama"))
+
+
+def test_token_ids_beyond_the_vocabulary_are_refused_naming_the_row():
+    from gradiend_peft.gradients import batch_gradients
+
+    model = peft_model("llama")
+    batch = collator_for(tokenizer("llama"), "causal_lm")(list(pairs("llama")["train"])[:2])
+    batch["input_ids"][1, 0] = model.get_base_model().config.vocab_size + 5
+    with pytest.raises(ValueError, match="Batch row 1 holds token id .* tokenizer does not belong"):
+        batch_gradients(model.base_model, batch, ["diff"])
+
+
+# ------------------------------------------------------------------------------------ 8. unusable rows
+def test_a_target_word_missing_from_the_vocabulary_is_refused_before_training(tmp_path):
+    train = _with_row(pairs("bert")["train"], factual="zzyzx")
+    with pytest.raises(ValueError, match="not in the tokenizer's vocabulary"):
+        _trainer(tmp_path, train, family="bert", max_steps=2)
+
+
+def test_rows_whose_factual_equals_the_alternative_are_refused_before_training(tmp_path):
+    train = _with_row(pairs("llama")["train"], alternative="He")
+    train = _with_row(train, factual="he", alternative="HE")
+    with pytest.raises(ValueError, match="row 0: the factual word 'he' equals the alternative"):
+        _trainer(tmp_path, train, max_steps=2)
+
+
+# --------------------------------------------------------------------------------- 10. datasets
+def test_an_empty_train_set_is_refused(tmp_path):
+    empty = pairs("llama")["train"].select([])
+    with pytest.raises(ValueError, match="train_dataset has no rows"):
+        _trainer(tmp_path, empty, max_steps=2)
+
+
+def test_an_iterable_dataset_is_refused_with_the_fix(tmp_path):
+    stream = pairs("llama")["train"].to_iterable_dataset()
+    with pytest.raises(TypeError, match="IterableDataset.*random access"):
+        _trainer(tmp_path, stream, max_steps=2)
+
+
+def test_training_a_merged_adapter_is_refused(tmp_path):
+    model = peft_model("llama")
+    model.merge_adapter(feature_factor=1.0, lr=1.0)
+    with pytest.raises(RuntimeError, match="unmerge_adapter"):
+        _trainer(tmp_path, pairs("llama")["train"], model=model, max_steps=2)
+
+
+# ----------------------------------------------------------------------------------------- 11. minor
+@pytest.mark.parametrize("name", ["../../x.json", "/tmp/x.json", "sub/x.json", ".."])
+def test_history_file_must_stay_inside_output_dir(tmp_path, name):
+    with pytest.raises(ValueError, match="history_file must be a file name inside output_dir"):
+        GradiendTrainingArguments(output_dir=str(tmp_path), history_file=name)
+
+
+# -------------------------------------------------------------------------------------------- 9. CLI
+@pytest.mark.parametrize("value, expected", [("true", True), ("True", True), ("false", None), ("ckpt-3", "ckpt-3")])
+def test_resume_from_checkpoint_flag_reads_true_and_false(value, expected):
+    args = parse_command("train", ["--output_dir", "out", "--resume_from_checkpoint", value])
+    training = next(a for a in args if hasattr(a, "resume_from_checkpoint"))
+    assert training.resume_from_checkpoint == expected
+
+
+def test_a_missing_config_file_is_one_clear_line(capsys, tmp_path):
+    assert main(["train", "--config", str(tmp_path / "nope.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "no such file" in err and "Traceback" not in err
+
+
+def test_a_broken_yaml_config_is_one_clear_line(capsys, tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("max_steps: [1, 2\nlearning_rate: 1e-5\n")
+    assert main(["train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "is not valid YAML" in err and "Traceback" not in err
+
+
+def test_errors_after_parsing_print_one_line_and_debug_shows_the_traceback(capsys, tmp_path):
+    missing = str(tmp_path / "no-model-here")
+    argv = ["evaluate", "--model", missing, "--output_dir", str(tmp_path / "out")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("gradiend-peft evaluate:")]
+    assert len(lines) == 1 and "--debug" in err and "Traceback" not in err
+    with pytest.raises(Exception):
+        main(argv + ["--debug"])
+
+
+def test_debug_is_documented_in_the_command_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "--debug" in capsys.readouterr().out
+
+
+def test_main_help_mentions_debug(capsys):
+    assert main([]) == 0
+    assert "--debug" in capsys.readouterr().out
