@@ -417,6 +417,17 @@ def test_steered_peft_model_scores_like_the_merged_model():
     assert report.stereoset_intrasentence.ss == expected.ss and report.settings["model_class"].startswith("PeftModel")
 
 
+@needs_data
+def test_run_bias_benchmarks_refuses_an_unknown_bias_type_and_wino_off_gender():
+    model, tok = tiny_gpt2(), word_tokenizer("gpt2")
+    with pytest.raises(ValueError, match="race-color"):
+        run_bias_benchmarks(model, tok, benchmarks=("crows_pairs",), bias_type="race")
+    with pytest.raises(ValueError, match="gender bias only"):
+        run_bias_benchmarks(model, tok, bias_type="religion")
+    with pytest.raises(ValueError, match="benchmarks"):
+        run_bias_benchmarks(model, tok, benchmarks=("seat",))
+
+
 # ------------------------------------------------------------------------------------------------------ report
 @needs_data
 def test_report_round_trips_through_json_and_carries_the_data_notice(tmp_path):

@@ -163,6 +163,10 @@ def _model_name(model: nn.Module) -> str:
     return str(name) if name else type(inner).__name__
 
 
+def _no_items(benchmark: str, bias_type: str, known: set[str]) -> None:
+    raise ValueError(f"{benchmark} has no items of bias type {bias_type!r}; its bias types: {sorted(known)}.")
+
+
 def run_bias_benchmarks(
     model: nn.Module,
     tokenizer: Any,
@@ -184,7 +188,8 @@ def run_bias_benchmarks(
         tokenizer: its tokenizer (a fast tokenizer: character offsets locate StereoSet's continuations and fills).
         objective (`str`, *optional*): ``causal_lm`` or ``masked_lm`` (default: inferred by `infer_objective`).
         benchmarks: any of ``stereoset``, ``crows_pairs``, ``wino``.
-        bias_type: the StereoSet / CrowS-Pairs bias type; Wino exists for ``gender`` only.
+        bias_type: the StereoSet / CrowS-Pairs bias type as the files name it (the files agree on ``gender`` and
+            ``religion``; StereoSet's ``race`` is CrowS-Pairs' ``race-color``); Wino exists for ``gender`` only.
         batch_size: sequences per forward pass (masked LM: masked copies per forward pass).
         max_items (`int`, *optional*): score only the first ``max_items`` items of each part (StereoSet
             intrasentence, StereoSet intersentence, CrowS-Pairs, Wino), e.g. for a quick look.
@@ -214,6 +219,8 @@ def run_bias_benchmarks(
             start = time.perf_counter()
             intra = load_stereoset("intrasentence", bias_type)[limit]
             inter = load_stereoset("intersentence", bias_type)[limit]
+            if not intra and not inter:
+                _no_items("StereoSet", bias_type, {i.bias_type for i in load_stereoset(bias_type=None)})
             scores = score_stereoset(model, tokenizer, intra + inter, objective, **kwargs)
             columns = list(zip(*scores)) if scores else [(), (), ()]
             parts["stereoset_intrasentence"] = stereoset_scores(*(c[: len(intra)] for c in columns))
@@ -223,6 +230,8 @@ def run_bias_benchmarks(
         if "crows_pairs" in benchmarks:
             start = time.perf_counter()
             pairs = load_crows_pairs(bias_type)[limit]
+            if not pairs:
+                _no_items("CrowS-Pairs", bias_type, {p.bias_type for p in load_crows_pairs(bias_type=None)})
             scores = score_crows_pairs(model, tokenizer, pairs, objective, **kwargs)
             parts["crows_pairs"] = preference_scores([s[0] for s in scores], [s[1] for s in scores])
             seconds["crows_pairs"] = time.perf_counter() - start
