@@ -97,6 +97,7 @@ def test_the_template_sets_are_disjoint_and_have_one_subject_pronoun_slot_after_
             assert not set(a) & set(b) and not set(a.values()) & set(b.values())
     for template in [t for s in sets for t in s.values()]:
         assert template.count("[MASK]") == 1 and template.split("[MASK]")[0].strip(), template
+        assert not template.startswith("{"), template  # a text-initial subject is barely used without a BOS token
         assert not set(context({"text": template})) & GENDERED_WORDS, template
 
 
@@ -278,3 +279,10 @@ def test_rows_go_through_the_causal_and_masked_lm_collators_of_the_tiny_tokenize
         assert gpt2.decode(batch["input_ids"][i, : position + 1]) == prefix
     masked = collator_for(word_tokenizer("bert"), "masked_lm")(rows)
     assert int((masked["factual_labels"] != -100).sum()) == len(rows)
+
+
+def test_the_docs_page_lists_every_evaluation_template():
+    page = (REPO / "docs" / "neutral_context.md").read_text(encoding="utf-8")
+    for template in list(SEARCH_TEMPLATES.values()) + list(REPORT_TEMPLATES.values()):
+        assert template in page, template
+    assert "neutral_context.md" in (REPO / "mkdocs.yml").read_text(encoding="utf-8")
