@@ -3,15 +3,18 @@
 Rows mined from real text mostly have a context that decides the pronoun ("My mother said that [MASK]
 ..."), so balancing them pushes against the context. The rows here separate the two cases:
 
-- :func:`neutral_context_rows`: an occupation in a sentence that does not decide the pronoun ("The nurse
-  said that [MASK] would be late."). The *factual* is the occupation's stereotypical pronoun (BLS share of
+- :func:`neutral_context_rows`: an occupation in a sentence that does not decide the pronoun ("On Friday,
+  the nurse was tired, so [MASK] went home early."). The *factual* is the occupation's stereotypical pronoun (BLS share of
   women >= 50%: she, else he; see :mod:`~gradiend_peft.data.occupations`), the *alternative* the other
   one, so a model's probabilities by class read as "stereotypical vs anti-stereotypical".
 - :func:`context_controls`: the same frames with a subject that decides the pronoun: a gendered noun
   ("my mother", "the king") or a first name that is clearly one gender ("Linda", "Douglas").
 
 Every row has one ``[MASK]`` slot for a subject pronoun, placed where a causal LM predicts the pronoun from
-the text before it (after "said that", "so", "because", a comma after a clause, or a sentence start).
+the text before it (after "so", "because", "admitted that", a subordinate clause, or a full stop). The
+subject never opens the text: a lead-in ("On Friday, ...") comes first, because a causal LM whose
+tokenizer adds no BOS token (SmolLM2) barely uses a text-initial subject (measured in the docs page
+"Template rows for he/she").
 
 Two evaluation splits, ``"search"`` (rows the rewrite search may look at) and ``"report"`` (rows kept for
 the reported numbers), share no template (:data:`SEARCH_TEMPLATES` and :data:`REPORT_TEMPLATES`, 10
