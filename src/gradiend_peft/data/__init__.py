@@ -11,6 +11,12 @@ Typical use::
     collate = collator_for(tokenizer, "causal_lm")                  # or "masked_lm"
     batch = collate([pairs["train"][i] for i in range(8)])
 
+    # he/she template rows: neutral contexts (stereotypical vs anti-stereotypical), controls, training rows
+    search_rows = neutral_context_rows(feature, "search")    # the rewrite search's rows
+    report_rows = neutral_context_rows(feature, "report")    # other templates, other occupations
+    controls = context_controls(feature, "search")           # "My mother said that [MASK] ..."
+    names = name_rows(feature)                               # DatasetDict, like mine_pairs
+
 Nothing here loads a model or touches the network unless a Hub dataset id is given as the source.
 """
 
@@ -19,26 +25,52 @@ from .corpora import available_corpora, corpus_info, load_corpus, load_names
 from .feature import MASK_PLACEHOLDER, Feature, copy_casing
 from .mining import PAIR_COLUMNS, SPLITS, MiningReport, mine_pairs
 from .neutral import mine_neutral
+from .occupations import EVALUATION_SPLITS, Occupation, load_occupations, occupation_split
+from .templates import (
+    GENDERED_NOUNS,
+    REPORT_TEMPLATES,
+    SEARCH_TEMPLATES,
+    TRAIN_TEMPLATES,
+    clear_names,
+    context_controls,
+    neutral_context_rows,
+    pronoun_classes,
+)
 from .text import iter_sentences, split_sentences
+from .training_rows import name_rows, occupation_rows
 
 __all__ = [
+    "EVALUATION_SPLITS",
+    "GENDERED_NOUNS",
     "MASK_PLACEHOLDER",
     "OBJECTIVES",
     "PAIR_COLUMNS",
+    "REPORT_TEMPLATES",
+    "SEARCH_TEMPLATES",
     "SPLITS",
+    "TRAIN_TEMPLATES",
     "CausalLMCollator",
     "Feature",
     "MaskedLMCollator",
     "MiningReport",
+    "Occupation",
     "available_corpora",
     "check_single_token",
+    "clear_names",
     "collator_for",
+    "context_controls",
     "copy_casing",
     "corpus_info",
     "iter_sentences",
     "load_corpus",
     "load_names",
+    "load_occupations",
     "mine_neutral",
     "mine_pairs",
+    "name_rows",
+    "neutral_context_rows",
+    "occupation_rows",
+    "occupation_split",
+    "pronoun_classes",
     "split_sentences",
 ]
