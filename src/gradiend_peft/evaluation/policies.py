@@ -24,6 +24,7 @@ __all__ = [
     "Balance",
     "Candidate",
     "CandidateMetrics",
+    "Debias",
     "Favour",
     "Policy",
     "Strengthen",
@@ -80,6 +81,11 @@ class Policy:
     def score(self, metrics: CandidateMetrics) -> float:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def guard(self, metrics: CandidateMetrics, base: CandidateMetrics) -> list[str]:
+        """The policy's own feasibility checks besides the LMS and control guards: the reasons a candidate fails
+        (empty: it passes). None by default."""
+        return []
+
     def check_classes(self, classes: Sequence[str]) -> None:
         name = getattr(self, "class_name", None)
         if name is not None and name not in classes:
@@ -124,9 +130,9 @@ class Weaken(Policy):
 
 @dataclass(frozen=True)
 class Balance(Policy):
-    """Debias: ``score = BPI = bpi * LMS^k`` (see `CandidateMetrics.bpi`). Searches small feature factors and the
-    decoder bias alone (``feature_factor = 0``), which narrowed per-prompt differences where ``±1`` shifted every
-    prompt the same way."""
+    """The papers' balance index: ``score = BPI = bpi * LMS^k`` (see `CandidateMetrics.bpi`). Searches small feature
+    factors and the decoder bias alone (``feature_factor = 0``). BPI also rewards the total probability of both
+    classes, so it can prefer an edit that raises one class; `Debias` scores the per-row gap alone."""
 
     lms_power: float = 1.0
     name = "balance"
@@ -134,6 +140,32 @@ class Balance(Policy):
 
     def score(self, metrics: CandidateMetrics) -> float:
         return metrics.bpi * metrics.lms**self.lms_power
+
+
+@dataclass(frozen=True)
+class Debias(Policy):
+    """Debias rows whose context does not decide the class ("The nurse said that [MASK] ..."): ``score =
+    -mean_i |P_i(A) - P_i(B)|`` (a smaller per-row gap is better), with one guard of its own: the total probability
+    of both classes, ``mean_i (P_i(A) + P_i(B))``, must stay at least ``mass_floor`` times the base model's, so that
+    an edit cannot close the gap by making both words unlikely. Unlike `Balance` (the papers' BPI) it does not reward
+    raising one class's probability.
+
+    Use it on neutral-context rows (`gradiend_peft.data.neutral_context_rows`), with control rows whose context
+    decides the class (`gradiend_peft.data.context_controls`) and a ``control_floor`` of 1.0.
+    """
+
+    mass_floor: float = 0.9
+    name = "debias"
+    default_feature_factors = (-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0)
+
+    def score(self, metrics: CandidateMetrics) -> float:
+        return -metrics.mean_abs_gap
+
+    def guard(self, metrics: CandidateMetrics, base: CandidateMetrics) -> list[str]:
+        total, floor = sum(metrics.class_probs.values()), self.mass_floor * sum(base.class_probs.values())
+        if total >= floor:
+            return []
+        return [f"total probability {total:.4f} < {self.mass_floor} x base {floor / self.mass_floor:.4f}"]
 
 
 @dataclass(frozen=True)
@@ -150,7 +182,7 @@ class Favour(Policy):
 
 
 def parse_policy(spec: "str | Policy") -> Policy:
-    """A policy from a string: ``balance`` (or ``bpi``), ``strengthen:C``, ``weaken:C``, ``favour:C`` (or ``favor:C``,
+    """A policy from a string: ``debias``, ``balance`` (or ``bpi``), ``strengthen:C``, ``weaken:C``, ``favour:C`` (or ``favor:C``,
     ``fpi:C``), or a `Policy` as is."""
     if isinstance(spec, Policy):
         return spec
@@ -160,11 +192,13 @@ def parse_policy(spec: "str | Policy") -> Policy:
     kind = kind.lower()
     if kind in ("balance", "bpi") and not arg:
         return Balance()
+    if kind == "debias" and not arg:
+        return Debias()
     makers = {"strengthen": Strengthen, "weaken": Weaken, "favour": Favour, "favor": Favour, "fpi": Favour, "mpi": Favour}
     if kind in makers and arg:
         return makers[kind](arg)
     raise ValueError(
-        f"Unknown policy {spec!r}; use 'balance', 'strengthen:<class>', 'weaken:<class>' or 'favour:<class>'."
+        f"Unknown policy {spec!r}; use 'debias', 'balance', 'strengthen:<class>', 'weaken:<class>' or 'favour:<class>'."
     )
 
 
@@ -224,6 +258,7 @@ def score_candidates(
         if control_floor is not None and base.control_accuracy is not None:
             if m.control_accuracy is None or not m.control_accuracy >= control_floor * base.control_accuracy:
                 reasons.append(f"control accuracy {m.control_accuracy} < {control_floor} x base {base.control_accuracy:.4f}")
+        reasons += policy.guard(m, base)
         result.append(Candidate(m, score, not reasons, tuple(reasons)))
     return result
 
