@@ -181,12 +181,11 @@ def main() -> None:
 
     from peft import get_peft_model
 
-    from gradiend_peft.cli import DataArguments, ModelArguments
+    from gradiend_peft.cli.arguments import DataArguments, ModelArguments
     from gradiend_peft.evaluation import (evaluate_encoder, language_modeling_score, prepare_lms, prepare_slots,
                                           search_rewrite, slot_probabilities)
     from gradiend_peft.loading import load_gradiend_model
-    from gradiend_peft.runner import gradiend_config, load_base, mine
-    from gradiend_peft.workflow import parse_classes
+    from gradiend_peft.cli.steps import gradiend_config, load_base, mine, parse_classes
 
     model_args = ModelArguments(model="smollm2-135m", layers="20-29")
     data_args = DataArguments(classes="M:he,F:she", max_test_rows=64, neutral_rows=48, control_rows=24)

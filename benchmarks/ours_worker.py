@@ -5,7 +5,7 @@ Started by `run.py`; speaks the line protocol of `worker_common.py`, with the sa
 - ``setup``: load the saved model, wrap it with a GRADIEND adapter over every weight matrix of the backbone (all
   Linear/Conv1D modules of the transformer plus the input embedding; the LM head and task heads excluded), collate
   single-class row groups of ``rows_per_gradient`` rows (padded to the longest row of the group);
-- ``step``: one training step, ``loss, h, n = tuner.reconstruction_loss(batch); loss.backward(); optimizer.step();
+- ``step``: one training step, ``loss, h, n = reconstruction_loss(tuner, batch); loss.backward(); optimizer.step();
   optimizer.zero_grad()`` with AdamW(lr 1e-5, weight decay 1e-2) over the adapter's parameters (the reference's
   optimiser and defaults; gradients released after the step, as GradiendTrainer / transformers' Trainer do);
 - ``floor``: one plain forward + backward of the base model on the same row group (the factual labels' loss, the
@@ -179,7 +179,7 @@ def _next_batch():
 def _one_step() -> float:
     tuner, optimizer = STATE["tuner"], STATE["optimizer"]
     batch = _next_batch()
-    loss, _, n = tuner.reconstruction_loss(batch)
+    loss, _, n = reconstruction_loss(tuner, batch)
     loss.backward()
     if optimizer is not None:  # else the step ran inside backward (step_in_backward)
         optimizer.step()
@@ -201,7 +201,7 @@ def floor(count: int = 1) -> dict:
     """Plain forward + backward of the base model on the next row groups: every base parameter's gradient."""
     import torch
 
-    from gradiend_peft.gradients import per_row_losses
+    from gradiend_peft.objective.gradients import per_row_losses
 
     tuner = STATE["tuner"]
     base = STATE["peft"].get_base_model()
@@ -244,7 +244,7 @@ def encode(rows: int = 1000, batch_size: int = 64, limit: int | None = None) -> 
         out = []
         with torch.no_grad():
             for i in range(0, len(pool), batch_size):
-                out.append(tuner.encode_rows(_to(collate(pool[i : i + batch_size]))))
+                out.append(encode_rows(tuner, _to(collate(pool[i : i + batch_size]))))
         return torch.cat(out)
 
     seconds, values = wc.timed(run)
@@ -259,7 +259,7 @@ def test_encodings(batch_size: int = 64) -> dict:
     values = []
     with torch.no_grad():
         for i in range(0, len(rows), batch_size):
-            values.append(tuner.encode_rows(_to(collate(rows[i : i + batch_size]))))
+            values.append(encode_rows(tuner, _to(collate(rows[i : i + batch_size]))))
     return {"values": torch.cat(values).reshape(-1).float().cpu().tolist(),
             "classes": [r["factual_class"] for r in rows]}
 

@@ -40,7 +40,7 @@ def main() -> None:
 
     import gradiend_peft
     import ours_worker as ow
-    from gradiend_peft.gradients import batch_gradients
+    from gradiend_peft.objective.gradients import batch_gradients
     from gradiend_peft.tuner.model import GradiendModel
 
     info = prepare.prepare(args.work, args.model, layers=args.layers)

@@ -50,7 +50,7 @@ def main() -> None:
     args = GradiendTrainingArguments(
         output_dir=os.path.join(options.output_dir, "training"), rows_per_gradient=8, learning_rate=1e-4,
         max_steps=10 if options.fast else 100, eval_steps=5 if options.fast else 25, logging_steps=5,
-        gradient_accumulation_steps=options.gradient_accumulation_steps, save_strategy="no", num_seeds=1,
+        gradient_accumulation_steps=options.gradient_accumulation_steps, save_strategy="no",
         report_to="none", disable_tqdm=True, seed=0,
         use_cpu=not torch.cuda.is_available(),  # on CPUs: accelerate's MULTI_CPU state (gloo), so evaluation gathers
     )

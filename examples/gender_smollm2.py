@@ -90,7 +90,7 @@ def main() -> None:
     # 4. Training (the reference's defaults: AdamW, lr 1e-5; 16 rows of one class per GRADIEND sample) ------------
     args = GradiendTrainingArguments(
         output_dir=os.path.join(out, "training"), rows_per_gradient=4 if fast else 16, max_steps=6 if fast else 125,
-        eval_steps=3 if fast else 25, logging_steps=1 if fast else 5, save_strategy="no", num_seeds=1,
+        eval_steps=3 if fast else 25, logging_steps=1 if fast else 5, save_strategy="no",
         compute_eval_loss=False, report_to="none", disable_tqdm=True, seed=0,
     )
     trainer = GradiendTrainer(model=model, args=args, train_dataset=pairs["train"], eval_dataset=validation,

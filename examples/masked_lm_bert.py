@@ -111,7 +111,7 @@ def main() -> None:
     args = GradiendTrainingArguments(
         output_dir=os.path.join(out, "training"), rows_per_gradient=16, learning_rate=1e-4,
         max_steps=20 if options.fast else 200, eval_steps=5 if options.fast else 25, save_strategy="no",
-        logging_steps=5, num_seeds=1, report_to="none", disable_tqdm=True, use_cpu=True, seed=0,
+        logging_steps=5, report_to="none", disable_tqdm=True, use_cpu=True, seed=0,
     )
     trainer = GradiendTrainer(model=model, args=args, train_dataset=pairs["train"], eval_dataset=pairs["validation"],
                               processing_class=tokenizer)

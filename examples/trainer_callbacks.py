@@ -82,7 +82,7 @@ def main() -> None:
         output_dir=os.path.join(options.output_dir, "training"), rows_per_gradient=8, learning_rate=1e-4,
         max_steps=40 if options.fast else 200, eval_steps=5, save_steps=5, logging_steps=5,
         load_best_model_at_end=True,  # EarlyStoppingCallback needs it (and matching eval/save steps)
-        save_total_limit=1, num_seeds=1, report_to="none", disable_tqdm=True, use_cpu=True, seed=0,
+        save_total_limit=1, report_to="none", disable_tqdm=True, use_cpu=True, seed=0,
     )
     trainer = GradiendTrainer(model=model, args=args, train_dataset=pairs["train"], eval_dataset=pairs["validation"],
                               processing_class=tokenizer, callbacks=[early_stopping, class_means])

@@ -12,7 +12,8 @@ from peft import get_peft_model
 
 from gradiend_peft import GradiendConfig
 from gradiend_peft.data import collator_for
-from gradiend_peft.evaluation import EncoderReport, evaluate_encoder, expected_sign, neutral_slot_rows
+from gradiend_peft.evaluation import EncoderReport, evaluate_encoder, neutral_slot_rows
+from gradiend_peft.objective import expected_sign
 
 from batches import ROWS
 from test_evaluation_metrics import one_thread  # noqa: F401  (autouse fixture)
@@ -96,8 +97,9 @@ def test_expected_sign_follows_the_source_gradients_class():
     assert expected_sign(row, "alternative", signs) == -1.0  # the encoder reads the gradient toward "M"
     assert expected_sign(row, "alternative", {"F": -1.0, "M": 1.0}) == 1.0
     assert expected_sign({"label": -1.0}, "alternative", None) == 1.0
-    with pytest.raises(ValueError, match="label"):
-        expected_sign({"label": 0.0}, "factual", None)
+    assert expected_sign({"label": 0.0}, "factual", None) == 0.0  # a neutral row
+    with pytest.raises(ValueError, match="neither a class of the adapter"):
+        expected_sign({"text": "x"}, "factual", None)
 
 
 def test_neutral_rows_slot_one_word_and_encode_like_the_oracle():

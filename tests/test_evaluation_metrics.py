@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from gradiend_peft.objective import pearson, sign_accuracy
 from gradiend_peft.evaluation import (
     bias_indices,
     class_words_from_rows,
@@ -13,10 +14,8 @@ from gradiend_peft.evaluation import (
     lms_token_scores,
     masked_token_predictions,
     metric_path,
-    pearson_r,
     prepare_lms,
     prepare_slots,
-    sign_accuracy,
     slot_probabilities,
 )
 
@@ -203,14 +202,14 @@ def test_causal_lms_matches_the_models_own_loss():
 
 
 def test_statistics_by_hand():
-    assert pearson_r([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
-    assert pearson_r([1, 2, 3, 4], [1, 0, 0, 1]) == pytest.approx(0.0)
+    assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    assert pearson([1, 2, 3, 4], [1, 0, 0, 1]) == pytest.approx(0.0)
     x, y = [0.5, -0.2, 0.9, 0.1], [1, -1, 1, -1]
     mx, my = sum(x) / 4, 0.0
     num = sum((a - mx) * (b - my) for a, b in zip(x, y))
     den = math.sqrt(sum((a - mx) ** 2 for a in x) * sum((b - my) ** 2 for b in y))
-    assert pearson_r(x, y) == pytest.approx(num / den)
-    assert math.isnan(pearson_r([1, 1, 1], [1, 2, 3]))
+    assert pearson(x, y) == pytest.approx(num / den)
+    assert math.isnan(pearson([1, 1, 1], [1, 2, 3]))
     assert sign_accuracy([0.5, -0.2, 0.0, 0.1], [1, -1, 1, -1]) == 0.5
     probs = torch.tensor([[0.6, 0.2], [0.1, 0.1]])
     got = bias_indices(probs, ["M", "F"])
@@ -225,7 +224,7 @@ def test_evaluate_metric_scripts_load_offline(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     correlation = evaluate.load(metric_path("encoder_correlation"), cache_dir=str(tmp_path))
     got = correlation.compute(predictions=[0.5, -0.2, 0.9, 0.1], references=[1, -1, 1, -1])
-    assert got["pearsonr"] == pytest.approx(pearson_r([0.5, -0.2, 0.9, 0.1], [1, -1, 1, -1]))
+    assert got["pearsonr"] == pytest.approx(pearson([0.5, -0.2, 0.9, 0.1], [1, -1, 1, -1]))
     assert got["accuracy"] == 0.75
     causal = evaluate.load(metric_path("language_modeling_score"), "causal_lm", cache_dir=str(tmp_path))
     assert causal.compute(predictions=[1.0, 3.0]) == pytest.approx(

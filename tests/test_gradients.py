@@ -5,8 +5,9 @@ import torch
 import torch.nn.functional as F
 from peft import get_peft_model
 
-from gradiend_peft import GradiendConfig, batch_gradients, per_example_encoder_dots
-from gradiend_peft.gradients import per_row_losses
+from gradiend_peft import GradiendConfig
+from gradiend_peft.objective import batch_gradients, per_example_encoder_dots
+from gradiend_peft.objective.gradients import per_row_losses
 
 from batches import batch_for, causal_lm_batch
 from tiny import MODEL_BUILDERS, word_tokenizer
@@ -167,7 +168,7 @@ def test_per_row_losses_match_cross_entropy():
 
 
 def test_per_example_dots_serve_several_kinds_and_are_differentiable_in_the_probes():
-    from gradiend_peft import per_example_dots
+    from gradiend_peft.objective import per_example_dots
 
     peft_model = _peft("llama")
     tuner = peft_model.base_model

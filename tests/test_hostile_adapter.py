@@ -88,7 +88,7 @@ def test_saving_never_removes_or_changes_a_file_the_library_did_not_write(tmp_pa
 
 
 def test_rewrite_merge_output_keeps_a_users_file(tmp_path):
-    from gradiend_peft.workflow import save_merged
+    from gradiend_peft.cli.steps import save_merged
 
     merged_dir = tmp_path / "merged"
     merged_dir.mkdir()

@@ -88,7 +88,7 @@ def test_an_over_long_evaluation_row_is_refused_with_the_fix():
 
 
 def test_token_ids_beyond_the_vocabulary_are_refused_naming_the_row():
-    from gradiend_peft.gradients import batch_gradients
+    from gradiend_peft.objective.gradients import batch_gradients
 
     model = peft_model("llama")
     batch = collator_for(tokenizer("llama"), "causal_lm")(list(pairs("llama")["train"])[:2])

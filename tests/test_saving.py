@@ -9,6 +9,7 @@ from peft import PeftConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 
 from gradiend_peft import GradiendConfig
+from gradiend_peft.objective import encode_group, encode_rows
 from gradiend_peft.pruning import pre_prune_adapter, prune_adapter
 
 from batches import batch_for
@@ -119,8 +120,8 @@ def test_pruned_adapter_saves_loads_and_merges_correctly(tmp_path):
     assert loaded.peft_config["default"].kept_entries == model.peft_config["default"].kept_entries
     assert torch.equal(_logits(loaded, "gpt2", feature_factor=-1.0, lr=30.0), expected)
     batch = batch_for("gpt2")
-    torch.testing.assert_close(loaded.base_model.encode_rows(batch), model.base_model.encode_rows(batch))
-    torch.testing.assert_close(loaded.base_model.encode(batch), model.base_model.encode(batch))
+    torch.testing.assert_close(encode_rows(loaded.base_model, batch), encode_rows(model.base_model, batch))
+    torch.testing.assert_close(encode_group(loaded.base_model, batch), encode_group(model.base_model, batch))
     merged = loaded.merge_and_unload(feature_factor=-1.0, lr=30.0)
     with torch.no_grad():
         out = merged(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -138,8 +139,8 @@ def test_pruned_encoding_equals_encoding_with_zeroed_entries():
         pruned_layer = tuner.gradiend_layers()[name]
         layer.gradiend_encoder["default"].data.copy_(pruned_layer.full_encoder("default"))
     dense.base_model.gradiend_encoder_bias["default"].data.copy_(tuner.gradiend_encoder_bias["default"])
-    torch.testing.assert_close(tuner.encode(batch), dense.base_model.encode(batch))
-    torch.testing.assert_close(tuner.encode_rows(batch), dense.base_model.encode_rows(batch))
+    torch.testing.assert_close(encode_group(tuner, batch), encode_group(dense.base_model, batch))
+    torch.testing.assert_close(encode_rows(tuner, batch), encode_rows(dense.base_model, batch))
 
 
 def test_pre_prune_keeps_entries_with_the_largest_mean_gradient():
@@ -147,7 +148,7 @@ def test_pre_prune_keeps_entries_with_the_largest_mean_gradient():
     tuner = model.base_model
     batch = batch_for("bert")
     halves = [{k: v[:4] for k, v in batch.items()}, {k: v[4:] for k, v in batch.items()}]
-    from gradiend_peft import batch_gradients
+    from gradiend_peft.objective import batch_gradients
 
     grads = [batch_gradients(tuner, b, ["alternative"])["alternative"] for b in halves]
     mean = {n: (grads[0][n] + grads[1][n]) / 2 for n in grads[0]}

@@ -5,22 +5,24 @@ import os
 
 import datasets
 import pytest
+
+import gradiend_peft
 import torch
 from peft import PeftModel
 from transformers import EarlyStoppingCallback, TrainerCallback
 
-from gradiend_peft import batch_gradients
+from gradiend_peft.objective import batch_gradients
+from gradiend_peft.objective import encode_rows, per_example_reconstruction_loss, reconstruction_loss
+from gradiend_peft.objective import encoding_metrics, pearson
 from gradiend_peft.training import (
     ClassGroupedBatchSampler,
     GradiendTrainer,
     GradiendTrainingArguments,
     adapter_snapshot,
     convergence_verdict,
-    encoding_metrics,
     normalize_sign,
-    pearson,
-    per_example_reconstruction_loss,
     restore_adapter_snapshot,
+    train_with_restarts,
 )
 from gradiend_peft.training import arguments as arguments_module
 from gradiend_peft.training import trainer as trainer_module
@@ -56,7 +58,7 @@ def test_arguments_default_to_the_reference(tmp_path):
     assert args.eval_strategy == "steps" and args.eval_steps == 250 and args.eval_on_start
     assert args.metric_for_best_model == "abs_correlation" and args.greater_is_better
     assert args.remove_unused_columns is False and args.per_example is False
-    assert args.seed_list == [42, 43, 44]
+    assert not hasattr(args, "num_seeds")  # train() trains once; restarts are train_with_restarts
 
 
 def test_arguments_force_remove_unused_columns_off_and_refuse_fp16(tmp_path):
@@ -68,13 +70,23 @@ def test_arguments_force_remove_unused_columns_off_and_refuse_fp16(tmp_path):
         GradiendTrainingArguments(output_dir=str(tmp_path), rows_per_gradient=0)
 
 
+def test_batch_sizes_follow_rows_per_gradient_and_are_never_overwritten(tmp_path):
+    args = GradiendTrainingArguments(output_dir=str(tmp_path), rows_per_gradient=6)
+    assert args.per_device_train_batch_size == args.per_device_eval_batch_size == 6
+    same = GradiendTrainingArguments(output_dir=str(tmp_path), rows_per_gradient=6, per_device_train_batch_size=6)
+    assert same.per_device_train_batch_size == 6
+    with pytest.raises(ValueError, match="per_device_train_batch_size=8 differs from rows_per_gradient=6"):
+        GradiendTrainingArguments(output_dir=str(tmp_path), rows_per_gradient=6, per_device_train_batch_size=8)
+
+
 def test_arguments_parse_from_the_command_line():
     from transformers import HfArgumentParser
 
     (args,) = HfArgumentParser(GradiendTrainingArguments).parse_args_into_dataclasses(
-        ["--output_dir", "x", "--rows_per_gradient", "4", "--per_example", "true", "--seeds", "3", "5"]
+        ["--output_dir", "x", "--rows_per_gradient", "4", "--per_example", "true", "--truncate_long_rows", "true"]
     )
-    assert args.rows_per_gradient == 4 and args.per_example and args.seed_list == [3, 5]
+    assert args.rows_per_gradient == 4 and args.per_example and args.truncate_long_rows
+    assert args.per_device_eval_batch_size == 4
 
 
 # --------------------------------------------------------------------------------------------------- sampler
@@ -194,7 +206,7 @@ def test_loss_is_summed_for_backward_and_logged_as_mse(tmp_path):
     trainer = _trainer(tmp_path, max_steps=1, eval_strategy="no", eval_on_start=False)
     batch = masked_lm_batch()
     loss = trainer.compute_loss(trainer.model, batch)
-    expected, _, n = trainer.tuner.reconstruction_loss(batch)
+    expected, _, n = reconstruction_loss(trainer.tuner, batch)
     torch.testing.assert_close(loss, expected)
     trainer.current_gradient_accumulation_steps = 1  # set by the training loop
     logged = trainer.training_step(trainer.model, batch)
@@ -219,7 +231,7 @@ def test_gradient_accumulation_averages_the_row_groups(tmp_path):
     expected = {n: torch.zeros_like(p) for n, p in params.items()}
     for group in groups:
         batch = trainer.data_collator([data[i] for i in group])
-        loss, _, _ = trainer.tuner.reconstruction_loss(batch)
+        loss, _, _ = reconstruction_loss(trainer.tuner, batch)
         for (n, _), g in zip(params.items(), torch.autograd.grad(loss, list(params.values()))):
             expected[n] += g / 2
     trainer.train()
@@ -270,7 +282,7 @@ def test_per_example_loss_equals_the_per_row_oracle(family, source, target):
     model = model.double()
     tuner = model.base_model
     batch = masked_lm_batch() if family == "bert" else causal_lm_batch()
-    tuner.reconstruction_loss(batch)  # calibrates s
+    reconstruction_loss(tuner, batch)  # calibrates s
     s = tuner.gradient_scale()
     loss, latents, _ = per_example_reconstruction_loss(tuner, batch)
     params = list(_adapter_params(model).values())
@@ -278,7 +290,7 @@ def test_per_example_loss_equals_the_per_row_oracle(family, source, target):
     oracle = 0
     for i in range(rows):
         row = {k: v[i : i + 1] for k, v in batch.items()}
-        row_loss, row_latent, _ = tuner.reconstruction_loss(row)
+        row_loss, row_latent, _ = reconstruction_loss(tuner, row)
         energy = sum(float((s * g).pow(2).sum()) for g in batch_gradients(tuner, row, [target])[target].values())
         oracle = oracle + (row_loss - energy) / rows
         torch.testing.assert_close(latents[i], row_latent, rtol=1e-9, atol=1e-9)
@@ -301,19 +313,19 @@ def test_sign_flip_keeps_the_function_and_negates_the_encoding():
     batch = masked_lm_batch()
     params = list(_adapter_params(model).values())
     optimizer = torch.optim.AdamW(params, lr=1e-3)
-    tuner.reconstruction_loss(batch)[0].backward()
+    reconstruction_loss(tuner, batch)[0].backward()
     optimizer.step()  # the optimizer now has first moments to mirror
     moments = {id(p): optimizer.state[p]["exp_avg"].clone() for p in params}
     c_before = {n: p.detach().clone() for n, p in model.named_parameters() if "decoder_bias" in n}
-    loss_before, latent_before, _ = tuner.reconstruction_loss(batch)
-    rows_before = tuner.encode_rows(batch).detach()
+    loss_before, latent_before, _ = reconstruction_loss(tuner, batch)
+    rows_before = encode_rows(tuner, batch).detach()
     decoded_before = tuner.decode(0.3)
 
     assert normalize_sign(tuner, "default", optimizer) == "weights"
-    loss_after, latent_after, _ = tuner.reconstruction_loss(batch)
+    loss_after, latent_after, _ = reconstruction_loss(tuner, batch)
     torch.testing.assert_close(loss_after, loss_before)  # the same reconstruction of the same gradients
     torch.testing.assert_close(latent_after, -latent_before)
-    torch.testing.assert_close(tuner.encode_rows(batch).detach(), -rows_before)
+    torch.testing.assert_close(encode_rows(tuner, batch).detach(), -rows_before)
     decoded_after = tuner.decode(-0.3)
     for name in decoded_before:
         torch.testing.assert_close(decoded_after[name], decoded_before[name])
@@ -402,9 +414,10 @@ def test_non_convergence_is_reported_and_saved(tmp_path):
     summary = trainer.training_summary
     assert not summary["converged"] and summary["best_step"] == 0
     assert any("step 0" in reason for reason in summary["reasons"])
-    trainer.model.save_pretrained(tmp_path / "adapter")
-    saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
-    assert saved["training_summary"]["converged"] is False
+    gradiend_peft.save_adapter(trainer.model, str(tmp_path / "adapter"), training_summary=summary)
+    saved = json.loads((tmp_path / "adapter" / "gradiend_training_summary.json").read_text())
+    assert saved["converged"] is False and "training_summary" not in json.loads(
+        (tmp_path / "adapter" / "adapter_config.json").read_text())  # the adapter's config is no run log
     history = json.loads((tmp_path / "gradiend_training_history.json").read_text())
     assert [e["step"] for e in history["evaluations"]] == [0, 5, 10]
     assert history["summary"]["converged"] is False
@@ -413,19 +426,27 @@ def test_non_convergence_is_reported_and_saved(tmp_path):
 def test_saved_adapter_carries_the_verdict_and_reloads(tmp_path):
     trainer = _trainer(tmp_path, num_train_epochs=6, eval_steps=30)
     trainer.train()
-    trainer.save_model(str(tmp_path / "final"))
+    gradiend_peft.save_adapter(trainer.model, str(tmp_path / "final"), training_summary=trainer.training_summary)
     reloaded = PeftModel.from_pretrained(tiny_bert(), tmp_path / "final")
-    assert reloaded.peft_config["default"].training_summary["converged"]
+    assert json.loads((tmp_path / "final" / "gradiend_training_summary.json").read_text())["converged"]
+    assert "converged" in (tmp_path / "final" / "README.md").read_text()
     assert reloaded.peft_config["default"].feature_classes == ["M", "F"]
-    torch.testing.assert_close(reloaded.base_model.encode_rows(masked_lm_batch()),
-                               trainer.tuner.encode_rows(masked_lm_batch()))
+    torch.testing.assert_close(encode_rows(reloaded.base_model, masked_lm_batch()),
+                               encode_rows(trainer.tuner, masked_lm_batch()))
 
 
 # ------------------------------------------------------------------------------------------------- seeds
-def test_seeds_are_tried_until_one_converges_and_the_best_is_kept(tmp_path):
-    trainer = _trainer(tmp_path, learning_rate=0.0, max_steps=4, eval_steps=2, num_seeds=2)
+def test_train_trains_once(tmp_path):
+    trainer = _trainer(tmp_path, learning_rate=0.0, max_steps=4, eval_steps=2)
     trainer.train()
-    report = trainer.seed_report
+    assert trainer.state.global_step == 4 and not os.path.isdir(tmp_path / "seed-43")
+    assert not any(name.startswith("seed-") for name in os.listdir(tmp_path))
+
+
+def test_seeds_are_tried_until_one_converges_and_the_best_is_kept(tmp_path):
+    trainer = _trainer(tmp_path, learning_rate=0.0, max_steps=4, eval_steps=2)
+    train_with_restarts(trainer, num_seeds=2)
+    report = trainer.restart_report
     assert [a.seed for a in report.attempts] == [42, 43] and not any(a.converged for a in report.attempts)
     best = max(report.attempts, key=lambda a: abs(a.correlation))
     assert report.selected_seed == best.seed
@@ -436,23 +457,23 @@ def test_seeds_are_tried_until_one_converges_and_the_best_is_kept(tmp_path):
     assert trainer.model.peft_config["default"].init_seed == best.summary["init_seed"]
     assert adapter_snapshot(trainer.tuner, "default")["gradiend_encoder_bias.default"].shape == (1,)
 
-    converging = _trainer(tmp_path / "c", num_train_epochs=6, eval_steps=30, num_seeds=3)
-    converging.train()
-    assert [a.seed for a in converging.seed_report.attempts] == [42]  # first_converged stops at once
+    converging = _trainer(tmp_path / "c", num_train_epochs=6, eval_steps=30)
+    train_with_restarts(converging, num_seeds=3)
+    assert [a.seed for a in converging.restart_report.attempts] == [42]  # first_converged stops at once
     assert converging.training_summary["converged"]
 
 
 def test_finished_attempts_are_not_rerun_on_resume(tmp_path):
-    _trainer(tmp_path, learning_rate=0.0, max_steps=4, eval_steps=2, num_seeds=2).train()
+    train_with_restarts(_trainer(tmp_path, learning_rate=0.0, max_steps=4, eval_steps=2), num_seeds=2)
     steps = []
 
     class Count(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             steps.append(state.global_step)
 
-    again = _trainer(tmp_path, learning_rate=0.0, max_steps=4, eval_steps=2, num_seeds=2, callbacks=[Count()])
-    again.train(resume_from_checkpoint=True)
-    assert steps == [] and [a.seed for a in again.seed_report.attempts] == [42, 43]
+    again = _trainer(tmp_path, learning_rate=0.0, max_steps=4, eval_steps=2, callbacks=[Count()])
+    train_with_restarts(again, num_seeds=2, resume_from_checkpoint=True)
+    assert steps == [] and [a.seed for a in again.restart_report.attempts] == [42, 43]
 
 
 # ------------------------------------------------------------------------------------------- user callbacks
@@ -518,7 +539,7 @@ def test_predict_returns_row_encodings_in_dataset_order(tmp_path):
     test = pairs("bert")["test"]
     output = trainer.predict(test)
     collate = trainer.data_collator
-    direct = trainer.tuner.encode_rows(collate([test[i] for i in range(len(test))])).detach().numpy()
+    direct = encode_rows(trainer.tuner, collate([test[i] for i in range(len(test))])).detach().numpy()
     assert output.predictions.shape == (len(test), 1)
     torch.testing.assert_close(torch.tensor(output.predictions), torch.tensor(direct, dtype=torch.float64),
                                rtol=1e-4, atol=1e-5)

@@ -76,8 +76,8 @@ def tokenizer(family: str = "bert"):
 
 
 def arguments(output_dir, **overrides) -> GradiendTrainingArguments:
-    """Small, quiet, fast arguments for tests (single attempt unless num_seeds is given)."""
-    values = dict(output_dir=str(output_dir), rows_per_gradient=8, num_seeds=1, report_to="none",
+    """Small, quiet, fast arguments for tests."""
+    values = dict(output_dir=str(output_dir), rows_per_gradient=8, report_to="none",
                   disable_tqdm=True, save_strategy="no", eval_steps=20, logging_steps=10,
                   dataloader_pin_memory=False, use_cpu=True)
     values.update(overrides)

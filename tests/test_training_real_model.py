@@ -44,7 +44,7 @@ def real_model_run(output_dir: str, steps: int = 125, threads: int = 1, eval_ste
     test = pairs["test"].shuffle(seed=0).select(range(min(256, len(pairs["test"]))))
     model = get_peft_model(base, GradiendConfig(target_modules=TARGETS, init_seed=0))
     args = GradiendTrainingArguments(
-        output_dir=output_dir, rows_per_gradient=16, max_steps=steps, eval_steps=eval_steps, num_seeds=1,
+        output_dir=output_dir, rows_per_gradient=16, max_steps=steps, eval_steps=eval_steps,
         compute_eval_loss=False, save_strategy="no", report_to="none", disable_tqdm=True, logging_steps=25,
         **overrides,
     )

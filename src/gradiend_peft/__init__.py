@@ -1,92 +1,79 @@
 """gradiend_peft: GRADIEND as a PEFT method.
 
 Importing this package registers the ``GRADIEND`` method with peft (its only side effect), so that
-``get_peft_model(model, GradiendConfig(...))``, ``PeftConfig.from_pretrained`` and
-``PeftModel.from_pretrained`` work for GRADIEND adapters. Import it before loading an adapter with peft.
+``get_peft_model(model, GradiendConfig(...))``, ``PeftConfig.from_pretrained`` and ``PeftModel.from_pretrained``
+work for GRADIEND adapters. Import it before loading an adapter with peft.
+
+The names below are the whole top-level API; everything else lives in its submodule (`gradiend_peft.data`,
+`gradiend_peft.objective`, `gradiend_peft.training`, `gradiend_peft.evaluation`, `gradiend_peft.plotting`,
+`gradiend_peft.pretrained`, `gradiend_peft.cli`). Only the adapter (`GradiendConfig`, `GradiendModel`) is imported
+eagerly; the rest loads on first use, so ``import gradiend_peft`` pulls in no training, evaluation or CLI code.
 """
+
+from typing import TYPE_CHECKING
 
 from .registration import register as _register
 
 _register()
 
-from . import data, evaluation, plotting  # noqa: E402
-from .atomic import save_adapter  # noqa: E402
-from .data import (  # noqa: E402
-    MASK_PLACEHOLDER,
-    CausalLMCollator,
-    Feature,
-    MaskedLMCollator,
-    MiningReport,
-    check_single_token,
-    collator_for,
-    load_corpus,
-    mine_neutral,
-    mine_pairs,
-)
-from .evaluation import (  # noqa: E402
-    Balance,
-    EncoderReport,
-    Favour,
-    RewriteResult,
-    Strengthen,
-    Weaken,
-    evaluate_encoder,
-    search_rewrite,
-)
-from .gradients import NonFiniteGradientError, batch_gradients, per_example_dots, per_example_encoder_dots  # noqa: E402
-from .hub import push_adapter_to_hub, write_model_card  # noqa: E402
-from .loading import UntrustedAdapterError, load_gradiend_model  # noqa: E402
-from .pruning import pre_prune_adapter, prune_adapter  # noqa: E402
 from .tuner import GradiendConfig, GradiendModel  # noqa: E402
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-_LAZY = {"GradiendTrainer": "training", "GradiendTrainingArguments": "training", "training": None, "cli": None,
-         "pretrained": None, "workflow": None}
+_LAZY_NAMES = {
+    "GradiendTrainer": "training",
+    "GradiendTrainingArguments": "training",
+    "train_with_restarts": "training",
+    "evaluate_encoder": "evaluation",
+    "search_rewrite": "evaluation",
+    "run_bias_benchmarks": "evaluation.bias",
+    "load_gradiend_model": "loading",
+    "UntrustedAdapterError": "loading",
+    "save_adapter": "hub",
+    "push_adapter_to_hub": "hub",
+    "prune_adapter": "pruning",
+    "pre_prune_adapter": "pruning",
+}
+_SUBMODULES = ("atomic", "cli", "data", "evaluation", "hub", "loading", "objective", "plotting", "pretrained",
+               "pruning", "training", "tuner")
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from .hub import save_adapter
+    from .evaluation import evaluate_encoder, search_rewrite
+    from .evaluation.bias import run_bias_benchmarks
+    from .hub import push_adapter_to_hub
+    from .loading import UntrustedAdapterError, load_gradiend_model
+    from .pruning import pre_prune_adapter, prune_adapter
+    from .training import GradiendTrainer, GradiendTrainingArguments, train_with_restarts
 
 
 def __getattr__(name: str):
-    # the trainer imports transformers' Trainer (and accelerate): load it on first use, not at `import gradiend_peft`
-    if name not in _LAZY:
-        raise AttributeError(f"module 'gradiend_peft' has no attribute {name!r}")
     import importlib
 
-    module = importlib.import_module(f".{_LAZY[name] or name}", __name__)
-    return module if _LAZY[name] is None else getattr(module, name)
+    if name in _LAZY_NAMES:
+        return getattr(importlib.import_module(f".{_LAZY_NAMES[name]}", __name__), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'gradiend_peft' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_NAMES) | set(_SUBMODULES))
 
 
 __all__ = [
-    "Balance",
-    "EncoderReport",
-    "Favour",
-    "RewriteResult",
-    "Strengthen",
-    "Weaken",
-    "evaluate_encoder",
-    "search_rewrite",
-    "MASK_PLACEHOLDER",
-    "CausalLMCollator",
-    "Feature",
     "GradiendConfig",
     "GradiendModel",
     "GradiendTrainer",
     "GradiendTrainingArguments",
-    "MaskedLMCollator",
-    "MiningReport",
-    "NonFiniteGradientError",
     "UntrustedAdapterError",
-    "batch_gradients",
-    "check_single_token",
-    "collator_for",
-    "load_corpus",
+    "evaluate_encoder",
     "load_gradiend_model",
-    "mine_neutral",
-    "mine_pairs",
-    "per_example_dots",
-    "per_example_encoder_dots",
     "pre_prune_adapter",
     "prune_adapter",
     "push_adapter_to_hub",
+    "run_bias_benchmarks",
     "save_adapter",
-    "write_model_card",
+    "search_rewrite",
+    "train_with_restarts",
 ]

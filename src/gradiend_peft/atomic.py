@@ -18,6 +18,7 @@ import ctypes
 import ctypes.util
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -86,9 +87,20 @@ def atomic_write_text(path: str, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def json_safe(value: Any) -> Any:
+    """JSON-safe: NaN and infinities become ``None``, recursively through dicts, lists and tuples."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def atomic_write_json(path: str, payload: Any) -> None:
-    """Writes ``payload`` as indented JSON to ``path`` atomically."""
-    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    """Writes ``payload`` as indented JSON to ``path`` atomically (NaN and infinities as ``null``)."""
+    atomic_write_text(path, json.dumps(json_safe(payload), indent=2, sort_keys=True, default=str) + "\n")
 
 
 # ------------------------------------------------------------------------------------------- a set of files
@@ -108,7 +120,8 @@ def _folder_lock(path: str) -> Iterator[None]:
         os.close(fd)
 
 
-def _staged_files(staging: str) -> list[str]:
+def staged_files(staging: str) -> list[str]:
+    """The files below ``staging``, as paths relative to it, sorted."""
     files = []
     for root, _, names in os.walk(staging):
         for name in names:
@@ -188,7 +201,7 @@ def atomic_files(path: str) -> Iterator[str]:
     os.chmod(staging, _default_mode(0o777))  # mkdtemp makes it 0o700; subfolders moved out keep the usual mode
     try:
         yield staging
-        files = _staged_files(staging)
+        files = staged_files(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -223,9 +236,28 @@ def recover_owned_directory(path: str) -> None:
         os.rename(aside, path)
 
 
+def replace_directory(source: str, destination: str) -> None:
+    """Moves the finished folder ``source`` to ``destination`` in one step, replacing what was there (the whole
+    folder: only for folders the library owns). ``source`` must be on the same filesystem, e.g. beside it."""
+    source, destination = os.path.abspath(source), os.path.abspath(destination)
+    recover_owned_directory(destination)
+    if not os.path.exists(destination):
+        os.rename(source, destination)
+    elif _exchange(source, destination):
+        shutil.rmtree(source, ignore_errors=True)  # source now holds the old folder
+    else:
+        aside = _aside_name(destination)
+        shutil.rmtree(aside, ignore_errors=True)
+        os.rename(destination, aside)
+        os.rename(source, destination)
+        shutil.rmtree(aside, ignore_errors=True)
+    _fsync_directory(os.path.dirname(destination))
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str) -> Iterator[str]:
-    """Yields a fresh temporary folder; on success it replaces the WHOLE folder ``path`` in one step.
+    """Yields a fresh temporary folder; on success it replaces the WHOLE folder ``path`` in one step
+    (`replace_directory`).
 
     Only for folders the library owns entirely (a conversion cache entry): everything in the old folder goes. Saves
     into a user's folder use `atomic_files`, which leaves other files alone.
@@ -241,35 +273,4 @@ def atomic_directory(path: str) -> Iterator[str]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if not os.path.exists(path):
-        os.rename(tmp, path)
-    elif _exchange(tmp, path):
-        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old folder
-    else:
-        aside = _aside_name(path)
-        shutil.rmtree(aside, ignore_errors=True)
-        os.rename(path, aside)
-        os.rename(tmp, path)
-        shutil.rmtree(aside, ignore_errors=True)
-    _fsync_directory(parent)
-
-
-def save_adapter(model: Any, directory: str, **kwargs: Any) -> str:
-    """``model.save_pretrained(directory)`` made atomic, plus the GRADIEND model card; returns ``directory``.
-
-    Only the files peft writes (``adapter_config.json``, ``adapter_model.safetensors``, per adapter) and the card
-    (``README.md``) are replaced; anything else in ``directory`` stays as it was.
-    """
-    from .hub import is_gradiend_card, write_model_card
-
-    with atomic_files(directory) as folder:
-        model.save_pretrained(folder, **kwargs)
-        if hasattr(model, "peft_config"):
-            write_model_card(model, folder)
-        for card in [f for f in _staged_files(folder) if os.path.basename(f) == "README.md"]:
-            existing = os.path.join(directory, card)
-            if os.path.isfile(existing) and not is_gradiend_card(existing):
-                os.unlink(os.path.join(folder, card))  # a README.md of the user's own: keep it
-                logger.warning("Kept the existing %s (not a GRADIEND model card); the adapter's card was not "
-                               "written. Save into a folder of its own to get the card.", existing)
-    return directory
+    replace_directory(tmp, path)

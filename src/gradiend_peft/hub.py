@@ -9,6 +9,7 @@ targets and, after training, the convergence verdict. `write_model_card` writes 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from typing import Any, Optional
@@ -16,10 +17,13 @@ from typing import Any, Optional
 from huggingface_hub import ModelCard, ModelCardData
 from peft import PeftModel
 
+from .atomic import atomic_files, atomic_write_json, staged_files
 from .tuner.config import GradiendConfig
 
+logger = logging.getLogger(__name__)
 
-def _card_text(config: GradiendConfig, repo_id: Optional[str]) -> str:
+
+def _card_text(config: GradiendConfig, repo_id: Optional[str], training_summary: Optional[dict] = None) -> str:
     classes = config.feature_classes or []
     signs = config.class_signs or {}
     lines = [
@@ -47,8 +51,8 @@ def _card_text(config: GradiendConfig, repo_id: Optional[str]) -> str:
         f"- encoder reads the `{config.source}` gradient; decoder reconstructs the `{config.target}` gradient",
         f"- objective: {config.objective}",
     ]
-    if config.training_summary:
-        lines += ["", "## Training", "", "```json", json.dumps(config.training_summary, indent=2, sort_keys=True), "```"]
+    if training_summary:
+        lines += ["", "## Training", "", "```json", json.dumps(training_summary, indent=2, sort_keys=True), "```"]
     auto_class = "AutoModelForMaskedLM" if config.objective == "masked_lm" else "AutoModelForCausalLM"
     if config.feature_factor is not None and config.lr is not None:
         merge = f"model.merge_and_unload()  # the stored rewrite: feature_factor={config.feature_factor:g}, lr={config.lr:g}"
@@ -68,7 +72,7 @@ def _card_text(config: GradiendConfig, repo_id: Optional[str]) -> str:
         "```",
     ]
     if config.objective == "auto":
-        lines.append(f"\n(For a masked LM, load the base with `AutoModelForMaskedLM` instead.)")
+        lines.append("\n(For a masked LM, load the base with `AutoModelForMaskedLM` instead.)")
     return "\n".join(lines) + "\n"
 
 
@@ -83,15 +87,18 @@ def is_gradiend_card(path: str) -> bool:
     return data.get("library_name") == "peft" and "gradiend" in (data.get("tags") or [])
 
 
-def write_model_card(model: PeftModel, directory: str, repo_id: Optional[str] = None, adapter_name: Optional[str] = None) -> str:
-    """Writes the GRADIEND model card (``README.md``) of ``model``'s adapter into ``directory``; returns its path."""
+def write_model_card(model: PeftModel, directory: str, repo_id: Optional[str] = None, adapter_name: Optional[str] = None,
+                     training_summary: Optional[dict] = None) -> str:
+    """Writes the GRADIEND model card (``README.md``) of ``model``'s adapter into ``directory``; returns its path.
+
+    ``training_summary`` (``trainer.training_summary``) adds a "Training" section with the convergence verdict."""
     name = adapter_name or model.active_adapter
     config: GradiendConfig = model.peft_config[name]
     data: dict[str, Any] = {"library_name": "peft", "tags": ["gradiend", "peft", "feature-editing"]}
     if config.base_model_name_or_path:
         data["base_model"] = config.base_model_name_or_path
         data["tags"].append(f"base_model:adapter:{config.base_model_name_or_path}")
-    card = ModelCard(f"---\n{ModelCardData(**data).to_yaml()}\n---\n\n{_card_text(config, repo_id)}")
+    card = ModelCard(f"---\n{ModelCardData(**data).to_yaml()}\n---\n\n{_card_text(config, repo_id, training_summary)}")
     path = os.path.join(directory, "README.md")
     card.save(path)
     return path
@@ -128,3 +135,28 @@ def push_adapter_to_hub(
         write_model_card(model, folder, repo_id=repo_id)
         info = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message, revision=revision)
     return str(getattr(info, "commit_url", info))
+
+
+TRAINING_SUMMARY_FILE = "gradiend_training_summary.json"
+
+
+def save_adapter(model: Any, directory: str, training_summary: Optional[dict] = None, **kwargs: Any) -> str:
+    """``model.save_pretrained(directory)`` made atomic, plus the GRADIEND model card; returns ``directory``.
+
+    Only the files peft writes (``adapter_config.json``, ``adapter_model.safetensors``, per adapter), the card
+    (``README.md``) and, with ``training_summary`` (``trainer.training_summary``), ``gradiend_training_summary.json``
+    are replaced; anything else in ``directory`` stays as it was. A ``README.md`` that is not a GRADIEND card is kept.
+    """
+    with atomic_files(directory) as folder:
+        model.save_pretrained(folder, **kwargs)
+        if hasattr(model, "peft_config"):
+            write_model_card(model, folder, training_summary=training_summary)
+        if training_summary is not None:
+            atomic_write_json(os.path.join(folder, TRAINING_SUMMARY_FILE), training_summary)
+        for card in [f for f in staged_files(folder) if os.path.basename(f) == "README.md"]:
+            existing = os.path.join(directory, card)
+            if os.path.isfile(existing) and not is_gradiend_card(existing):
+                os.unlink(os.path.join(folder, card))  # a README.md of the user's own: keep it
+                logger.warning("Kept the existing %s (not a GRADIEND model card); the adapter's card was not "
+                               "written. Save into a folder of its own to get the card.", existing)
+    return directory

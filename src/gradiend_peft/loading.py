@@ -21,8 +21,8 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from .atomic import recover_directory
-from .registration import PEFT_TYPE_NAME, register
-from .tuner.constants import MAX_LATENT_DIM
+from .registration import register
+from .tuner.constants import MAX_LATENT_DIM, PEFT_TYPE_NAME
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"

@@ -54,6 +54,8 @@ from typing import Any
 
 import torch
 
+from .atomic import replace_directory
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -366,23 +368,6 @@ def _sync_tree(folder: Path) -> None:
         os.close(fd)
 
 
-def _publish(tmp: Path, final: Path) -> None:
-    """Move a finished conversion into place atomically (``os.replace``), replacing an invalid old folder."""
-    try:
-        os.replace(tmp, final)
-        return
-    except OSError:
-        if _record_is_valid(final, final.name):  # another process finished first: keep theirs
-            logger.info("Another process already published %s; discarding this conversion", final)
-            shutil.rmtree(tmp, ignore_errors=True)
-            return
-    # an invalid folder is in the way (older format or damaged): move it aside, then publish
-    trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
-    os.replace(final, trash / "old")
-    os.replace(tmp, final)
-    shutil.rmtree(trash, ignore_errors=True)
-
-
 def _ensure_converted(spec: EmbeddedModel, root: Path) -> Path:
     final = root / spec.name
     if _record_is_valid(final, spec.name):
@@ -390,7 +375,7 @@ def _ensure_converted(spec: EmbeddedModel, root: Path) -> Path:
     if final.exists():
         logger.warning("Ignoring the incomplete or outdated model cache %s; converting again", final)
     _convert(spec, root)
-    if not _record_is_valid(final, spec.name):  # pragma: no cover - would be a bug in _publish
+    if not _record_is_valid(final, spec.name):  # pragma: no cover - would be a bug in the publishing
         raise RuntimeError(f"Conversion of {spec.name!r} did not leave a complete cache at {final}")
     return final
 
@@ -473,7 +458,7 @@ def _convert(spec: EmbeddedModel, root: Path) -> None:
         (out / _RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
         _share_modes(out)
         _sync_tree(out)
-        _publish(out, root / spec.name)
+        replace_directory(str(out), str(root / spec.name))  # gradiend_peft.atomic: one rename or exchange
         logger.info("Converted %r in %.1f s; cached at %s", spec.name, time.perf_counter() - start, root / spec.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -19,7 +19,7 @@ from typing import Iterable, Mapping, Optional, Union
 import torch
 from torch import nn
 
-from .gradients import batch_gradients
+from .objective.gradients import batch_gradients
 from .tuner.layer import GradiendLayer, index_dtype
 from .tuner.model import GradiendModel
 
@@ -102,7 +102,7 @@ def prune_adapter(model: nn.Module, keep: Union[float, int] = 0.01, adapter_name
         `dict[str, int]`: the number of entries kept per target module (also stored as ``config.kept_entries``).
     """
     tuner = _tuner(model)
-    name = tuner._resolve_adapter(adapter_name)
+    name = tuner.resolve_adapter(adapter_name)
     tuner.check_unmerged("prune_adapter")
     layers = tuner.gradiend_layers(name)
     scores = {m: layer.gradiend_decoder[name].detach().abs().sum(0).reshape(-1) for m, layer in layers.items()}
@@ -134,7 +134,7 @@ def pre_prune_adapter(
         `dict[str, int]`: the number of entries kept per target module.
     """
     tuner = _tuner(model)
-    name = tuner._resolve_adapter(adapter_name)
+    name = tuner.resolve_adapter(adapter_name)
     tuner.check_unmerged("pre_prune_adapter")
     source = tuner.peft_config[name].source
     layers = tuner.gradiend_layers(name)

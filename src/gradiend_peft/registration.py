@@ -13,9 +13,7 @@ from __future__ import annotations
 import peft
 from peft.utils.peft_types import PeftType, register_peft_method
 
-PEFT_TYPE_NAME = "GRADIEND"
-PEFT_METHOD_NAME = "gradiend"
-ADAPTER_PREFIX = "gradiend_"
+from .tuner.constants import ADAPTER_PREFIX, PEFT_METHOD_NAME, PEFT_TYPE_NAME
 
 
 class PeftRegistrationError(RuntimeError):

@@ -7,7 +7,7 @@ Typical use::
     feature = Feature(classes={"M": ["he"], "F": ["she"]}, name="gender")
     texts = load_corpus("english")
     pairs = mine_pairs(texts, feature, min_context_words=5)         # DatasetDict train/validation/test
-    neutral = mine_neutral(texts, feature, exclude_words=["him", "his", "her", "hers"])
+    neutral = mine_neutral(texts, feature)                           # no he/she, nor him/his/her/...
     collate = collator_for(tokenizer, "causal_lm")                  # or "masked_lm"
     batch = collate([pairs["train"][i] for i in range(8)])
 
@@ -24,7 +24,7 @@ from .collators import OBJECTIVES, CausalLMCollator, MaskedLMCollator, check_sin
 from .corpora import available_corpora, corpus_info, load_corpus, load_names
 from .feature import MASK_PLACEHOLDER, Feature, copy_casing
 from .mining import PAIR_COLUMNS, SPLITS, MiningReport, mine_pairs
-from .neutral import mine_neutral
+from .neutral import PRONOUN_FORMS, mine_neutral, related_forms
 from .occupations import EVALUATION_SPLITS, Occupation, load_occupations, occupation_split
 from .templates import (
     GENDERED_NOUNS,
@@ -40,6 +40,7 @@ from .text import iter_sentences, split_sentences
 from .training_rows import name_rows, occupation_rows
 
 __all__ = [
+    "PRONOUN_FORMS",
     "EVALUATION_SPLITS",
     "GENDERED_NOUNS",
     "MASK_PLACEHOLDER",
@@ -66,6 +67,7 @@ __all__ = [
     "load_names",
     "load_occupations",
     "mine_neutral",
+    "related_forms",
     "mine_pairs",
     "name_rows",
     "neutral_context_rows",

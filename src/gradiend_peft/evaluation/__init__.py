@@ -15,7 +15,7 @@ The `evaluate` metrics shipped here load offline: ``evaluate.load(metric_path("e
 
 import os
 
-from .encoder import EncoderReport, GroupStats, evaluate_encoder, expected_sign, neutral_slot_rows
+from .encoder import EncoderReport, GroupStats, evaluate_encoder, neutral_slot_rows
 from .metrics import (
     LMSInputs,
     LMSResult,
@@ -25,10 +25,8 @@ from .metrics import (
     language_modeling_score,
     lms_token_scores,
     masked_token_predictions,
-    pearson_r,
     prepare_lms,
     prepare_slots,
-    sign_accuracy,
     slot_probabilities,
 )
 from .policies import (
@@ -78,20 +76,17 @@ __all__ = [
     "bias_indices",
     "class_words_from_rows",
     "evaluate_encoder",
-    "expected_sign",
     "language_modeling_score",
     "lms_token_scores",
     "masked_token_predictions",
     "metric_path",
     "neutral_slot_rows",
     "parse_policy",
-    "pearson_r",
     "prepare_lms",
     "prepare_slots",
     "refinement_lrs",
     "score_candidates",
     "search_rewrite",
     "select_best",
-    "sign_accuracy",
     "slot_probabilities",
 ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Optional
 
@@ -12,7 +11,7 @@ from torch import nn
 
 from ..data.feature import MASK_PLACEHOLDER
 
-__all__ = ["as_rows", "as_texts", "model_parts", "batches", "eval_mode", "nan_to_none"]
+__all__ = ["as_rows", "as_texts", "model_parts", "batches", "eval_mode"]
 
 
 def as_rows(rows: Any, what: str = "rows", *, allow_empty: bool = False) -> list[dict[str, Any]]:
@@ -66,7 +65,7 @@ def model_parts(model: nn.Module, adapter_name: Optional[str] = None) -> tuple[A
             f"Expected a GRADIEND model (get_peft_model(base, GradiendConfig(...)) or its .base_model), got "
             f"{type(model).__name__}."
         )
-    name = tuner._resolve_adapter(adapter_name)
+    name = tuner.resolve_adapter(adapter_name)
     return tuner, name, tuner.peft_config[name]
 
 
@@ -93,14 +92,3 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
     finally:
         for m, flag in flags.items():
             m.training = flag
-
-
-def nan_to_none(value: Any) -> Any:
-    """JSON-safe: NaN and infinities become ``None``, recursively through dicts, lists and tuples."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {k: nan_to_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [nan_to_none(v) for v in value]
-    return value

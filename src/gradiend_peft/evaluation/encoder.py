@@ -17,10 +17,12 @@ from tqdm.auto import tqdm
 from ..atomic import atomic_write_json
 from ..data.collators import collator_for
 from ..data.feature import MASK_PLACEHOLDER
-from ._common import as_rows, as_texts, batches, model_device, model_parts, nan_to_none
-from .metrics import pearson_r, sign_accuracy
+from ..atomic import json_safe
+from ._common import as_rows, as_texts, batches, model_device, model_parts
+from ..objective.encoding import encode_rows
+from ..objective.metrics import expected_sign, pearson, sign_accuracy
 
-__all__ = ["EncoderReport", "GroupStats", "evaluate_encoder", "expected_sign", "neutral_slot_rows"]
+__all__ = ["EncoderReport", "GroupStats", "evaluate_encoder", "neutral_slot_rows"]
 
 logger = logging.getLogger(__name__)
 _WORD = re.compile(r"\w+")
@@ -58,7 +60,7 @@ class EncoderReport:
     """What the encoder does on held-out rows.
 
     With ``h_i`` the encoding of row ``i`` (latent dimension ``dim``) and ``t_i`` its expected sign
-    (`expected_sign`):
+    (`gradiend_peft.objective.expected_sign`):
 
     - ``correlation = pearson(h, t)`` over the class rows (NaN when either is constant);
     - ``accuracy = mean_i [sign(h_i) = t_i]`` (``h_i = 0`` counts as wrong);
@@ -85,7 +87,7 @@ class EncoderReport:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (NaN becomes ``None``)."""
-        return nan_to_none(dataclasses.asdict(self))
+        return json_safe(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "EncoderReport":
@@ -120,25 +122,6 @@ class EncoderReport:
             sign = "" if s.expected_sign is None else f"{s.expected_sign:+.0f}"
             lines.append(f"{label[:16]:<16}{s.count:>6}{sign:>8}{s.mean:>+9.3f}{s.std:>8.3f}{s.median:>+9.3f}")
         return "\n".join(lines)
-
-
-def expected_sign(row: Mapping[str, Any], source: str, class_signs: Optional[Mapping[str, float]]) -> float:
-    """The sign a row should encode to.
-
-    The encoder reads the ``source`` gradient, which is the gradient of the loss with the token of class
-    ``C = factual_class`` (source ``factual`` or ``diff``) or ``C = alternative_class`` (source ``alternative``), and
-    the adapter's ``class_signs[C]`` is the sign of that gradient's encoding. Without class signs (or when the row's
-    classes are not in them) the mined label stands in: ``+label`` for ``factual``/``diff``, ``-label`` for
-    ``alternative`` (the reference implementation's convention).
-    """
-    key = "alternative_class" if source == "alternative" else "factual_class"
-    cls = row.get(key)
-    if class_signs and cls in class_signs:
-        return float(class_signs[cls])
-    label = row.get("label")
-    if label is None or float(label) == 0.0:
-        raise ValueError(f"Row {row.get('text')!r} has neither a class of the adapter ({key}={cls!r}) nor a label of ±1.")
-    return float(label) * (-1.0 if source == "alternative" else 1.0)
 
 
 def neutral_slot_rows(texts: Sequence[str], tokenizer: Any, objective: str, *, seed: int = 0) -> list[dict[str, Any]]:
@@ -180,7 +163,7 @@ def _encode_all(tuner, name: str, rows: list[dict[str, Any]], collator, batch_si
     for chunk in tqdm(chunks, desc=desc, unit="batch", disable=None if progress is None else not progress):
         batch = collator([rows[i] for i in chunk])
         batch = {k: v.to(device) for k, v in batch.items()}
-        encodings = tuner.encode_rows(batch, name)[:, dim].detach().double().cpu().tolist()
+        encodings = encode_rows(tuner, batch, name)[:, dim].double().cpu().tolist()
         for i, value in zip(chunk, encodings):
             values[i] = value
     return values
@@ -198,7 +181,7 @@ def evaluate_encoder(
     seed: int = 0,
     progress: Optional[bool] = None,
 ) -> EncoderReport:
-    """Encodes every row on its own (one backward pass per batch, `GradiendModel.encode_rows`) and reports how the
+    """Encodes every row on its own (one backward pass per batch, `gradiend_peft.objective.encode_rows`) and reports how the
     encodings separate the classes (see `EncoderReport` for the maths).
 
     Args:
@@ -219,6 +202,10 @@ def evaluate_encoder(
         raise ValueError(f"dim={dim} is out of range for latent_dim={config.latent_dim}.")
     rows = as_rows(rows)
     expected = [expected_sign(row, config.source, config.class_signs) for row in rows]
+    neutral_among = [i for i, t in enumerate(expected) if t == 0.0]
+    if neutral_among:
+        raise ValueError(f"rows[{neutral_among[0]}] has no class of the adapter and label 0; pass neutral rows as "
+                         "neutral=..., class rows as rows.")
     collator = collator_for(tokenizer, config.objective)
     values = _encode_all(tuner, name, rows, collator, batch_size, dim, "encoding rows", progress)
     records = tuple(
@@ -235,7 +222,7 @@ def evaluate_encoder(
     word_stats = {w: GroupStats.of([values[i] for i in idx], class_name=str(rows[idx[0]].get("factual_class")))
                   for w, idx in sorted(words.items())}
     report = dict(
-        correlation=pearson_r(values, expected) if len(values) > 1 else float("nan"),
+        correlation=pearson(values, expected),
         accuracy=sign_accuracy(values, expected), n_rows=len(rows), classes=class_stats, words=word_stats,
         rows=records, source=config.source, dim=dim,
     )

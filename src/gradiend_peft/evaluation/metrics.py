@@ -1,5 +1,5 @@
 """Metrics of a (rewritten) language model: class probabilities at the slot, the language-modelling score,
-correlation and bias indices.
+and bias indices.
 
 Inputs are prepared once (tokenised, batched, masks drawn) and then measured as often as needed: the rewrite
 search measures the same prepared inputs for every candidate, forwards only.
@@ -34,7 +34,7 @@ from torch import nn
 
 from ..data.collators import CausalLMCollator, target_pieces
 from ..data.feature import MASK_PLACEHOLDER, copy_casing
-from ..gradients import check_inputs_fit, head_at_positions, label_positions
+from ..objective.gradients import check_inputs_fit, head_at_positions, label_positions
 from ._common import batches, model_device
 
 __all__ = [
@@ -46,10 +46,8 @@ __all__ = [
     "language_modeling_score",
     "lms_token_scores",
     "masked_token_predictions",
-    "pearson_r",
     "prepare_lms",
     "prepare_slots",
-    "sign_accuracy",
     "slot_probabilities",
 ]
 
@@ -373,26 +371,6 @@ def language_modeling_score(model: nn.Module, inputs: LMSInputs) -> LMSResult:
 
 
 # --------------------------------------------------------------------------------------- plain statistics
-def pearson_r(x: Sequence[float] | torch.Tensor, y: Sequence[float] | torch.Tensor) -> float:
-    """Pearson's ``r = sum (x - mx)(y - my) / sqrt(sum (x - mx)^2 sum (y - my)^2)``; NaN if either is constant."""
-    x = torch.as_tensor(x, dtype=torch.float64).reshape(-1)
-    y = torch.as_tensor(y, dtype=torch.float64).reshape(-1)
-    if x.numel() != y.numel() or x.numel() < 2:
-        raise ValueError(f"pearson_r needs two sequences of equal length >= 2, got {x.numel()} and {y.numel()}.")
-    dx, dy = x - x.mean(), y - y.mean()
-    denominator = math.sqrt(float((dx * dx).sum()) * float((dy * dy).sum()))
-    return float((dx * dy).sum()) / denominator if denominator > 0 else float("nan")
-
-
-def sign_accuracy(values: Sequence[float] | torch.Tensor, expected: Sequence[float] | torch.Tensor) -> float:
-    """The share of ``values`` whose sign equals the sign of ``expected`` (a value of exactly 0 is never right)."""
-    values = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
-    expected = torch.as_tensor(expected, dtype=torch.float64).reshape(-1)
-    if values.numel() != expected.numel() or values.numel() == 0:
-        raise ValueError("sign_accuracy needs two non-empty sequences of equal length.")
-    return float((torch.sign(values) == torch.sign(expected)).double().mean())
-
-
 def bias_indices(probs: torch.Tensor, classes: Sequence[str]) -> dict[str, Any]:
     """The papers' bias indices (without the LMS factor) for two classes ``A, B`` over rows ``i``:
 

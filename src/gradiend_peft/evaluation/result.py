@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ..atomic import atomic_write_json
-from ._common import nan_to_none
+from ..atomic import json_safe
 from .policies import Candidate
 
 __all__ = ["RewriteResult"]
@@ -60,7 +60,7 @@ class RewriteResult:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (NaN becomes ``None``)."""
-        return nan_to_none({
+        return json_safe({
             "policy": self.policy, "classes": list(self.classes), "base": self.base.to_dict(),
             "candidates": [c.to_dict() for c in self.candidates],
             "best": None if self.best is None else self.best.to_dict(), "lms_floor": self.lms_floor,

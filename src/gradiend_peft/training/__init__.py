@@ -7,10 +7,11 @@ Typical use::
     trainer = GradiendTrainer(model=peft_model, args=GradiendTrainingArguments(output_dir="out"),
                               train_dataset=pairs["train"], eval_dataset=pairs["validation"],
                               processing_class=tokenizer)
-    trainer.train()
+    trainer.train()                      # trains once
     trainer.training_summary["converged"]
 
-See docs/training.md for the loss scale, batching, callbacks, resume, multi-process and mixed precision.
+``train_with_restarts(trainer, num_seeds=3)`` tries several seeds and keeps the best attempt. See docs/training.md
+for the loss scale, batching, callbacks, resume, several processes and mixed precision.
 """
 
 from .arguments import GradiendTrainingArguments
@@ -24,10 +25,8 @@ from .callbacks import (
     normalize_sign,
     restore_adapter_snapshot,
 )
-from .losses import per_example_reconstruction_loss
-from .metrics import encoding_metrics, expected_signs, pearson
+from .restarts import SeedReport, SeedResult, train_with_restarts
 from .sampler import ClassGroupedBatchSampler
-from .seeds import SeedReport, SeedResult
 from .trainer import GradiendTrainer
 
 __all__ = [
@@ -42,10 +41,7 @@ __all__ = [
     "SignNormalizationCallback",
     "adapter_snapshot",
     "convergence_verdict",
-    "encoding_metrics",
-    "expected_signs",
     "normalize_sign",
-    "pearson",
-    "per_example_reconstruction_loss",
     "restore_adapter_snapshot",
+    "train_with_restarts",
 ]

@@ -19,7 +19,6 @@ from transformers import TrainingArguments
 logger = logging.getLogger(__name__)
 
 CLASS_BALANCES = ("oversample", "undersample", "none")
-SEED_SELECTIONS = ("first_converged", "best")
 
 
 def _bf16_device_kind() -> Optional[str]:
@@ -54,8 +53,9 @@ class GradiendTrainingArguments(TrainingArguments):
 
     Args:
         rows_per_gradient (`int`): Rows of one feature class whose batch-mean gradient forms one GRADIEND sample
-            (the reference's ``train_batch_size``, default 32). ``per_device_train_batch_size`` and
-            ``per_device_eval_batch_size`` are set to it.
+            (the reference's ``train_batch_size``, default 32). It is the batch size of training and evaluation:
+            leave ``per_device_train_batch_size`` / ``per_device_eval_batch_size`` unset (they follow it), or set them
+            equal to it.
         per_example (`bool`): Train on per-example samples instead: every row is its own GRADIEND sample, and a
             row group contributes the mean of its rows' losses. Computed from one backward pass per gradient kind
             without forming per-example gradients.
@@ -83,11 +83,6 @@ class GradiendTrainingArguments(TrainingArguments):
         convergence_min_correlation (`float`): Convergence needs the best ``|correlation|`` at least this.
         convergence_min_class_mean (`float`): Convergence needs both class means at least this in absolute value
             (and of opposite signs).
-        num_seeds (`int`): Training attempts at most (the reference tries up to 3). The first attempt trains the
-            adapter as given with ``seed``; each later one re-initialises the adapter with its own seed.
-        seeds (`list[int]`, *optional*): The seeds of the attempts (default ``seed, seed + 1, ...``).
-        seed_selection (`str`): ``first_converged`` (stop at the first converged attempt; otherwise keep the best)
-            or ``best`` (run all attempts, keep the best: converged first, then highest ``|correlation|``).
         history_file (`str`): Name of the training history JSON written into ``output_dir`` at the end (a file name,
             not a path).
         truncate_long_rows (`bool`): A row longer than the base model's positions is refused with its index named
@@ -127,15 +122,6 @@ class GradiendTrainingArguments(TrainingArguments):
     convergence_min_class_mean: float = field(
         default=0.5, metadata={"help": "Convergence needs both |class means| at least this, of opposite signs."}
     )
-    num_seeds: int = field(
-        default=3, metadata={"help": "Training attempts at most; later attempts re-initialise the adapter."}
-    )
-    seeds: Optional[list[int]] = field(
-        default=None, metadata={"help": "Seeds of the attempts (default: seed, seed + 1, ...)."}
-    )
-    seed_selection: str = field(
-        default="first_converged", metadata={"help": f"How attempts are chosen, one of {SEED_SELECTIONS}."}
-    )
     history_file: str = field(
         default="gradiend_training_history.json", metadata={"help": "Training history JSON written to output_dir."}
     )
@@ -165,6 +151,12 @@ class GradiendTrainingArguments(TrainingArguments):
     metric_for_best_model: Optional[str] = field(
         default="abs_correlation", metadata={"help": "Metric for best checkpoints and early stopping."}
     )
+    per_device_train_batch_size: Optional[int] = field(
+        default=None, metadata={"help": "Follows rows_per_gradient (a GRADIEND batch is one row group); leave unset."}
+    )
+    per_device_eval_batch_size: Optional[int] = field(
+        default=None, metadata={"help": "Follows rows_per_gradient (a GRADIEND batch is one row group); leave unset."}
+    )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Always False: the collator needs the text columns."}
     )
@@ -175,15 +167,6 @@ class GradiendTrainingArguments(TrainingArguments):
             raise ValueError(f"rows_per_gradient must be a positive integer, got {self.rows_per_gradient!r}.")
         if self.class_balance not in CLASS_BALANCES:
             raise ValueError(f"class_balance must be one of {CLASS_BALANCES}, got {self.class_balance!r}.")
-        if self.seed_selection not in SEED_SELECTIONS:
-            raise ValueError(f"seed_selection must be one of {SEED_SELECTIONS}, got {self.seed_selection!r}.")
-        if self.seeds is not None:
-            self.seeds = [int(s) for s in self.seeds]
-            if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-                raise ValueError(f"seeds must be a non-empty list of different integers, got {self.seeds!r}.")
-            self.num_seeds = len(self.seeds)
-        if isinstance(self.num_seeds, bool) or not isinstance(self.num_seeds, int) or self.num_seeds < 1:
-            raise ValueError(f"num_seeds must be a positive integer, got {self.num_seeds!r}.")
         if self.encoder_lr_fan_in is not None and (isinstance(self.encoder_lr_fan_in, bool) or self.encoder_lr_fan_in < 1):
             raise ValueError(f"encoder_lr_fan_in must be a positive integer or None, got {self.encoder_lr_fan_in!r}.")
         name = self.history_file
@@ -220,13 +203,14 @@ class GradiendTrainingArguments(TrainingArguments):
             # evaluation would not gather the other processes' encodings
             logger.info("Several processes on a CPU-only machine: setting use_cpu=True so that evaluation gathers.")
             self.use_cpu = True
-        self.per_device_train_batch_size = self.rows_per_gradient
-        self.per_device_eval_batch_size = self.rows_per_gradient
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size"):
+            value = getattr(self, name)
+            if value is None:
+                setattr(self, name, rows)
+            elif value != rows:
+                raise ValueError(
+                    f"{name}={value} differs from rows_per_gradient={rows}: a GRADIEND batch is one row group. Set "
+                    f"rows_per_gradient only (the batch sizes follow it; with dataclasses.replace, pass {name}=None "
+                    "together with a new rows_per_gradient)."
+                )
         super().__post_init__()
-
-    @property
-    def seed_list(self) -> list[int]:
-        """The seeds of the training attempts, in order."""
-        if self.seeds is not None:
-            return list(self.seeds)
-        return [self.seed + i for i in range(self.num_seeds)]

@@ -6,8 +6,8 @@
 1. `SignNormalizationCallback`: orient the encoder so that the first feature class encodes to +1;
 2. `BestAdapterCallback`: keep the adapter of the evaluation with the highest ``|correlation|`` and restore it at
    the end (persisted into every checkpoint, so a resumed run restores the same adapter);
-3. `ConvergenceCallback`: at the end, the convergence verdict (METHOD.md) goes into the adapter's
-   ``GradiendConfig.training_summary`` and the training history into a JSON file in ``output_dir``.
+3. `ConvergenceCallback`: at the end, the convergence verdict (METHOD.md) goes into ``trainer.training_summary``
+   and, with the training history, into a JSON file in ``output_dir``.
 
 The callbacks find the model, the optimizer and the metrics in the keyword arguments the Trainer passes.
 """
@@ -24,7 +24,8 @@ from typing import Any, Mapping, Optional
 import torch
 from transformers import TrainerCallback
 
-from .metrics import SIGNED_METRICS
+from ..atomic import atomic_write_json, json_safe
+from ..objective.metrics import SIGNED_METRICS
 
 logger = logging.getLogger(__name__)
 
@@ -330,20 +331,10 @@ def training_history(log_history: list[dict], metric_prefix: str = "eval") -> di
     return {"evaluations": evaluations, "training_loss": losses, "sign_flips": flips}
 
 
-def _json_safe(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 class ConvergenceCallback(TrainerCallback):
-    """At the end of training: the convergence verdict of the best evaluation (from ``best``), written into the
-    adapter's ``GradiendConfig.training_summary`` (saved with the adapter), and the training history written to
-    ``output_dir/<history_file>`` (evaluations, training losses, sign flips, verdict).
+    """At the end of training: the convergence verdict of the best evaluation (from ``best``) as ``summary`` (the
+    trainer's ``training_summary``), and the training history written to ``output_dir/<history_file>`` (evaluations,
+    training losses, sign flips, verdict).
 
     Args:
         best (`BestAdapterCallback`): Where the best evaluation is recorded.
@@ -380,9 +371,7 @@ class ConvergenceCallback(TrainerCallback):
             summary["init_seed"] = config.init_seed
             if config.class_signs:
                 summary["class_signs"] = dict(config.class_signs)
-        self.summary = _json_safe(summary)
-        if model is not None:
-            model.peft_config[model.active_adapter].training_summary = self.summary
+        self.summary = json_safe(summary)
         if verdict.converged:
             logger.info("GRADIEND converged: best step %s, correlation %.3f, class means %s.", verdict.best_step,
                         verdict.correlation, verdict.class_means)
@@ -390,6 +379,4 @@ class ConvergenceCallback(TrainerCallback):
             logger.warning("GRADIEND did not converge: %s.", "; ".join(verdict.reasons))
         history_file = getattr(args, "history_file", None)
         if history_file and state.is_world_process_zero and args.output_dir:
-            os.makedirs(args.output_dir, exist_ok=True)
-            with open(os.path.join(args.output_dir, history_file), "w") as handle:
-                json.dump(_json_safe({**history, "summary": summary}), handle, indent=2)
+            atomic_write_json(os.path.join(args.output_dir, history_file), {**history, "summary": summary})

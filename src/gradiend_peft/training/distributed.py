@@ -1,5 +1,10 @@
-"""Ending a multi-process training run without the gloo teardown race.
+"""Several processes: averaging the adapter's gradients, and ending a run without the gloo teardown race.
 
+`average_gradients`: the GRADIEND objective is not a forward pass of the model, so DDP's forward-driven reduction
+does not apply; `GradiendTrainer.training_step` averages the adapter's gradients over the processes itself, once per
+optimizer step (one all-reduce of all adapter gradients, flattened into one buffer per dtype).
+
+`end_distributed_training`:
 torch's process groups hold worker threads. When a process exits without destroying its process group, a gloo worker
 may still hold finished collectives whose tensors have Python owners, and the interpreter's finalisation aborts the
 process ("terminate called without an active exception", pytorch/pytorch#179291). Destroying the group explicitly is
@@ -13,7 +18,7 @@ from __future__ import annotations
 import gc
 import logging
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
 
 import torch
 
@@ -21,6 +26,40 @@ if TYPE_CHECKING:
     from transformers import Trainer
 
 logger = logging.getLogger(__name__)
+
+
+BUCKET_ELEMENTS = 1 << 24
+"""The most gradient entries one all-reduce carries (64 MB in float32): bounds the extra memory of averaging."""
+
+
+def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
+    """Replaces every parameter's ``.grad`` by its mean over the processes of the default group (in place).
+
+    Gradients are flattened into buckets of at most `BUCKET_ELEMENTS` entries (one all-reduce each); parameters
+    without a gradient take part with zeros, so that every process sends the same layout.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    world = torch.distributed.get_world_size()
+    groups: dict[tuple, list[list[torch.nn.Parameter]]] = {}
+    for param in parameters:
+        buckets = groups.setdefault((param.dtype, param.device), [[]])
+        if buckets[-1] and sum(p.numel() for p in buckets[-1]) + param.numel() > BUCKET_ELEMENTS:
+            buckets.append([])
+        buckets[-1].append(param)
+    for buckets in groups.values():
+        for bucket in buckets:
+            flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in bucket])
+            torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)
+            flat.div_(world)
+            offset = 0
+            for param in bucket:
+                values = flat[offset : offset + param.numel()].view_as(param)
+                if param.grad is None:
+                    param.grad = values.clone()
+                else:
+                    param.grad.copy_(values)
+                offset += param.numel()
 
 
 def end_distributed_training(trainer: "Trainer") -> bool:

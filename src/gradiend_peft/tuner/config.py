@@ -10,8 +10,7 @@ from typing import Optional, Union
 from peft.config import PeftConfig
 from peft.utils.peft_types import PeftType
 
-from ..registration import PEFT_TYPE_NAME
-from .constants import ACTIVATIONS, GRADIENT_KINDS, MAX_LATENT_DIM, OBJECTIVES
+from .constants import ACTIVATIONS, GRADIENT_KINDS, MAX_LATENT_DIM, OBJECTIVES, PEFT_TYPE_NAME
 
 
 @dataclass
@@ -51,7 +50,6 @@ class GradiendConfig(PeftConfig):
         kept_entries (`dict[str, int]`, *optional*): Set by pruning: how many input entries each module keeps.
         target_shapes (`dict[str, list[int]]`, *optional*): Recorded at injection: each target weight's shape,
             used to refuse an adapter loaded onto a base model of other shapes.
-        training_summary (`dict`, *optional*): Written by the trainer: the convergence verdict and its metrics.
     """
 
     target_modules: Optional[Union[list[str], str]] = field(
@@ -95,9 +93,12 @@ class GradiendConfig(PeftConfig):
     target_shapes: Optional[dict[str, list[int]]] = field(
         default=None, metadata={"help": "Recorded at injection: the shape of every target weight."}
     )
-    training_summary: Optional[dict] = field(
-        default=None, metadata={"help": "Written by the trainer: convergence verdict and metrics."}
-    )
+    @classmethod
+    def check_kwargs(cls, **kwargs):
+        """peft's hook before a saved config is built: drops ``training_summary``, which adapters saved by
+        gradiend_peft 0.1 kept in the config (the trainer's run log now stays with the trainer)."""
+        kwargs.pop("training_summary", None)
+        return super().check_kwargs(**kwargs)
 
     def __post_init__(self) -> None:
         super().__post_init__()

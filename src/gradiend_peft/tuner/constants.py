@@ -7,6 +7,12 @@ Each entry is a regular expression that ``re.fullmatch``-es a module name.
 
 from __future__ import annotations
 
+PEFT_TYPE_NAME = "GRADIEND"
+"""The member `gradiend_peft.registration` adds to peft's ``PeftType`` enum."""
+PEFT_METHOD_NAME = "gradiend"
+ADAPTER_PREFIX = "gradiend_"
+"""The prefix of every adapter tensor's name (peft finds an adapter's tensors by it)."""
+
 _DECODER_BLOCKS = r".*layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))"
 
 TRANSFORMERS_MODELS_TO_GRADIEND_TARGET_MODULES_MAPPING: dict[str, str] = {

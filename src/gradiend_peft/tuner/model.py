@@ -13,7 +13,7 @@ from peft.tuners._buffer_dict import BufferDict
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
 
-from ..registration import ADAPTER_PREFIX
+from .constants import ADAPTER_PREFIX
 from .config import GradiendConfig
 from .constants import MASKED_LM_MODEL_TYPES, TRANSFORMERS_MODELS_TO_GRADIEND_TARGET_MODULES_MAPPING
 from .layer import Embedding, FeatureFactor, GradiendLayer, layer_class_for, unmerge_refusal
@@ -34,9 +34,11 @@ _ACTIVATIONS = {
 class GradiendModel(BaseTuner):
     """Creates a GRADIEND model (a gradient encoder-decoder over target modules) from a transformers model.
 
-    Use it through peft: ``get_peft_model(base_model, GradiendConfig(...))``. Besides peft's verbs it offers the
-    GRADIEND ones: `encode`, `encode_rows`, `decode`, `reconstruction_loss`, merges with a ``feature_factor`` and
-    ``lr`` (`merge_adapter`, `merge_and_unload`) and run-time steering (`steer`). Unmerged and unsteered, the model's
+    Use it through peft: ``get_peft_model(base_model, GradiendConfig(...))``. It does the weight-space maths of the
+    method: encode a given gradient (`encode_gradients`, `latent_from_dots`), decode (`decode`), compare a decoding
+    with a given gradient (`reconstruction_error`), merges with a ``feature_factor`` and ``lr`` (`merge_adapter`,
+    `merge_and_unload`) and run-time steering (`steer`). Computing the base model's gradients from rows, the
+    training losses and row encodings live in `gradiend_peft.objective`. Unmerged and unsteered, the model's
     outputs are the base model's, bit for bit.
 
     The shared encoder bias ``b_e`` of each adapter lives here (``gradiend_encoder_bias``), as does its gradient
@@ -155,7 +157,7 @@ class GradiendModel(BaseTuner):
             adapter_name (`str`, *optional*): The adapter (default: the active one).
             seed (`int`, *optional*): Stored as ``config.init_seed`` and used for the draw (default: the config's).
         """
-        name = self._resolve_adapter(adapter_name)
+        name = self.resolve_adapter(adapter_name)
         self.check_unmerged("reset_adapter")
         if seed is not None:
             self.peft_config[name].init_seed = int(seed)
@@ -248,7 +250,7 @@ class GradiendModel(BaseTuner):
         # (see `tied_heads`), so there is nothing to warn about.
         return None
 
-    def _resolve_adapter(self, adapter_name: Optional[str]) -> str:
+    def resolve_adapter(self, adapter_name: Optional[str]) -> str:
         name = adapter_name or self.active_adapters[0]
         if name not in self.peft_config:
             raise ValueError(f"Unknown adapter {name!r}; this model has {sorted(self.peft_config)}.")
@@ -257,7 +259,7 @@ class GradiendModel(BaseTuner):
     # ------------------------------------------------------------------------------- encoding / decoding
     def gradient_scale(self, adapter_name: Optional[str] = None) -> float:
         """The factor ``s`` applied to gradients before encoding and reconstruction (1 if not normalising)."""
-        name = self._resolve_adapter(adapter_name)
+        name = self.resolve_adapter(adapter_name)
         if not self.peft_config[name].normalize_gradients:
             return 1.0
         value = float(self.gradiend_gradient_scale[name])
@@ -270,10 +272,11 @@ class GradiendModel(BaseTuner):
         """Sets ``s = 1 / RMS(gradients)`` over the adapter's entries if not calibrated yet; returns ``s``.
 
         The first call decides the scale for good. Calibrate explicitly on a training row group before anything else
-        encodes (`GradiendTrainer` does, identically on every process); otherwise `reconstruction_loss` calibrates
+        encodes (`GradiendTrainer` does, identically on every process); otherwise
+        `gradiend_peft.objective.reconstruction_loss` calibrates
         on whatever batch comes first.
         """
-        name = self._resolve_adapter(adapter_name)
+        name = self.resolve_adapter(adapter_name)
         if not self.peft_config[name].normalize_gradients or float(self.gradiend_gradient_scale[name]) > 0:
             return self.gradient_scale(name)
         layers = self.gradiend_layers(name)
@@ -287,69 +290,53 @@ class GradiendModel(BaseTuner):
 
     def activation(self, adapter_name: Optional[str] = None):
         """The encoder's activation function (a callable on tensors) of ``adapter_name`` (default: the active one)."""
-        return _ACTIVATIONS[self.peft_config[self._resolve_adapter(adapter_name)].activation]
+        return _ACTIVATIONS[self.peft_config[self.resolve_adapter(adapter_name)].activation]
+
+    def num_entries(self, adapter_name: Optional[str] = None) -> int:
+        """The adapter's input entries ``n`` (summed over its target modules; fewer when pruned)."""
+        name = self.resolve_adapter(adapter_name)
+        return sum(layer.num_entries(name) for layer in self.gradiend_layers(name).values())
+
+    def latent_from_dots(self, dots: torch.Tensor, adapter_name: Optional[str] = None) -> torch.Tensor:
+        """``h = act(s * dots + b_e)`` for encoder dot products ``dots = sum_m <E_m, g_m>`` of shape ``(..., k)``."""
+        name = self.resolve_adapter(adapter_name)
+        bias = self.gradiend_encoder_bias[name]
+        return self.activation(name)(self.gradient_scale(name) * dots.to(bias.device) + bias)
 
     def encode_gradients(self, gradients: Mapping[str, torch.Tensor], adapter_name: Optional[str] = None) -> torch.Tensor:
-        """``h = act(s * sum_m <E_m, g_m> + b_e)`` for one module-shaped gradient: shape ``(k,)``."""
-        name = self._resolve_adapter(adapter_name)
+        """``h = act(s * sum_m <E_m, g_m> + b_e)`` for one module-shaped gradient: shape ``(k,)``.
+
+        The gradient is given (module name -> weight-shaped tensor); `gradiend_peft.objective` computes it from rows.
+        """
+        name = self.resolve_adapter(adapter_name)
         layers = self.gradiend_layers(name)
         missing = set(layers) - set(gradients)
         if missing:
             raise KeyError(f"Gradients are missing for target modules {sorted(missing)[:5]}.")
-        bias = self.gradiend_encoder_bias[name]
-        total = sum(layers[m].encoder_dot(name, gradients[m]).to(bias.device) for m in layers)
-        return self.activation(name)(self.gradient_scale(name) * total + bias)
+        device = self.gradiend_encoder_bias[name].device
+        return self.latent_from_dots(sum(layers[m].encoder_dot(name, gradients[m]).to(device) for m in layers), name)
 
-    def encode(self, batch: Mapping[str, torch.Tensor], adapter_name: Optional[str] = None) -> torch.Tensor:
-        """Encodes a row group: the batch-mean gradient of the configured ``source`` kind, shape ``(k,)``."""
-        from ..gradients import batch_gradients
-
-        name = self._resolve_adapter(adapter_name)
-        source = self.peft_config[name].source
-        return self.encode_gradients(batch_gradients(self, batch, [source])[source], name)
-
-    def encode_rows(self, batch: Mapping[str, torch.Tensor], adapter_name: Optional[str] = None) -> torch.Tensor:
-        """Encodes every row on its own (one backward pass for the whole batch), shape ``(B, k)``."""
-        from ..gradients import per_example_encoder_dots
-
-        name = self._resolve_adapter(adapter_name)
-        dots = per_example_encoder_dots(self, batch, self.peft_config[name].source, name)
-        bias = self.gradiend_encoder_bias[name].detach()
-        return self.activation(name)(self.gradient_scale(name) * dots.to(bias.device) + bias)
+    def reconstruction_error(self, latent: torch.Tensor, gradients: Mapping[str, torch.Tensor],
+                             adapter_name: Optional[str] = None) -> torch.Tensor:
+        """``sum_m ||d_m(h) - s * g_m||^2`` for a latent ``h`` and a given module-shaped gradient ``g`` (the decoder's
+        target), summed over the adapter's entries; differentiable w.r.t. the adapter."""
+        name = self.resolve_adapter(adapter_name)
+        scale = self.gradient_scale(name)
+        return sum(layer.reconstruction_error(name, latent, gradients[m] * scale)
+                   for m, layer in self.gradiend_layers(name).items())
 
     def decode(self, latent: torch.Tensor | float, adapter_name: Optional[str] = None) -> dict[str, torch.Tensor]:
         """``d_m(h) / s`` per target module, shaped like the weights (gradient units). Allocates n floats."""
-        name = self._resolve_adapter(adapter_name)
+        name = self.resolve_adapter(adapter_name)
         scale = self.gradient_scale(name)
         k = self.peft_config[name].latent_dim
         latent = torch.as_tensor(latent, dtype=torch.float32).reshape(-1).expand(k)
         return {m: layer.delta_weight(name, latent, 1.0, scale) for m, layer in self.gradiend_layers(name).items()}
 
-    def reconstruction_loss(self, batch: Mapping[str, torch.Tensor], adapter_name: Optional[str] = None) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """The GRADIEND objective for one row group.
-
-        Computes the source and target gradients (one forward pass), calibrates the gradient scale if that has not
-        happened yet (see `calibrate_gradient_scale`), encodes the scaled source gradient and
-        returns ``(sum_m ||d_m(h) - s * target_m||^2, h, n)``: the summed squared error (differentiable w.r.t. the
-        adapter), the latent and the number of entries ``n`` (``loss / n`` is the mean squared error).
-        """
-        from ..gradients import batch_gradients
-
-        name = self._resolve_adapter(adapter_name)
-        config = self.peft_config[name]
-        grads = batch_gradients(self, batch, [config.source, config.target])
-        self.calibrate_gradient_scale(grads[config.source], name)
-        scale = self.gradient_scale(name)
-        latent = self.encode_gradients(grads[config.source], name)
-        layers = self.gradiend_layers(name)
-        loss = sum(layer.reconstruction_error(name, latent, grads[config.target][m] * scale) for m, layer in layers.items())
-        n = sum(layer.num_entries(name) for layer in layers.values())
-        return loss, latent, n
-
     def feature_factor_for(self, class_name: str, strengthen: bool = True, adapter_name: Optional[str] = None) -> float:
         """The feature factor that strengthens (or weakens) ``class_name``: ``-sign`` for a factual or diff source,
         ``+sign`` for an alternative source (the reference implementation's convention), negated to weaken."""
-        config = self.peft_config[self._resolve_adapter(adapter_name)]
+        config = self.peft_config[self.resolve_adapter(adapter_name)]
         if not config.class_signs or class_name not in config.class_signs:
             raise ValueError(f"Unknown class {class_name!r}; the adapter's classes are {config.feature_classes}.")
         sign = config.class_signs[class_name]
@@ -396,7 +383,7 @@ class GradiendModel(BaseTuner):
         self._check_merge_allowed()
         names = adapter_names or list(self.active_adapters)
         for name in names:
-            self._resolve_adapter(name)
+            self.resolve_adapter(name)
         todo = []
         for name in names:
             factor, step = self._merge_values(name, feature_factor, lr)

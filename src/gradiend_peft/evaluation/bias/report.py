@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ...atomic import atomic_write_json
-from .._common import nan_to_none
+from ...atomic import json_safe
 from .datasets import BENCHMARK_DATA_NOTICE
 from .scores import PreferenceScores, StereoSetScores
 
@@ -60,7 +60,7 @@ class BiasBenchmarkReport:
             value = getattr(self, name)
             data[name] = None if value is None else value.to_dict()
         data.update(conventions=dict(self.conventions), settings=dict(self.settings), data_notice=self.data_notice)
-        return nan_to_none(data)
+        return json_safe(data)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "BiasBenchmarkReport":

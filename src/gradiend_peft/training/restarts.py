@@ -1,15 +1,16 @@
-"""Several training attempts with different seeds, keeping the best (the reference tries up to 3 seeds).
+"""Training restarts: several attempts with different seeds, keeping the best (the reference tries up to 3 seeds).
 
-Attempt ``i`` uses seed ``args.seed_list[i]`` (data order and, from the second attempt on, the adapter's
-initialisation: ``GradiendConfig.init_seed = seed``). The first attempt trains the adapter as given, in
-``output_dir``; later ones run in ``output_dir/seed-<seed>``. The gradient scale calibrated by the first attempt is
-kept, so that all attempts share units. Each finished attempt leaves ``gradiend_attempt.json`` and
-``gradiend_attempt_adapter.safetensors`` in its folder, so that ``train(resume_from_checkpoint=True)`` skips
-finished attempts and resumes the interrupted one from its last checkpoint.
+`GradiendTrainer.train` trains once; `train_with_restarts` runs the attempts explicitly. Attempt ``i`` uses seed
+``seeds[i]`` (data order and, from the second attempt on, the adapter's initialisation:
+``GradiendConfig.init_seed = seed``). The first attempt trains the adapter as given, in ``output_dir``; later ones
+run in ``output_dir/seed-<seed>``. The gradient scale calibrated by the first attempt is kept, so that all attempts
+share units. Each finished attempt leaves ``gradiend_attempt.json`` and ``gradiend_attempt_adapter.safetensors`` in
+its folder, so that ``train_with_restarts(..., resume_from_checkpoint=True)`` skips finished attempts and resumes the
+interrupted one from its last checkpoint.
 
-Selection: converged attempts beat the others, then the higher ``|correlation|``; ``seed_selection="first_converged"``
-stops at the first converged attempt. The selected adapter is put back into the model, and
-``GradiendConfig.training_summary["attempts"]`` plus ``output_dir/gradiend_seed_report.json`` hold the report.
+Selection: converged attempts beat the others, then the higher ``|correlation|``; ``selection="first_converged"``
+stops at the first converged attempt. The selected adapter is put back into the model;
+``trainer.training_summary["attempts"]`` and ``output_dir/gradiend_seed_report.json`` hold the report.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from typing import Any, Optional
 
 from transformers.trainer_utils import TrainOutput
 
-from .callbacks import _json_safe, adapter_snapshot, restore_adapter_snapshot
+from ..atomic import json_safe
+from .callbacks import adapter_snapshot, restore_adapter_snapshot
 from .checkpoints import last_complete_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -65,7 +67,7 @@ class SeedResult:
         return self.converged, value
 
     def to_dict(self) -> dict[str, Any]:
-        return _json_safe(dataclasses.asdict(self))
+        return json_safe(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict) -> "SeedResult":
@@ -125,9 +127,36 @@ def _save_finished(folder: str, result: SeedResult, snapshot) -> None:
         json.dump(result.to_dict(), handle, indent=2)
 
 
-def train_attempts(trainer, resume_from_checkpoint=None, **train_kwargs) -> TrainOutput:
-    """Runs the attempts of ``trainer.args.seed_list`` (see the module docstring); used by `GradiendTrainer.train`."""
+SELECTIONS = ("first_converged", "best")
+
+
+def train_with_restarts(trainer, seeds: Optional[list[int]] = None, num_seeds: int = 3,
+                        selection: str = "first_converged", resume_from_checkpoint=None, **train_kwargs) -> TrainOutput:
+    """Trains ``trainer``'s adapter up to ``len(seeds)`` times, keeping the best attempt (see the module docstring).
+
+    Args:
+        trainer (`GradiendTrainer`): The trainer of the first attempt (its model, data, arguments and callbacks are
+            reused by the later ones).
+        seeds (`list[int]`, *optional*): The attempts' seeds (default ``args.seed, args.seed + 1, ...``).
+        num_seeds (`int`): How many attempts without ``seeds`` (the reference tries up to 3).
+        selection (`str`): ``first_converged`` (stop at the first converged attempt; otherwise keep the best) or
+            ``best`` (run all attempts, keep the best: converged first, then highest ``|correlation|``).
+        resume_from_checkpoint (`str` or `bool`, *optional*): Resume the interrupted attempt (finished attempts are
+            not run again).
+
+    Returns:
+        `TrainOutput`: the selected attempt's. ``trainer.restart_report`` holds the `SeedReport`.
+    """
     args = trainer.args
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}.")
+    if seeds is None:
+        if isinstance(num_seeds, bool) or not isinstance(num_seeds, int) or num_seeds < 1:
+            raise ValueError(f"num_seeds must be a positive integer, got {num_seeds!r}.")
+        seeds = [args.seed + i for i in range(num_seeds)]
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be a non-empty list of different integers, got {seeds!r}.")
     tuner, adapter = trainer.tuner, trainer.adapter_name
     root = args.output_dir
     resume_dir = None
@@ -136,7 +165,7 @@ def train_attempts(trainer, resume_from_checkpoint=None, **train_kwargs) -> Trai
     resuming = resume_from_checkpoint not in (None, False)
     results: list[SeedResult] = []
     best: Optional[tuple[SeedResult, dict, Any, TrainOutput]] = None
-    for index, seed in enumerate(args.seed_list):
+    for index, seed in enumerate(seeds):
         folder = root if index == 0 else os.path.join(root, f"seed-{seed}")
         finished = _load_finished(folder) if resuming else None
         if finished is not None:
@@ -152,16 +181,16 @@ def train_attempts(trainer, resume_from_checkpoint=None, **train_kwargs) -> Trai
                     checkpoint = resume_from_checkpoint
                 elif resume_dir is None and os.path.isdir(folder):
                     checkpoint = last_complete_checkpoint(folder)
-            logger.info("GRADIEND attempt %d of at most %d (seed %d)%s.", index + 1, len(args.seed_list), seed,
+            logger.info("GRADIEND attempt %d of at most %d (seed %d)%s.", index + 1, len(seeds), seed,
                         f", resuming from {checkpoint}" if checkpoint else "")
-            child_args = dataclasses.replace(args, seed=seed, seeds=None, num_seeds=1, output_dir=folder)
+            child_args = dataclasses.replace(args, seed=seed, output_dir=folder)
             child = type(trainer)(
                 model=trainer.model, args=child_args, data_collator=trainer.data_collator,
                 train_dataset=trainer.train_dataset, eval_dataset=trainer.eval_dataset,
-                processing_class=trainer.processing_class, callbacks=trainer._user_callbacks,
-                **trainer._init_kwargs,
+                processing_class=trainer.processing_class, callbacks=trainer.user_callbacks,
+                **trainer.init_kwargs,
             )
-            for callback in trainer._user_callbacks:  # a new attempt starts with fresh patience
+            for callback in trainer.user_callbacks:  # a new attempt starts with fresh patience
                 if hasattr(callback, "early_stopping_patience_counter"):
                     callback.early_stopping_patience_counter = 0
             output = child.train(resume_from_checkpoint=checkpoint, **train_kwargs)
@@ -184,7 +213,7 @@ def train_attempts(trainer, resume_from_checkpoint=None, **train_kwargs) -> Trai
             best = (result, snapshot, state, output)
         else:
             del snapshot
-        if args.seed_selection == "first_converged" and result.converged:
+        if selection == "first_converged" and result.converged:
             break
     result, snapshot, state, output = best
     restore_adapter_snapshot(tuner, adapter, snapshot)
@@ -192,11 +221,9 @@ def train_attempts(trainer, resume_from_checkpoint=None, **train_kwargs) -> Trai
     config.init_seed = result.summary.get("init_seed", config.init_seed)
     if result.summary.get("class_signs"):
         config.class_signs = dict(result.summary["class_signs"])
-    report = SeedReport(tuple(results), result.seed, args.seed_selection)
-    summary = {**result.summary, "attempts": report.to_dict()}
-    tuner.peft_config[adapter].training_summary = _json_safe(summary)
-    trainer.training_summary = tuner.peft_config[adapter].training_summary
-    trainer.seed_report = report
+    report = SeedReport(tuple(results), result.seed, selection)
+    trainer.training_summary = json_safe({**result.summary, "attempts": report.to_dict()})
+    trainer.restart_report = report
     if state is not None:
         trainer.state = state
     if args.should_save:

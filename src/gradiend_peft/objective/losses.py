@@ -1,13 +1,17 @@
-"""The per-example GRADIEND objective, without per-example gradients.
+"""The GRADIEND objective: the reconstruction loss of a row group, and of every row on its own.
 
-In per-example mode every row ``i`` of a batch is its own GRADIEND sample: its source gradient ``S_i`` is encoded,
+`reconstruction_loss` (the reference semantics): one row group is one sample; its batch-mean ``source`` gradient is
+encoded, ``h = act(s <E, S> + b_e)``, and decoded against the batch-mean ``target`` gradient ``T``: the loss is
+``sum_m ||d_m(h) - s T_m||^2`` over the adapter's ``n`` entries.
+
+`per_example_reconstruction_loss`: every row ``i`` of a batch is its own GRADIEND sample: its source gradient ``S_i`` is encoded,
 ``h_i = act(s <E, S_i> + b_e)``, and decoded against its own target gradient ``T_i``. Expanding the square,
 
     ||D h_i + c - s T_i||^2 = h_i^T (D D^T) h_i + 2 h_i^T (D c) + ||c||^2
                               - 2 s (h_i^T <D, T_i> + <c, T_i>) + s^2 ||T_i||^2
 
 where ``D D^T`` (k x k), ``D c`` (k) and ``||c||^2`` sum over the target modules' entries, and the dot products
-``<E_j, S_i>``, ``<D_j, T_i>``, ``<c, T_i>`` come from `gradiend_peft.gradients.per_example_dots`, which contracts
+``<E_j, S_i>``, ``<D_j, T_i>``, ``<c, T_i>`` come from `gradiend_peft.objective.gradients.per_example_dots`, which contracts
 the probes with the activations and output gradients of one backward pass over the whole batch. The last term does
 not depend on the adapter and is left out: the returned loss is the per-example reconstruction error minus the
 target's energy ``s^2 ||T_i||^2`` (its gradient w.r.t. the adapter is exact).
@@ -20,10 +24,38 @@ from typing import TYPE_CHECKING, Optional
 
 import torch
 
-from ..gradients import per_example_dots
+from .gradients import batch_gradients, per_example_dots
 
 if TYPE_CHECKING:
     from ..tuner.model import GradiendModel
+
+
+def reconstruction_loss(
+    tuner: "GradiendModel", batch: Mapping[str, torch.Tensor], adapter_name: Optional[str] = None,
+    autocast_dtype: Optional[torch.dtype] = None,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The GRADIEND objective for one row group.
+
+    Computes the source and target gradients (one forward pass), calibrates the adapter's gradient scale if that
+    has not happened yet (see `GradiendModel.calibrate_gradient_scale`), encodes the scaled source gradient and
+    decodes it against the scaled target gradient.
+
+    Args:
+        tuner (`GradiendModel`): The tuner (``peft_model.base_model``).
+        batch (`Mapping[str, torch.Tensor]`): A collated row group.
+        adapter_name (`str`, *optional*): The adapter (default: the active one).
+        autocast_dtype (`torch.dtype`, *optional*): Mixed precision for the base model's forward pass.
+
+    Returns:
+        `tuple`: ``(loss, h, n)``: ``sum_m ||d_m(h) - s * target_m||^2`` (differentiable w.r.t. the adapter), the
+        latent ``h`` (``(k,)``) and the number of entries ``n`` (``loss / n`` is the mean squared error).
+    """
+    name = tuner.resolve_adapter(adapter_name)
+    config = tuner.peft_config[name]
+    grads = batch_gradients(tuner, batch, [config.source, config.target], autocast_dtype)
+    tuner.calibrate_gradient_scale(grads[config.source], name)
+    latent = tuner.encode_gradients(grads[config.source], name)
+    return tuner.reconstruction_error(latent, grads[config.target], name), latent, tuner.num_entries(name)
 
 
 def _weight_shaped(layer, adapter_name: str, rows: torch.Tensor) -> torch.Tensor:
@@ -34,7 +66,8 @@ def _weight_shaped(layer, adapter_name: str, rows: torch.Tensor) -> torch.Tensor
 
 
 def per_example_reconstruction_loss(
-    tuner: "GradiendModel", batch: Mapping[str, torch.Tensor], adapter_name: Optional[str] = None
+    tuner: "GradiendModel", batch: Mapping[str, torch.Tensor], adapter_name: Optional[str] = None,
+    autocast_dtype: Optional[torch.dtype] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """The mean over rows of each row's own GRADIEND loss, up to the adapter-independent ``s^2 ||T_i||^2``.
 
@@ -42,12 +75,13 @@ def per_example_reconstruction_loss(
         tuner (`GradiendModel`): The tuner (``peft_model.base_model``).
         batch (`Mapping[str, torch.Tensor]`): A collated batch; every row is one sample.
         adapter_name (`str`, *optional*): The adapter (default: the active one).
+        autocast_dtype (`torch.dtype`, *optional*): Mixed precision for the base model's forward pass.
 
     Returns:
         `tuple`: ``(loss, latents, n)``: the loss (differentiable w.r.t. the adapter; see the module docstring),
         the per-row latents ``(B, k)`` and the number of entries ``n``.
     """
-    name = adapter_name or tuner.active_adapters[0]
+    name = tuner.resolve_adapter(adapter_name)
     config = tuner.peft_config[name]
     layers = tuner.gradiend_layers(name)
     k = config.latent_dim
@@ -63,15 +97,14 @@ def per_example_reconstruction_loss(
         decoder_probes[m] = _weight_shaped(layer, name, rows)
     if config.source == config.target:
         probes = {config.source: {m: torch.cat([encoder_probes[m], decoder_probes[m]]) for m in layers}}
-        dots = per_example_dots(tuner, batch, probes)[config.source]
+        dots = per_example_dots(tuner, batch, probes, autocast_dtype)[config.source]
         source_dots, target_dots = dots[:, :k], dots[:, k:]
     else:
         probes = {config.source: encoder_probes, config.target: decoder_probes}
-        dots = per_example_dots(tuner, batch, probes)
+        dots = per_example_dots(tuner, batch, probes, autocast_dtype)
         source_dots, target_dots = dots[config.source], dots[config.target]
 
-    bias = tuner.gradiend_encoder_bias[name]
-    latents = tuner.activation(name)(scale * source_dots.to(bias.device) + bias)  # (B, k)
+    latents = tuner.latent_from_dots(source_dots, name)  # (B, k)
     device = latents.device
     gram = torch.zeros(k, k, device=device)
     cross = torch.zeros(k, device=device)
@@ -89,5 +122,4 @@ def per_example_reconstruction_loss(
     if has_bias:
         overlap = overlap + target_dots[:, k]
     losses = decoded_energy - 2 * scale * overlap
-    n = sum(layer.num_entries(name) for layer in layers.values())
-    return losses.mean(), latents, n
+    return losses.mean(), latents, tuner.num_entries(name)

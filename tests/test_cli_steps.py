@@ -1,9 +1,9 @@
-"""The workflow helpers the CLI stands on: class parsing, control rows, tables."""
+"""The steps the CLI stands on: class parsing, control rows, tables."""
 
 import pytest
 
 from gradiend_peft.data import Feature
-from gradiend_peft.workflow import format_table, he_she_controls, parse_classes, parse_layers
+from gradiend_peft.cli.steps import control_rows, format_table, parse_classes, parse_layers
 
 
 def test_parse_classes_reads_names_and_words():
@@ -24,24 +24,20 @@ def test_parse_layers_reads_ranges_and_lists():
         parse_layers("5-3")
 
 
-def test_he_she_controls_fix_the_class_by_their_subject():
+def test_control_rows_come_from_the_context_controls_for_he_and_she():
     feature = Feature({"F": ["she"], "M": ["he"]})
-    rows = he_she_controls(feature, count=40, seed=3)
-    assert len(rows) == 40 and rows == he_she_controls(feature, count=40, seed=3)
-    female_subjects = ("My mother", "My sister", "My aunt", "The queen", "My grandmother", "His wife")
+    rows = control_rows(feature, count=40, seed=3)
+    assert len(rows) == 40 and rows == control_rows(feature, count=40, seed=3)
     for row in rows:
-        assert row["text"].count("[MASK]") == 1 and row["text"].endswith("would come.")
-        assert {row["factual"], row["alternative"]} == {"he", "she"}
-        assert row["factual_class"] == ("F" if row["factual"] == "she" else "M")
-        assert row["label"] == (1.0 if row["factual_class"] == "F" else -1.0)
-        if any(subject in row["text"] for subject in female_subjects):
-            assert row["factual"] == "she"
-    assert sum(row["factual"] == "she" for row in rows) == 20
+        assert row["text"].count("[MASK]") == 1
+        assert {row["factual"].lower(), row["alternative"].lower()} == {"he", "she"}
+        assert row["factual_class"] == ("F" if row["factual"].lower() == "she" else "M")
+    assert sum(row["factual"].lower() == "she" for row in rows) == 20
 
 
-def test_he_she_controls_need_he_and_she_in_different_classes():
-    assert he_she_controls(Feature({"3SG": ["he", "she", "it"], "3PL": ["they"]})) == []
-    assert he_she_controls(Feature({"DER": ["der"], "DIE": ["die"]})) == []
+def test_control_rows_need_he_and_she_in_different_classes():
+    assert control_rows(Feature({"3SG": ["he", "she", "it"], "3PL": ["they"]}), 40) == []
+    assert control_rows(Feature({"DER": ["der"], "DIE": ["die"]}), 40) == []
 
 
 def test_format_table_shows_every_column_and_blanks_missing_cells():

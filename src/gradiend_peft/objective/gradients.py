@@ -1,4 +1,5 @@
-"""The gradient engine: the base model's gradients that GRADIEND encodes and reconstructs.
+"""The gradient engine: the base model's gradients that GRADIEND encodes and reconstructs (computed from rows;
+the tuner only ever sees the resulting module-shaped gradients).
 
 A batch (see `gradiend_peft.data.collators`) holds ``input_ids``, ``attention_mask`` and two label tensors,
 ``factual_labels`` and ``alternative_labels``, that are ``-100`` except where the logits at that position must
@@ -27,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .tuner.layer import linear_per_example_dot
+from ..tuner.layer import linear_per_example_dot
 
 if TYPE_CHECKING:
-    from .tuner.model import GradiendModel
+    from ..tuner.model import GradiendModel
 
 IGNORE_INDEX = -100
 KIND_TO_LABEL_KEY = {"factual": "factual_labels", "alternative": "alternative_labels"}
@@ -162,16 +163,26 @@ def head_at_positions(model: nn.Module, positions: torch.Tensor, seq_len: int) -
         handle.remove()
 
 
-def lm_losses(model: nn.Module, batch: Mapping[str, torch.Tensor], kinds: Iterable[str]) -> dict[str, torch.Tensor]:
+def autocast_context(dtype: Optional[torch.dtype], device: torch.device) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` to ``dtype`` on ``device``'s type, or nothing for ``None``."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def lm_losses(model: nn.Module, batch: Mapping[str, torch.Tensor], kinds: Iterable[str],
+              autocast_dtype: Optional[torch.dtype] = None) -> dict[str, torch.Tensor]:
     """One forward pass; the per-row losses ``(B,)`` for each label kind in ``kinds``.
 
     The LM head runs on the labelled positions only (`head_at_positions`): the losses and every gradient are those
-    of the full logits, at a fraction of the head's cost.
+    of the full logits, at a fraction of the head's cost. With ``autocast_dtype`` (e.g. ``torch.bfloat16``) the base
+    model's forward runs under ``torch.autocast`` (and so its backward); the losses are computed in float32.
     """
     labels = {kind: batch[KIND_TO_LABEL_KEY[kind]] for kind in kinds}
     positions, valid = label_positions(labels.values())
     check_inputs_fit(model, batch["input_ids"], batch.get("attention_mask"))
-    with head_at_positions(model, positions, batch["input_ids"].shape[1]) as state:
+    with head_at_positions(model, positions, batch["input_ids"].shape[1]) as state, \
+            autocast_context(autocast_dtype, batch["input_ids"].device):
         output = model(**model_inputs(batch))
     logits = output.logits if hasattr(output, "logits") else output[0]
     if state["applied"]:
@@ -222,7 +233,8 @@ def _upcast(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def batch_gradients(
-    tuner: "GradiendModel", batch: Mapping[str, torch.Tensor], kinds: Iterable[str]
+    tuner: "GradiendModel", batch: Mapping[str, torch.Tensor], kinds: Iterable[str],
+    autocast_dtype: Optional[torch.dtype] = None,
 ) -> dict[str, dict[str, torch.Tensor]]:
     """Gradients of the batch-mean loss w.r.t. every target weight, for each requested kind.
 
@@ -230,6 +242,8 @@ def batch_gradients(
         tuner (`GradiendModel`): The tuner whose target modules define the weights.
         batch (`Mapping[str, torch.Tensor]`): A collated batch (see the module docstring).
         kinds (`Iterable[str]`): Any of ``factual``, ``alternative``, ``diff``.
+        autocast_dtype (`torch.dtype`, *optional*): Run the base model's forward under ``torch.autocast`` to this
+            dtype (mixed precision); ``None``: as stored.
 
     Returns:
         `dict[str, dict[str, torch.Tensor]]`: kind -> module name -> gradient shaped like the weight (at least fp32).
@@ -244,7 +258,7 @@ def batch_gradients(
     position = {id(w): i for i, w in enumerate(unique)}
     result: dict[str, dict[str, torch.Tensor]] = {}
     with gradient_pass(tuner, unique):
-        losses = lm_losses(tuner.model, batch, sorted(required_kinds(*kinds)))
+        losses = lm_losses(tuner.model, batch, sorted(required_kinds(*kinds)), autocast_dtype)
         objectives = {}
         for kind in kinds:
             if kind == "diff":
@@ -262,6 +276,7 @@ def per_example_dots(
     tuner: "GradiendModel",
     batch: Mapping[str, torch.Tensor],
     probes: Mapping[str, Mapping[str, torch.Tensor]],
+    autocast_dtype: Optional[torch.dtype] = None,
 ) -> dict[str, torch.Tensor]:
     """``sum_m <P_m,j, G_m,i>`` per row ``i`` for probe tensors ``P``, from one forward and one backward pass per
     gradient kind, without forming the per-example gradients ``G_i``.
@@ -277,6 +292,7 @@ def per_example_dots(
         probes (`Mapping[str, Mapping[str, torch.Tensor]]`): gradient kind (``factual``, ``alternative``, ``diff``)
             -> target module name -> probe of shape ``(k', *W.shape)`` (the same ``k'`` for all modules of a kind);
             modules left out contribute nothing.
+        autocast_dtype (`torch.dtype`, *optional*): Run the base model's forward under ``torch.autocast``.
 
     Returns:
         `dict[str, torch.Tensor]`: kind -> ``(B, k')`` dot products.
@@ -300,7 +316,7 @@ def per_example_dots(
     output_grads: dict[str, tuple] = {}
     try:
         with gradient_pass(tuner, weights):
-            losses = lm_losses(tuner.model, batch, sorted(required_kinds(*kinds)))
+            losses = lm_losses(tuner.model, batch, sorted(required_kinds(*kinds)), autocast_dtype)
             outputs = [out for *_, out in captured]
             for i, kind in enumerate(kinds):
                 total = (losses["factual"] - losses["alternative"]).sum() if kind == "diff" else losses[kind].sum()
@@ -334,9 +350,10 @@ def per_example_dots(
 
 
 def per_example_encoder_dots(
-    tuner: "GradiendModel", batch: Mapping[str, torch.Tensor], kind: str, adapter_name: str
+    tuner: "GradiendModel", batch: Mapping[str, torch.Tensor], kind: str, adapter_name: str,
+    autocast_dtype: Optional[torch.dtype] = None,
 ) -> torch.Tensor:
     """``sum_m <E_m, g_m,i>`` per row ``i`` for the gradient ``kind`` (unscaled), shape ``(B, k)``; see
     `per_example_dots`."""
     probes = {name: layer.full_encoder(adapter_name) for name, layer in tuner.gradiend_layers(adapter_name).items()}
-    return per_example_dots(tuner, batch, {kind: probes})[kind]
+    return per_example_dots(tuner, batch, {kind: probes}, autocast_dtype)[kind]

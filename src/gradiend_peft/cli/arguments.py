@@ -1,9 +1,5 @@
-"""The ``gradiend-peft`` command line: ``train``, ``evaluate``, ``rewrite`` and ``demo``.
-
-Every option is a dataclass field (transformers' `HfArgumentParser`), so each command takes flags, a YAML/JSON file
-(``--config run.yaml``; flags given next to it win), and documents itself with ``--help``. Everything a command
-makes lands in one ``--output_dir`` (see `gradiend_peft.workflow`).
-"""
+"""The command line's options: one dataclass per concern (transformers' `HfArgumentParser` turns them into flags,
+reads ``--config run.yaml`` files, and writes ``--help``), and `parse_command`."""
 
 from __future__ import annotations
 
@@ -11,8 +7,6 @@ import argparse
 import json
 import logging
 import os
-import sys
-import time
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional, Sequence
 
@@ -52,7 +46,9 @@ class DataArguments:
     max_rows_per_class: Optional[int] = field(default=None, metadata={"help": "Cap on mined rows per class."})
     max_test_rows: int = field(default=200, metadata={"help": "Cap on validation and test rows."})
     neutral_rows: int = field(default=200, metadata={"help": "Neutral texts for the language-modelling score."})
-    control_rows: int = field(default=40, metadata={"help": "Context-fixed rows guarding rewrites (he/she only)."})
+    control_rows: int = field(
+        default=200, metadata={"help": "Rows whose context decides he/she, guarding rewrites (he/she features only)."}
+    )
     mining_seed: int = field(default=0, metadata={"help": "Seed of mining, splitting and control rows."})
 
 
@@ -90,10 +86,13 @@ class RunArguments:
     fast: bool = field(default=False, metadata={"help": "Demo only: a few steps and rows, for a quick check."})
     plots: bool = field(default=True, metadata={"help": "Write plots to <output_dir>/plots."})
     threads: Optional[int] = field(default=None, metadata={"help": "torch CPU threads (default: torch's choice)."})
+    restarts: int = field(
+        default=1, metadata={"help": "Training attempts with seeds seed, seed+1, ...; the best is kept (train only)."}
+    )
 
 
 def _training_arguments_class():
-    from .training import GradiendTrainingArguments
+    from ..training import GradiendTrainingArguments
 
     return GradiendTrainingArguments
 
@@ -201,52 +200,3 @@ def _checkpoint_flag(value: Any) -> Any:
     if isinstance(value, str) and value.strip().lower() in ("false", "no", "0", "none", ""):
         return None
     return value
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of the ``gradiend-peft`` command."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        lines = ["usage: gradiend-peft {train,evaluate,rewrite,demo} [options] [--debug]  (each command has --help;",
-                 "       --debug shows the whole traceback of an error)", ""]
-        lines += [f"  {name:<9} {text}" for name, text in COMMANDS.items()]
-        print("\n".join(lines))
-        if argv and argv[0] not in ("-h", "--help"):
-            print(f"\nUnknown command {argv[0]!r}.", file=sys.stderr)
-            return 2
-        return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    command, rest = argv[0], argv[1:]
-    debug, kept = False, []
-    for i, arg in enumerate(rest):  # a bare --debug is ours; transformers' --debug takes values
-        if arg == "--debug" and (i + 1 == len(rest) or rest[i + 1].startswith("-")):
-            debug = True
-        else:
-            kept.append(arg)
-    rest = kept
-    try:
-        args = parse_command(command, rest)
-    except ValueError as err:
-        print(f"gradiend-peft {command}: {err}", file=sys.stderr)
-        return 2
-    from . import runner
-
-    started = time.perf_counter()
-    try:
-        getattr(runner, f"run_{command}")(*args)
-    except KeyboardInterrupt:
-        print(f"gradiend-peft {command}: interrupted.", file=sys.stderr)
-        return 130
-    except Exception as err:  # noqa: BLE001 - one line for the user; --debug shows the traceback
-        if debug:
-            raise
-        message = " ".join(str(err).split()) or "(no message)"
-        print(f"gradiend-peft {command}: {type(err).__name__}: {message}\n(run again with --debug for the traceback)",
-              file=sys.stderr)
-        return 1
-    logger.info("Done in %.1f s.", time.perf_counter() - started)
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

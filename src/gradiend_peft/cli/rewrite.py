@@ -1,0 +1,18 @@
+"""``gradiend-peft rewrite``: the rewrite search per policy; optionally save the rewritten model."""
+
+from __future__ import annotations
+
+from .steps import format_table, load_adapter, load_base, maybe_merge, mine, rewrite, setup
+
+
+def run(run_args, model_args, data_args, output, rewrite_args) -> list:
+    """Searches every policy's rewrite, prints the before/after table, saves ``--merge_policy``'s choice; returns
+    the table."""
+    setup(run_args)
+    base, tokenizer = load_base(model_args)
+    peft_model = load_adapter(base, run_args, output.output_dir)
+    data = mine(data_args, tokenizer, peft_model)
+    results, table = rewrite(peft_model, tokenizer, data, output.output_dir, rewrite_args, run_args)
+    print(format_table(table))
+    maybe_merge(peft_model, tokenizer, results, rewrite_args, output.output_dir)
+    return table

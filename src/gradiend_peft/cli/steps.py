@@ -1,0 +1,374 @@
+"""The steps the commands share: parsing classes and layers, loading the base model, attaching the adapter, mining
+rows, training, the encoder evaluation, the rewrite search, tables and saved outputs (see `gradiend_peft.cli` for
+the output folder's layout)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any, Optional, Sequence
+
+import torch
+
+from ..atomic import atomic_files, atomic_write_json
+from ..hub import save_adapter
+from ..data import Feature, context_controls, load_corpus, mine_neutral, mine_pairs, pronoun_classes
+
+logger = logging.getLogger(__name__)
+
+
+def parse_classes(spec: str) -> Feature:
+    """Parses ``"M:he,F:she"`` (or ``"SG:he|she|it,PL:they"``) into a two-class `Feature`.
+
+    Raises:
+        `ValueError`: naming the malformed part and the expected form.
+    """
+    classes: dict[str, list[str]] = {}
+    for part in [p.strip() for p in spec.split(",") if p.strip()]:
+        name, sep, words = part.partition(":")
+        if not sep or not name.strip() or not words.strip():
+            raise ValueError(f"Cannot read class {part!r} of {spec!r}: write CLASS:word|word, e.g. 'M:he,F:she'.")
+        classes[name.strip()] = [w.strip() for w in words.split("|") if w.strip()]
+    if len(classes) != 2:
+        raise ValueError(f"GRADIEND needs exactly two classes, got {len(classes)} in {spec!r} (e.g. 'M:he,F:she').")
+    return Feature(classes=classes)
+
+
+def parse_layers(spec: Optional[str]) -> Optional[list[int]]:
+    """Parses ``"20-29"`` or ``"0,2,4"`` (or a mix) into block indices; ``None`` stays ``None``."""
+    if not spec:
+        return None
+    layers: list[int] = []
+    for part in spec.split(","):
+        part = part.strip()
+        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not match:
+            raise ValueError(f"Cannot read layers {spec!r}: write e.g. '20-29' or '0,2,4'.")
+        start, end = int(match.group(1)), int(match.group(2) or match.group(1))
+        if end < start:
+            raise ValueError(f"Layer range {part!r} runs backwards.")
+        layers.extend(range(start, end + 1))
+    return sorted(set(layers))
+
+
+def layer_targets(model: torch.nn.Module, layers: Sequence[int], target_modules: Optional[Sequence[str]] = None) -> str:
+    """A regular expression selecting the default (or given) target modules of the given blocks only."""
+    from ..tuner.constants import TRANSFORMERS_MODELS_TO_GRADIEND_TARGET_MODULES_MAPPING as DEFAULTS
+
+    block_index = "|".join(str(i) for i in layers)
+    if target_modules:
+        names = "|".join(re.escape(t) for t in target_modules)
+        return rf".*\.({block_index})\..*({names})"
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    default = DEFAULTS.get(model_type)
+    if default is None:
+        raise ValueError(f"No default target modules for model type {model_type!r}; pass target_modules too.")
+    # the defaults read "<prefix>\.\d+\.<modules>": pin the block index
+    return default.replace(r"\.\d+\.", rf"\.({block_index})\.", 1)
+
+
+@dataclass
+class FeatureData:
+    """Mined rows for one feature: ``pairs`` (train/validation/test), ``neutral`` texts and ``control`` rows."""
+
+    feature: Feature
+    pairs: Any
+    neutral: list[str]
+    control: list[dict[str, Any]] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    max_length: Optional[int] = None
+
+
+def control_rows(feature: Feature, count: int, split: str = "search", seed: int = 0) -> list[dict[str, Any]]:
+    """Rows whose class the context decides (`gradiend_peft.data.context_controls`) for a feature with ``he`` and
+    ``she`` in its two classes; ``[]`` for any other feature (or ``count=0``)."""
+    try:
+        pronoun_classes(feature)
+    except ValueError:
+        return []
+    return list(context_controls(feature, split, count=count, seed=seed)) if count else []
+
+
+def drop_unusable_rows(rows: Any, collator: Any, what: str = "rows", max_length: Optional[int] = None) -> Any:
+    """Drops, and reports, the rows that ``collator`` refuses (for a causal LM: targets it splits into pieces) and
+    rows longer than ``max_length`` tokens (the model's positions).
+
+    Nothing is dropped silently: the count and the first refusal are logged, and a split that loses every row
+    raises.
+    """
+    keep, first_error = [], None
+    for index in range(len(rows)):
+        try:
+            length = collator([rows[index]])["input_ids"].shape[1]
+        except ValueError as err:
+            first_error = first_error or str(err)
+            continue
+        if max_length is not None and length > max_length:
+            first_error = first_error or f"row {index} is {length} tokens, more than the model's {max_length} positions"
+            continue
+        keep.append(index)
+    dropped = len(rows) - len(keep)
+    if dropped:
+        logger.warning("Dropped %d of %d %s the tokenizer cannot use; the first: %s", dropped, len(rows), what, first_error)
+        if not keep:
+            raise ValueError(f"The tokenizer can use none of the {what}: {first_error}")
+        rows = rows.select(keep) if hasattr(rows, "select") else [rows[i] for i in keep]
+    return rows
+
+
+def prepare_feature_data(feature: Feature, *, corpus: str = "english", text_file: Optional[str] = None,
+                         min_context_words: int = 5, max_rows_per_class: Optional[int] = None, max_test_rows: int = 200,
+                         neutral_rows: int = 200, n_controls: int = 200, seed: int = 0,
+                         collator: Any = None, max_length: Optional[int] = None) -> FeatureData:
+    """Mines training rows, neutral texts and control rows for ``feature`` from a corpus or a text file.
+
+    With a ``collator``, rows it refuses (a causal-LM tokenizer splitting a target, e.g. a capitalised "He" at the
+    start of a sentence) are dropped and reported (`drop_unusable_rows`).
+    """
+    texts: Any = text_file if text_file else load_corpus(corpus)
+    pairs = mine_pairs(texts, feature, seed=seed, min_context_words=min_context_words,
+                       max_rows_per_class=max_rows_per_class)
+    if collator is not None:
+        for split in list(pairs):
+            pairs[split] = drop_unusable_rows(pairs[split], collator, f"{split} rows", max_length)
+    if len(pairs["test"]) > max_test_rows:
+        pairs["test"] = pairs["test"].shuffle(seed=seed).select(range(max_test_rows))
+    if len(pairs["validation"]) > max_test_rows:
+        pairs["validation"] = pairs["validation"].shuffle(seed=seed).select(range(max_test_rows))
+    neutral = mine_neutral(texts, feature)  # no feature word, nor its other pronoun forms ("his" for "he")
+    neutral = neutral.shuffle(seed=seed)
+    if max_length is not None:  # words are at least one token: a cheap bound keeps long texts out
+        neutral = neutral.filter(lambda row: len(row["text"].split()) * 2 < max_length)
+    neutral_texts = [row["text"] for row in neutral.select(range(min(neutral_rows, len(neutral))))]
+    counts = {split: len(pairs[split]) for split in pairs}
+    logger.info("Mined %s rows and %d neutral texts.", counts, len(neutral_texts))
+    controls = control_rows(feature, n_controls, seed=seed)
+    if collator is not None and controls:
+        controls = drop_unusable_rows(controls, collator, "control rows", max_length)
+    return FeatureData(feature, pairs, neutral_texts, controls, counts, max_length)
+
+
+def summary_row(name: str, metrics: Any, classes: Sequence[str], words: dict[str, str]) -> dict[str, Any]:
+    """One line of the before/after table from a rewrite candidate's metrics: each class's mean probability over all
+    rows, the mean per-row gap, each class's probability on the other class's rows (what a strengthen policy raises),
+    the control accuracy and the LMS."""
+    a, b = classes
+    return {
+        "model": name,
+        f"P({words[a]})": metrics.class_probs[a],
+        f"P({words[b]})": metrics.class_probs[b],
+        f"|P({words[a]})-P({words[b]})|": metrics.mean_abs_gap,
+        f"P({words[a]}|{words[b]} rows)": metrics.probs_by_class[b][a],
+        f"P({words[b]}|{words[a]} rows)": metrics.probs_by_class[a][b],
+        "control_acc": metrics.control_accuracy,
+        "LMS": metrics.lms,
+    }
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A plain-text table of dict rows (numbers with 4 decimals)."""
+    if not rows:
+        return ""
+    headers = list(dict.fromkeys(key for row in rows for key in row))  # every column, in order of appearance
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return "-"
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    cells = [[cell(row.get(h)) for h in headers] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    body = ["  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths))) for r in cells]
+    return "\n".join([line, "-" * len(line), *body])
+
+
+def save_outputs(folder: str, name: str, payload: Any) -> str:
+    """Writes a JSON payload atomically into ``<folder>/metrics/<name>.json``."""
+    path = os.path.join(folder, "metrics", f"{name}.json")
+    atomic_write_json(path, payload)
+    return path
+
+
+def save_merged(model: Any, tokenizer: Any, folder: str, feature_factor: float, lr: float) -> str:
+    """Merges ``lr * d(feature_factor)`` into a copy-free unload of ``model`` and saves it atomically to ``folder``.
+
+    The PEFT model is consumed (its layers are unloaded); reload the base model to continue.
+    """
+    merged = model.merge_and_unload(feature_factor=feature_factor, lr=lr)
+    with atomic_files(folder) as tmp:
+        merged.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return folder
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def setup(run) -> None:
+    if run.threads:
+        torch.set_num_threads(run.threads)
+
+
+def load_base(model_args) -> tuple[torch.nn.Module, Any]:
+    """Loads the base model and tokenizer (embedded names are converted once and cached)."""
+    from ..pretrained import load_model_and_tokenizer
+
+    if model_args.dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {model_args.dtype!r}.")
+    return load_model_and_tokenizer(model_args.model, dtype=_DTYPES[model_args.dtype])
+
+
+def gradiend_config(model: torch.nn.Module, model_args, feature, init_seed: Optional[int] = None) -> Any:
+    """The `GradiendConfig` the model arguments describe (initialised from ``init_seed``: runs are reproducible)."""
+    from ..tuner.config import GradiendConfig
+
+    layers = parse_layers(model_args.layers)
+    targets: Any = model_args.target_modules
+    if layers is not None:
+        targets = layer_targets(model, layers, model_args.target_modules)
+    return GradiendConfig(
+        target_modules=targets,
+        include_embeddings=model_args.include_embeddings,
+        latent_dim=model_args.latent_dim,
+        source=model_args.source,
+        target=model_args.target,
+        feature_classes=list(feature.pair),
+        init_seed=init_seed,
+    )
+
+
+def mine(data_args, tokenizer, peft_model) -> FeatureData:
+    """Mines the feature's rows, neutral texts and control rows (keeping those the tokenizer and model can use)."""
+    from ..data import collator_for
+
+    config = peft_model.get_base_model().config
+    max_length = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    objective = peft_model.peft_config[peft_model.active_adapter].objective
+    return prepare_feature_data(
+        parse_classes(data_args.classes), corpus=data_args.corpus, text_file=data_args.text_file,
+        min_context_words=data_args.min_context_words, max_rows_per_class=data_args.max_rows_per_class,
+        max_test_rows=data_args.max_test_rows, neutral_rows=data_args.neutral_rows,
+        n_controls=data_args.control_rows, seed=data_args.mining_seed, collator=collator_for(tokenizer, objective),
+        max_length=max_length,
+    )
+
+
+def train(peft_model, tokenizer, data: FeatureData, train_args, run) -> dict[str, Any]:
+    """Trains the adapter, saves it to ``<output_dir>/adapter`` and the convergence plot; returns the summary."""
+    from ..training import GradiendTrainer
+
+    out = train_args.output_dir
+    args = replace(train_args, output_dir=os.path.join(out, "training"))
+    trainer = GradiendTrainer(model=peft_model, args=args, train_dataset=data.pairs["train"],
+                              eval_dataset=data.pairs["validation"], processing_class=tokenizer)
+    if run.restarts > 1:
+        from ..training import train_with_restarts
+
+        train_with_restarts(trainer, num_seeds=run.restarts, resume_from_checkpoint=train_args.resume_from_checkpoint)
+    else:
+        trainer.train(resume_from_checkpoint=train_args.resume_from_checkpoint)
+    save_adapter(peft_model, os.path.join(out, "adapter"), training_summary=trainer.training_summary)
+    save_outputs(out, "training_history", trainer.state.log_history)
+    if run.plots:
+        from ..plotting import plot_convergence
+
+        plot_convergence(trainer.state.log_history, os.path.join(out, "plots", "convergence.png"))
+    return dict(trainer.training_summary or {})
+
+
+def evaluate(peft_model, tokenizer, data: FeatureData, out: str, run) -> Any:
+    """Evaluates the encoder on the test rows (and neutral text); saves the report and its plot."""
+    from ..evaluation import evaluate_encoder
+
+    report = evaluate_encoder(peft_model, data.pairs["test"], tokenizer=tokenizer, neutral=data.neutral)
+    report.save_json(os.path.join(out, "metrics", "encoder.json"))
+    if run.plots:
+        from ..plotting import plot_encoder_distributions
+
+        plot_encoder_distributions(report, os.path.join(out, "plots", "encoder.png"))
+    logger.info("Encoder on held-out rows:\n%s", report.summary())
+    return report
+
+
+def rewrite(peft_model, tokenizer, data: FeatureData, out: str, rewrite_args, run) -> tuple[dict[str, Any], list]:
+    """Runs the rewrite search for every policy; saves results and plots; returns them and the summary table."""
+    from ..evaluation import search_rewrite
+
+    classes = list(data.feature.pair)
+    words = {c: "/".join(data.feature.classes[c]) for c in classes}
+    results: dict[str, Any] = {}
+    table: list[dict[str, Any]] = []
+    measurements: dict = {}  # candidates measured for one policy are scored, not measured again, for the next
+    for policy in [p.strip() for p in rewrite_args.policies.split(",") if p.strip()]:
+        result = search_rewrite(
+            peft_model, data.pairs["test"], data.neutral, tokenizer=tokenizer, policy=policy,
+            control=data.control or None, lms_floor=rewrite_args.lms_floor, control_floor=rewrite_args.control_floor,
+            lrs=rewrite_args.lrs, feature_factors=rewrite_args.feature_factors, max_length=data.max_length,
+            refine_rounds=rewrite_args.refine_rounds, measurements=measurements,
+        )
+        results[policy] = result
+        safe = policy.replace(":", "_")
+        result.save_json(os.path.join(out, "metrics", f"rewrite_{safe}.json"))
+        if not table:
+            table.append(summary_row("base", result.base.metrics, classes, words))
+        if result.best is None:
+            logger.warning("Policy %s: no candidate passed the guards; nothing to apply.", policy)
+            table.append({"model": f"{policy} (none)"})
+        else:
+            row = summary_row(policy, result.best.metrics, classes, words)
+            row["ff"], row["lr"] = f"{result.best.metrics.feature_factor:+g}", f"{result.best.metrics.lr:.3g}"
+            table.append(row)
+        if run.plots:
+            from ..plotting import plot_probability_shifts, plot_rewrite_grid
+
+            plot_rewrite_grid(result, os.path.join(out, "plots", f"rewrite_{safe}.png"))
+            if result.best is not None:
+                plot_probability_shifts(result, os.path.join(out, "plots", f"shifts_{safe}.png"))
+    save_outputs(out, "summary", table)
+    return results, table
+
+
+def attach(base, model_args, feature, seed: int) -> Any:
+    from peft import get_peft_model
+
+    return get_peft_model(base, gradiend_config(base, model_args, feature, init_seed=seed))
+
+
+def load_adapter(base, run, out: str) -> Any:
+    from ..loading import load_gradiend_model
+
+    folder = run.adapter or os.path.join(out, "adapter")
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"No adapter at {folder!r}: train one first (gradiend-peft train) or pass --adapter.")
+    return load_gradiend_model(base, folder)
+
+
+def maybe_merge(peft_model, tokenizer, results: dict[str, Any], rewrite_args, out: str) -> Optional[str]:
+    if not rewrite_args.merge_policy:
+        return None
+    result = results.get(rewrite_args.merge_policy)
+    if result is None or result.best is None:
+        raise ValueError(f"--merge_policy {rewrite_args.merge_policy!r} has no chosen rewrite to merge.")
+    return save_merged(peft_model, tokenizer, os.path.join(out, "merged"), **result.merge_kwargs())
+
+
+def fast_mode(data_args, train_args, rewrite_args) -> tuple:
+    """The demo's fast mode: a handful of steps and rows (a smoke test of the whole workflow)."""
+    data_args = replace(data_args, max_rows_per_class=60, max_test_rows=16, neutral_rows=12, control_rows=8)
+    train_args = replace(train_args, max_steps=4, rows_per_gradient=4, per_device_train_batch_size=None,
+                         per_device_eval_batch_size=None, eval_steps=2, save_steps=2, logging_steps=1)
+    rewrite_args = replace(rewrite_args, lrs=[0.01, 0.1, 1.0], feature_factors=[-1.0, 0.0, 1.0], refine_rounds=1)
+    return data_args, train_args, rewrite_args
+
+
+def training_line(summary: dict[str, Any]) -> str:
+    """The trainer's verdict in one line (the whole summary is in the adapter's config and metrics/)."""
+    # the trainer keys its means by the class of the gradient the encoder read (class_signs), not the row's word
+    means = ", ".join(f"{c} {m:+.2f}" for c, m in (summary.get("class_means") or {}).items())
+    verdict = "converged" if summary.get("converged") else f"did not converge ({'; '.join(summary.get('reasons', []))})"
+    return (f"{verdict}; best step {summary.get('best_step')} of {summary.get('global_step')}, validation "
+            f"r = {summary.get('correlation', float('nan')):+.3f}, mean encoding of each class's gradients {means}, "
+            f"seed {summary.get('seed')}")

@@ -1,0 +1,191 @@
+"""Checks `GradiendTrainer` runs before training: the rows, the adapter's classes, trainability, precision and the
+checkpoint to resume from. Each refuses what cannot work with a message naming the fix."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional
+
+import torch
+
+from .arguments import GradiendTrainingArguments, bf16_supported
+
+logger = logging.getLogger(__name__)
+
+ROW_COLUMNS = ("text", "factual", "alternative")
+
+
+def first_dataset(eval_dataset):
+    if isinstance(eval_dataset, dict):
+        return next(iter(eval_dataset.values()), None)
+    return eval_dataset
+
+
+def check_rows(dataset, what: str = "dataset", collator=None) -> None:
+    """Refuses datasets the trainer cannot use, before any step: not a `datasets.Dataset` (an `IterableDataset`:
+    the class-pure row groups need random access), empty, rows whose factual word equals the alternative (an
+    all-zero diff target), and words the collator refuses (e.g. not in the vocabulary), each with the fix."""
+    if dataset is None:
+        return
+    from datasets import IterableDataset
+
+    if isinstance(dataset, IterableDataset):
+        raise TypeError(
+            f"{what} is a datasets.IterableDataset; GradiendTrainer groups rows by class and needs random access. "
+            "Load it as a datasets.Dataset (e.g. Dataset.from_list(list(iterable)) or load_dataset(..., "
+            "streaming=False))."
+        )
+    columns = getattr(dataset, "column_names", None)
+    if columns is None:
+        raise TypeError(
+            f"GradiendTrainer takes datasets.Dataset rows (text, factual, alternative, factual_class, label), got "
+            f"{type(dataset).__name__} for {what}. gradiend_peft.data.mine_pairs makes them."
+        )
+    missing = [c for c in ROW_COLUMNS if c not in columns]
+    if missing and "input_ids" in columns:
+        raise ValueError(
+            "GradiendTrainer takes rows, not pre-tokenised tensors: the collator tokenises each row group and puts "
+            "the labels. Pass the rows of gradiend_peft.data.mine_pairs (text, factual, alternative, label)."
+        )
+    if missing:
+        raise ValueError(f"{what} lacks the columns {missing}; GradiendTrainer needs {list(ROW_COLUMNS)} "
+                         "(gradiend_peft.data.mine_pairs makes them).")
+    if len(dataset) == 0:
+        raise ValueError(f"{what} has no rows; mine more text or lower the mining filters (e.g. min_context_words).")
+    pairs = {}
+    for index, (factual, alternative) in enumerate(zip(dataset["factual"], dataset["alternative"])):
+        if str(factual).strip().lower() == str(alternative).strip().lower():
+            raise ValueError(
+                f"{what} row {index}: the factual word {factual!r} equals the alternative, so the difference of the "
+                "two gradients is zero and the row teaches nothing. Give each row an alternative of the other class."
+            )
+        pairs.setdefault((factual, alternative), index)
+    if collator is None:
+        return
+    check = set(pairs.values())  # one row per word pair: the collator refuses unknown or split words
+    limit, tokenizer = getattr(collator, "max_length", None), getattr(collator, "tokenizer", None)
+    if limit is not None and not getattr(collator, "truncation", False) and tokenizer is not None:
+        # the whole text (one batched tokenizer call) bounds a row's length: rows near the limit are collated
+        lengths = [len(ids) for ids in tokenizer(list(dataset["text"]))["input_ids"]]
+        check.update(i for i, n in enumerate(lengths) if n > limit - 8)
+    for index in sorted(check):
+        try:
+            collator([dataset[index]])
+        except ValueError as err:
+            message = str(err).removeprefix("row 0").lstrip(": ")
+            raise ValueError(f"{what} row {index}{' ' if message.startswith('is ') else ': '}{message}") from err
+
+
+def check_checkpoint_fits(checkpoint: str, config, adapter: str) -> None:
+    """Refuses to resume from a checkpoint whose adapter is not this GRADIEND adapter (another PEFT method, other
+    target modules, latent size or pruning), naming the mismatch, before any state is restored."""
+    import json
+
+    if not os.path.isdir(checkpoint):
+        raise ValueError(f"resume_from_checkpoint={checkpoint!r} is not a folder. Pass a checkpoint-<step> folder of "
+                         "output_dir, or True for the last one.")
+    folder = checkpoint if adapter == "default" else os.path.join(checkpoint, adapter)
+    path = os.path.join(folder, "adapter_config.json")
+    if not os.path.isfile(path):
+        raise ValueError(f"{checkpoint!r} holds no adapter_config.json for adapter {adapter!r}: it is not a checkpoint "
+                         "of a GradiendTrainer run. Pass a checkpoint-<step> folder of this run's output_dir.")
+    with open(path, encoding="utf-8") as handle:
+        saved = json.load(handle)
+    problems = []
+    if saved.get("peft_type") != "GRADIEND":
+        problems.append(f"it holds a {saved.get('peft_type')} adapter, not a GRADIEND one")
+    else:
+        for key in ("target_shapes", "latent_dim", "kept_entries", "decoder_bias", "source", "target"):
+            if saved.get(key) != getattr(config, key):
+                ours, theirs = getattr(config, key), saved.get(key)
+                if isinstance(ours, dict) and isinstance(theirs, dict):
+                    differ = sorted(set(ours) ^ set(theirs)) or sorted(k for k in ours if ours[k] != theirs.get(k))
+                    problems.append(f"its {key} differ (e.g. {differ[:3]})")
+                else:
+                    problems.append(f"its {key} is {theirs!r}, this adapter's is {ours!r}")
+    if problems:
+        raise ValueError(
+            f"Cannot resume from {checkpoint!r}: {'; '.join(problems)}. Resume only from checkpoints of the same "
+            "GRADIEND configuration (or start a new run in another output_dir)."
+        )
+
+
+def _infer_class_pair(dataset) -> Optional[tuple[str, str]]:
+    """(class labelled +1, class labelled -1) from ``factual_class`` and ``label`` columns, if present."""
+    if dataset is None or not {"factual_class", "label"} <= set(getattr(dataset, "column_names", [])):
+        return None
+    positive, negative = set(), set()
+    for name, label in zip(dataset["factual_class"], dataset["label"]):
+        if label > 0:
+            positive.add(name)
+        elif label < 0:
+            negative.add(name)
+    if len(positive) != 1 or len(negative) != 1 or positive == negative:
+        raise ValueError(
+            f"Rows labelled +1 have classes {sorted(positive)} and rows labelled -1 have {sorted(negative)}; GRADIEND "
+            "needs one class per label (mine_pairs labels feature.pair[0] +1 and pair[1] -1)."
+        )
+    return next(iter(positive)), next(iter(negative))
+
+
+def prepare_feature_classes(config, dataset) -> None:
+    """Takes the feature classes from the rows when the adapter has none; checks them otherwise."""
+    pair = _infer_class_pair(dataset)
+    if pair is None:
+        return
+    if config.feature_classes is None:
+        config.feature_classes = list(pair)
+        config.class_signs = {pair[0]: 1.0, pair[1]: -1.0}
+    elif set(config.feature_classes) != set(pair):
+        raise ValueError(
+            f"The adapter's feature_classes {config.feature_classes} are not the classes of the rows {list(pair)}."
+        )
+    elif config.feature_classes[0] != pair[0]:
+        raise ValueError(
+            f"The rows label class {pair[0]!r} +1, but the adapter lists feature_classes {config.feature_classes}; "
+            f"use GradiendConfig(feature_classes={list(pair)}) (class_signs says which class encodes to +1)."
+        )
+
+
+def check_trainable(model, tuner, adapter: str) -> None:
+    own = {id(p) for p in adapter_parameters(tuner, adapter)}
+    stray = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in own]
+    if stray:
+        raise ValueError(
+            f"GradiendTrainer trains only the GRADIEND adapter {adapter!r}, but other parameters require grad: "
+            f"{stray[:5]}. Freeze them (e.g. model.base_model.set_requires_grad or param.requires_grad_(False))."
+        )
+    if not any(p.requires_grad for p in adapter_parameters(tuner, adapter)):
+        raise ValueError(f"Adapter {adapter!r} is not trainable; load it with is_trainable=True.")
+
+
+def adapter_parameters(tuner, adapter: str) -> list[torch.nn.Parameter]:
+    params = [tuner.gradiend_encoder_bias[adapter]]
+    for layer in tuner.gradiend_layers(adapter).values():
+        params += [layer.gradiend_encoder[adapter], layer.gradiend_decoder[adapter]]
+        if adapter in layer.gradiend_decoder_bias:
+            params.append(layer.gradiend_decoder_bias[adapter])
+    return params
+
+
+def check_precision(model, tuner, adapter: str, args: GradiendTrainingArguments) -> None:
+    half = (torch.float16, torch.bfloat16)
+    low = sorted({str(p.dtype) for p in adapter_parameters(tuner, adapter) if p.dtype in half})
+    if low:
+        raise ValueError(
+            f"The GRADIEND adapter {adapter!r} is in {low}; it must train in float32 (its loss sums millions of "
+            "entries). Create it with get_peft_model(..., autocast_adapter_dtype=True) (the default), or cast the "
+            "adapter parameters to float32; the base model may stay bf16."
+        )
+    base_dtypes = {p.dtype for p in model.get_base_model().parameters()}
+    if torch.bfloat16 in base_dtypes or args.bf16:
+        kind = args.device.type
+        if not bf16_supported(kind):
+            raise ValueError(
+                f"The base model is bf16 (or bf16=True), but this {kind} device has no bf16 support (CUDA needs "
+                "an Ampere or newer GPU). Load the base model in float32 (torch_dtype=torch.float32)."
+            )
+    if torch.float16 in base_dtypes:
+        logger.warning("The base model is float16: its gradients may overflow (GRADIEND then stops with a "
+                       "NonFiniteGradientError). bf16 or float32 bases are safer.")
