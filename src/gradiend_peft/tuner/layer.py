@@ -65,8 +65,8 @@ class GradiendLayer(BaseTunerLayer):
 
     # ----------------------------------------------------------------------------------------------- set-up
     def update_layer(self, adapter_name: str, latent_dim: int, decoder_bias: bool, kept_entries: Optional[int]) -> None:
-        """Creates this module's adapter tensors (zeros; the tuner initialises them once all layers exist), in float32
-        (`adapter_dtype`; ``autocast_adapter_dtype=False`` casts them to the base weight's dtype afterwards). Under
+        """Creates this module's adapter tensors (zeros; the tuner initialises them once all layers exist), in
+        `adapter_dtype` (float32; ``autocast_adapter_dtype=False`` casts them to the base weight's dtype later). Under
         peft's ``low_cpu_mem_usage=True`` they are created on the meta device and loading materialises them."""
         weight = self.get_base_layer().weight
         entry_shape = self.weight_shape if kept_entries is None else (int(kept_entries),)
@@ -80,11 +80,11 @@ class GradiendLayer(BaseTunerLayer):
                 kept_entries, dtype=index_dtype(weight.numel()), device=weight.device
             )
         device = weight.device if weight.device.type != "meta" else torch.device("cpu")
-        dtype = adapter_dtype(weight.dtype)
-        self.gradiend_encoder[adapter_name] = nn.Parameter(torch.zeros(latent_dim, *entry_shape, device=device, dtype=dtype))
-        self.gradiend_decoder[adapter_name] = nn.Parameter(torch.zeros(latent_dim, *entry_shape, device=device, dtype=dtype))
+        like = {"device": device, "dtype": adapter_dtype(weight.dtype)}
+        self.gradiend_encoder[adapter_name] = nn.Parameter(torch.zeros(latent_dim, *entry_shape, **like))
+        self.gradiend_decoder[adapter_name] = nn.Parameter(torch.zeros(latent_dim, *entry_shape, **like))
         if decoder_bias:
-            self.gradiend_decoder_bias[adapter_name] = nn.Parameter(torch.zeros(*entry_shape, device=device, dtype=dtype))
+            self.gradiend_decoder_bias[adapter_name] = nn.Parameter(torch.zeros(*entry_shape, **like))
         self.set_adapter(self.active_adapters)
 
     def adapter_tensors(self, adapter_name: str) -> list[nn.Parameter]:

@@ -36,7 +36,7 @@ class GradiendModel(MergingMixin, BaseTuner):
     Use it through peft: ``get_peft_model(base_model, GradiendConfig(...))``. Besides peft's verbs it offers the
     GRADIEND ones: `encode`, `encode_rows`, `decode`, `reconstruction_loss`, merges with a ``feature_factor`` and
     ``lr`` (`merge_adapter`, `merge_and_unload`) and run-time steering (`steer`). Unmerged and unsteered, the model's
-    outputs are the base model's, bit for bit (``tests/test_tuner.py::test_unmerged_unsteered_model_equals_base_bit_for_bit``).
+    outputs are the base model's, bit for bit (``torch.equal`` in ``tests/test_peft_contract.py``).
 
     The shared encoder bias ``b_e`` of each adapter lives here (``gradiend_encoder_bias``), as does its gradient
     scale ``s`` (``gradiend_gradient_scale``, 0 until calibrated on the first training batch).
