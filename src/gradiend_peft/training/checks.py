@@ -175,8 +175,10 @@ def check_precision(model, tuner, adapter: str, args: GradiendTrainingArguments)
     if low:
         raise ValueError(
             f"The GRADIEND adapter {adapter!r} is in {low}; it must train in float32 (its loss sums millions of "
-            "entries). Create it with get_peft_model(..., autocast_adapter_dtype=True) (the default), or cast the "
-            "adapter parameters to float32; the base model may stay bf16."
+            "entries). A half-precision adapter comes from autocast_adapter_dtype=False (get_peft_model, add_adapter, "
+            "PeftModel.from_pretrained, load_adapter), which stores the adapter in the base weights' dtype: create or "
+            "load it with autocast_adapter_dtype=True (the default: float32 adapter, the base model may stay "
+            "bf16/fp16), or cast the adapter parameters to float32."
         )
     base_dtypes = {p.dtype for p in model.get_base_model().parameters()}
     if torch.bfloat16 in base_dtypes or args.bf16:

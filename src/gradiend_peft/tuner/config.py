@@ -50,6 +50,14 @@ class GradiendConfig(PeftConfig):
         kept_entries (`dict[str, int]`, *optional*): Set by pruning: how many input entries each module keeps.
         target_shapes (`dict[str, list[int]]`, *optional*): Recorded at injection: each target weight's shape,
             used to refuse an adapter loaded onto a base model of other shapes.
+        modules_to_save (`list[str]`, *optional*): Refused (must stay ``None``): GRADIEND's objective trains only its
+            encoder-decoder, so a module saved beside it would never be trained (see `check_modules_to_save`).
+
+    Dtypes are chosen where the adapter is created or loaded, by peft's ``autocast_adapter_dtype`` argument of
+    ``get_peft_model`` / ``add_adapter`` / ``PeftModel.from_pretrained`` / ``load_adapter``: ``True`` (default)
+    stores the adapter in float32 (float32 master weights; the base may be bfloat16 or float16), ``False`` in the
+    base weights' dtype (bfloat16 storage halves the adapter). Merges and steering compute the shift in float32 either
+    way and round once to the base dtype. ``inference_mode=True`` freezes every adapter parameter.
     """
 
     target_modules: Optional[Union[list[str], str]] = field(
@@ -93,6 +101,11 @@ class GradiendConfig(PeftConfig):
     target_shapes: Optional[dict[str, list[int]]] = field(
         default=None, metadata={"help": "Recorded at injection: the shape of every target weight."}
     )
+    modules_to_save: Optional[list[str]] = field(
+        default=None,
+        metadata={"help": "Unsupported by GRADIEND (its objective would never train them); must stay None."},
+    )
+
     @classmethod
     def check_kwargs(cls, **kwargs):
         """peft's hook before a saved config is built: drops ``training_summary``, which adapters saved by
@@ -125,6 +138,7 @@ class GradiendConfig(PeftConfig):
             raise ValueError(f"Unknown objective {self.objective!r}; choose one of {list(OBJECTIVES)}.")
         if self.target_parameters:
             raise ValueError("GRADIEND targets modules, not bare parameters: leave target_parameters=None.")
+        check_modules_to_save(self.modules_to_save)
         for name in ("target_modules", "exclude_modules"):
             value = getattr(self, name)
             if isinstance(value, list):
@@ -172,3 +186,23 @@ class GradiendConfig(PeftConfig):
             bad = {k: v for k, v in self.kept_entries.items() if isinstance(v, bool) or not isinstance(v, int) or v < 0}
             if bad:
                 raise ValueError(f"kept_entries must map module names to non-negative integers, got {bad!r}.")
+
+
+def check_modules_to_save(modules_to_save) -> None:
+    """Refuses peft's ``modules_to_save`` for GRADIEND.
+
+    peft would put a trainable copy of each named module beside the adapter and save it with it. GRADIEND's objective
+    is the reconstruction of the target weights' gradients by the encoder-decoder: it differentiates only the
+    adapter's own tensors, so such a copy would stay as it was loaded, double the module's memory and fill the adapter
+    file for nothing, and a merge would not touch it.
+
+    Raises:
+        `ValueError`: for any non-empty ``modules_to_save``, naming what to do instead.
+    """
+    if modules_to_save:
+        raise ValueError(
+            f"GRADIEND does not support modules_to_save={modules_to_save!r}: its objective trains only the adapter's "
+            "encoder-decoder, so these modules would be saved but never trained. To edit a module's weights with "
+            "GRADIEND, add it to target_modules; to train a task head, fine-tune it (e.g. with LoRA) and merge or save "
+            "it with the base model first, then attach GRADIEND to that model. Leave modules_to_save=None."
+        )

@@ -11,12 +11,17 @@ For a target weight ``W`` (any shape) and adapter ``a`` a layer stores
 The encoding sums over layers, ``h = act(s * sum_m <E_m, g_m> + b_e)``, the decoding is local,
 ``d_m(h) = sum_j h_j D_m,j + c_m``, and the weight shift of a merge or of run-time steering is
 ``lr * d_m(feature_factor) / s`` (``s``: the adapter's gradient scale, so the shift is in gradient units).
+
+Dtypes: ``E``, ``D`` and ``c`` are stored in float32 (float64 on a float64 base) unless the adapter was created or
+loaded with ``autocast_adapter_dtype=False``, which stores them in the base weight's dtype (see `adapter_dtype`).
+Every computation on them (encoding, decoding, the shift of a merge or of steering) runs in float32 at least
+(`compute_dtype`), so a bfloat16 adapter differs from a float32 one by its storage rounding only.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -25,24 +30,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-FeatureFactor = Union[float, Sequence[float], torch.Tensor]
-
-
-def index_dtype(numel: int) -> torch.dtype:
-    """The dtype of kept-entry indices into a weight of ``numel`` entries: int32 where it fits (4 bytes per kept entry
-    on disk instead of 8), else int64."""
-    return torch.int32 if numel < 2**31 else torch.int64
-
-
-def _as_factor(feature_factor: FeatureFactor, k: int, device, dtype=torch.float32) -> torch.Tensor:
-    factor = torch.as_tensor(feature_factor, dtype=dtype, device=device).reshape(-1)
-    if factor.numel() == 1:
-        factor = factor.expand(k)
-    if factor.numel() != k:
-        raise ValueError(f"feature_factor has {factor.numel()} values but the adapter's latent_dim is {k}.")
-    if not torch.isfinite(factor).all():
-        raise ValueError(f"feature_factor must be finite, got {factor.tolist()}.")
-    return factor
+from .numerics import FeatureFactor, adapter_dtype, as_factor, compute_dtype, index_dtype, unmerge_refusal
 
 
 class GradiendLayer(BaseTunerLayer):
@@ -50,6 +38,7 @@ class GradiendLayer(BaseTunerLayer):
 
     adapter_layer_names = ("gradiend_encoder", "gradiend_decoder", "gradiend_decoder_bias")
     other_param_names = ("gradiend_kept_indices",)
+    weight_layout = "out_in"  # how the base weight is laid out: "out_in" (nn.Linear), "in_out" (Conv1D), "embedding"
 
     def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
         self.base_layer = base_layer
@@ -66,11 +55,19 @@ class GradiendLayer(BaseTunerLayer):
         self._steering: dict[str, tuple[torch.Tensor, float, float]] = {}
         weight = self.get_base_layer().weight
         self.weight_shape = tuple(weight.shape)
+        # as peft's layers expose them: Linear (out, in); transformers' Conv1D stores (in, out); Embedding
+        # (num_embeddings, embedding_dim) reads as in = num_embeddings, out = embedding_dim
+        if self.weight_layout == "out_in":
+            self.out_features, self.in_features = self.weight_shape
+        else:
+            self.in_features, self.out_features = self.weight_shape
         self.kwargs = kwargs
 
     # ----------------------------------------------------------------------------------------------- set-up
     def update_layer(self, adapter_name: str, latent_dim: int, decoder_bias: bool, kept_entries: Optional[int]) -> None:
-        """Creates this module's adapter tensors (zeros; the tuner initialises them once all layers exist)."""
+        """Creates this module's adapter tensors (zeros; the tuner initialises them once all layers exist), in
+        `adapter_dtype` (float32; ``autocast_adapter_dtype=False`` casts them to the base weight's dtype later). Under
+        peft's ``low_cpu_mem_usage=True`` they are created on the meta device and loading materialises them."""
         weight = self.get_base_layer().weight
         entry_shape = self.weight_shape if kept_entries is None else (int(kept_entries),)
         if kept_entries is not None:
@@ -83,11 +80,42 @@ class GradiendLayer(BaseTunerLayer):
                 kept_entries, dtype=index_dtype(weight.numel()), device=weight.device
             )
         device = weight.device if weight.device.type != "meta" else torch.device("cpu")
-        self.gradiend_encoder[adapter_name] = nn.Parameter(torch.zeros(latent_dim, *entry_shape, device=device))
-        self.gradiend_decoder[adapter_name] = nn.Parameter(torch.zeros(latent_dim, *entry_shape, device=device))
+        like = {"device": device, "dtype": adapter_dtype(weight.dtype)}
+        self.gradiend_encoder[adapter_name] = nn.Parameter(torch.zeros(latent_dim, *entry_shape, **like))
+        self.gradiend_decoder[adapter_name] = nn.Parameter(torch.zeros(latent_dim, *entry_shape, **like))
         if decoder_bias:
-            self.gradiend_decoder_bias[adapter_name] = nn.Parameter(torch.zeros(*entry_shape, device=device))
+            self.gradiend_decoder_bias[adapter_name] = nn.Parameter(torch.zeros(*entry_shape, **like))
         self.set_adapter(self.active_adapters)
+
+    def adapter_tensors(self, adapter_name: str) -> list[nn.Parameter]:
+        """The adapter's floating-point parameters in this layer: ``E``, ``D`` and (if present) ``c``."""
+        return [container[adapter_name] for container in (self.gradiend_encoder, self.gradiend_decoder,
+                                                          self.gradiend_decoder_bias) if adapter_name in container]
+
+    def cast_adapter(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> torch.dtype:
+        """Stores the adapter's ``E``, ``D``, ``c`` in `adapter_dtype` of the base weight (keeping each parameter's
+        ``requires_grad``); returns that dtype. Kept-entry indices stay integers."""
+        dtype = adapter_dtype(self.get_base_layer().weight.dtype, autocast_adapter_dtype)
+        for container in (self.gradiend_encoder, self.gradiend_decoder, self.gradiend_decoder_bias):
+            param = container.get(adapter_name)
+            if param is not None and param.dtype != dtype:
+                container[adapter_name] = nn.Parameter(param.detach().to(dtype), requires_grad=param.requires_grad)
+        return dtype
+
+    def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: Optional[torch.device] = None) -> None:
+        """Moves the adapter to the base weight's device, keeping its dtype and ``requires_grad`` (peft's version also
+        casts to the base weight's dtype, which would round a float32 adapter loaded with ``low_cpu_mem_usage=True``
+        onto a bfloat16 base; GRADIEND's dtype is decided by `cast_adapter`)."""
+        target = device if device is not None else self.get_base_layer().weight.device
+        if target.type == "meta":
+            return
+        for container in (self.gradiend_encoder, self.gradiend_decoder, self.gradiend_decoder_bias):
+            param = container.get(adapter_name)
+            if param is not None and not param.is_meta and param.device != target:
+                container[adapter_name] = nn.Parameter(param.detach().to(target), requires_grad=param.requires_grad)
+        indices = self.gradiend_kept_indices[adapter_name] if adapter_name in self.gradiend_kept_indices else None
+        if indices is not None and not indices.is_meta and indices.device != target:
+            self.gradiend_kept_indices[adapter_name] = indices.to(target)
 
     def is_pruned(self, adapter_name: str) -> bool:
         return adapter_name in self.gradiend_kept_indices
@@ -120,17 +148,20 @@ class GradiendLayer(BaseTunerLayer):
 
     # ------------------------------------------------------------------------------------------ the maths
     def encoder_dot(self, adapter_name: str, gradient: torch.Tensor) -> torch.Tensor:
-        """``<E_j, g>`` for every latent dimension ``j``: shape ``(k,)``."""
+        """``<E_j, g>`` for every latent dimension ``j``: shape ``(k,)``, in `compute_dtype` (float32 at least)."""
         encoder = self.gradiend_encoder[adapter_name]
-        entries = self.select(adapter_name, gradient).to(encoder.dtype)
-        return encoder.reshape(encoder.shape[0], -1) @ entries
+        compute = compute_dtype(encoder.dtype)
+        entries = self.select(adapter_name, gradient).to(compute)
+        return encoder.reshape(encoder.shape[0], -1).to(compute) @ entries
 
     def decode(self, adapter_name: str, latent: torch.Tensor) -> torch.Tensor:
-        """``d(h) = sum_j h_j D_j + c`` over the adapter's entries, flattened to ``(n_m,)``, in scaled units."""
+        """``d(h) = sum_j h_j D_j + c`` over the adapter's entries, flattened to ``(n_m,)``, in scaled units, in
+        `compute_dtype` (float32 at least)."""
         decoder = self.gradiend_decoder[adapter_name]
-        out = latent.to(decoder.dtype) @ decoder.reshape(decoder.shape[0], -1)
+        compute = compute_dtype(decoder.dtype)
+        out = latent.to(compute) @ decoder.reshape(decoder.shape[0], -1).to(compute)
         if adapter_name in self.gradiend_decoder_bias:
-            out = out + self.gradiend_decoder_bias[adapter_name].reshape(-1)
+            out = out + self.gradiend_decoder_bias[adapter_name].reshape(-1).to(compute)
         return out
 
     def reconstruction_error(self, adapter_name: str, latent: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -141,19 +172,29 @@ class GradiendLayer(BaseTunerLayer):
     def delta_weight(
         self, adapter_name: str, feature_factor: FeatureFactor, lr: float, gradient_scale: float = 1.0
     ) -> torch.Tensor:
-        """The weight shift ``lr * d(feature_factor) / s``, shaped like the base weight, on its device, in the
-        adapter's dtype (float32 for float32 adapters: a merge adds it to the base weight in float32 and rounds once
-        to the base dtype, see `shifted_weight`)."""
+        """The weight shift ``lr * d(feature_factor) / s``, shaped like the base weight, on its device, in
+        `compute_dtype` (float32 also for a bfloat16/float16 adapter: a merge adds it to the base weight in float32
+        and rounds once to the base dtype, see `shifted_weight`)."""
         decoder = self.gradiend_decoder[adapter_name]
-        factor = _as_factor(feature_factor, decoder.shape[0], decoder.device)
+        compute = compute_dtype(decoder.dtype)
+        k = decoder.shape[0]
+        factor = as_factor(feature_factor, k, decoder.device, dtype=compute)
         if not (math.isfinite(float(gradient_scale)) and float(gradient_scale) > 0):
             raise ValueError(f"The gradient scale of adapter {adapter_name!r} is {gradient_scale}; it must be a "
                              "positive finite number (a corrupt adapter file?).")
-        # in place on the one fresh buffer of the matmul: the same values as ``(D h + c) * (lr / s)``, without a
-        # second and third weight-sized temporary (a steered forward builds this for every layer and call)
-        decoded = factor.to(decoder.dtype) @ decoder.reshape(decoder.shape[0], -1)
-        if adapter_name in self.gradiend_decoder_bias:
-            decoded.add_(self.gradiend_decoder_bias[adapter_name].reshape(-1))
+        bias = self.gradiend_decoder_bias[adapter_name].reshape(-1) if adapter_name in self.gradiend_decoder_bias else None
+        rows = decoder.reshape(k, -1)
+        if decoder.dtype == compute:
+            # in place on the one fresh buffer of the matmul: the same values as ``(D h + c) * (lr / s)``, without a
+            # second and third weight-sized temporary (a steered forward builds this for every layer and call)
+            decoded = factor @ rows
+            if bias is not None:
+                decoded.add_(bias)
+        else:
+            # half-precision storage: accumulate ``c + sum_j h_j D_j`` in one float32 buffer (no float32 copy of D)
+            decoded = bias.to(compute) if bias is not None else rows.new_zeros(rows.shape[1], dtype=compute)
+            for j in range(k):
+                decoded.add_(rows[j], alpha=float(factor[j]))
         decoded.mul_(float(lr) / float(gradient_scale))
         weight = self.get_base_layer().weight
         return self.scatter(adapter_name, decoded).to(device=weight.device)
@@ -235,7 +276,7 @@ class GradiendLayer(BaseTunerLayer):
             if name not in self.gradiend_decoder:
                 continue
             scale = (gradient_scales or {}).get(name, 1.0)
-            factor = _as_factor(feature_factor, self.gradiend_decoder[name].shape[0], "cpu")
+            factor = as_factor(feature_factor, self.gradiend_decoder[name].shape[0], "cpu")
             delta = self.delta_weight(name, factor, lr, scale)
             moving = delta != 0
             shifted = self.shifted_weight(delta, f"Merging adapter {name!r}")
@@ -278,7 +319,7 @@ class GradiendLayer(BaseTunerLayer):
         layer with the adapter's gradient scale.
         """
         k = self.gradiend_decoder[adapter_name].shape[0]
-        self._steering[adapter_name] = (_as_factor(feature_factor, k, "cpu"), float(lr), float(gradient_scale))
+        self._steering[adapter_name] = (as_factor(feature_factor, k, "cpu"), float(lr), float(gradient_scale))
 
     def clear_steering(self) -> None:
         """Ends run-time steering of this layer for every adapter."""
@@ -331,8 +372,10 @@ def linear_per_example_dot(
     ``y = x W`` (``layout="in_out"``, transformers' Conv1D), without forming the per-example gradients."""
     k = encoder.shape[0]
     batch = inputs.shape[0]
-    x = inputs.reshape(batch, -1, inputs.shape[-1]).to(encoder.dtype)
-    delta = output_grad.reshape(batch, -1, output_grad.shape[-1]).to(encoder.dtype)
+    compute = compute_dtype(encoder.dtype)
+    encoder = encoder.to(compute)
+    x = inputs.reshape(batch, -1, inputs.shape[-1]).to(compute)
+    delta = output_grad.reshape(batch, -1, output_grad.shape[-1]).to(compute)
     if layout == "out_in":  # encoder (k, out, in)
         out_features = encoder.shape[1]
         projected = x @ encoder.reshape(k * out_features, -1).T
@@ -379,8 +422,6 @@ class _GradiendModule(nn.Module, GradiendLayer):
 class Linear(_GradiendModule):
     """GRADIEND layer around an ``nn.Linear`` (``y = x W^T + b``)."""
 
-    weight_layout = "out_in"
-
     def _apply_delta(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         return F.linear(x.to(delta.dtype), delta)
 
@@ -415,23 +456,14 @@ class Embedding(_GradiendModule):
     def per_example_dot(self, probe: torch.Tensor, inputs: torch.Tensor, output_grad: torch.Tensor) -> torch.Tensor:
         """``<P_j, G_i>`` for an embedding lookup: ``scale * sum_t P_j[token_it] . delta_it``."""
         encoder = probe
+        compute = compute_dtype(encoder.dtype)
         base = self.get_base_layer()
         ids = inputs.reshape(inputs.shape[0], -1)
-        delta = output_grad.reshape(ids.shape[0], ids.shape[1], -1).to(encoder.dtype)
+        delta = output_grad.reshape(ids.shape[0], ids.shape[1], -1).to(compute)
         if base.padding_idx is not None:  # autograd gives the padding row no gradient
             delta = delta * (ids != base.padding_idx).unsqueeze(-1).to(delta.dtype)
-        gathered = encoder[:, ids]  # (k, B, T, d)
+        gathered = encoder[:, ids].to(compute)  # (k, B, T, d)
         return torch.einsum("kbtd,btd->bk", gathered, delta) * self._embed_scale_value()
-
-
-def unmerge_refusal(adapters: Sequence[str]) -> str:
-    """The message refusing to unmerge adapters that changed after their merge."""
-    return (
-        f"Adapter(s) {sorted(set(adapters))} changed after they were merged (pruned, reset, trained or loaded anew), "
-        "so their current decoder would not undo the merge and the base weights cannot be restored. Nothing was "
-        "changed. Reload the base model, or next time unmerge before changing the adapter (or merge with "
-        "keep_original=True)."
-    )
 
 
 def layer_class_for(module: nn.Module) -> Optional[type[GradiendLayer]]:

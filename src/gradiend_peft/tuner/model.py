@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import math
-import re
-import warnings
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from peft.tuners._buffer_dict import BufferDict
-from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
+from .config import GradiendConfig, check_modules_to_save
 from .constants import ADAPTER_PREFIX
-from .config import GradiendConfig
 from .constants import MASKED_LM_MODEL_TYPES, TRANSFORMERS_MODELS_TO_GRADIEND_TARGET_MODULES_MAPPING
-from .layer import Embedding, FeatureFactor, GradiendLayer, layer_class_for, unmerge_refusal
+from .layer import Embedding, GradiendLayer, layer_class_for
+from .merging import MergingMixin
 
 _ACTIVATIONS = {
     "tanh": torch.tanh,
@@ -31,7 +30,7 @@ _ACTIVATIONS = {
 }
 
 
-class GradiendModel(BaseTuner):
+class GradiendModel(MergingMixin, BaseTuner):
     """Creates a GRADIEND model (a gradient encoder-decoder over target modules) from a transformers model.
 
     Use it through peft: ``get_peft_model(base_model, GradiendConfig(...))``. It does the weight-space maths of the
@@ -39,10 +38,22 @@ class GradiendModel(BaseTuner):
     with a given gradient (`reconstruction_error`), merges with a ``feature_factor`` and ``lr`` (`merge_adapter`,
     `merge_and_unload`) and run-time steering (`steer`). Computing the base model's gradients from rows, the
     training losses and row encodings live in `gradiend_peft.objective`. Unmerged and unsteered, the model's
-    outputs are the base model's, bit for bit.
+    outputs are the base model's, bit for bit (``torch.equal`` in ``tests/test_peft_contract.py``).
 
     The shared encoder bias ``b_e`` of each adapter lives here (``gradiend_encoder_bias``), as does its gradient
     scale ``s`` (``gradiend_gradient_scale``, 0 until calibrated on the first training batch).
+
+    Dtypes (peft's ``autocast_adapter_dtype`` of ``get_peft_model``, ``add_adapter``, ``PeftModel.from_pretrained``
+    and ``load_adapter``): ``True``, the default, stores the adapter in float32 whatever the base dtype (float32
+    master weights beside a bfloat16/float16 base; float64 on a float64 base); ``False`` stores it in the base
+    weights' dtype (bfloat16 storage halves the adapter, which is 2-3x the size of the weights it targets). Either way
+    encoding, decoding and the shift of a merge or of steering are computed in float32 and a merge rounds once to
+    the base dtype; the gradient scale stays float32 (also through ``model.to(dtype)``). `GradiendTrainer` trains
+    float32 adapters only.
+
+    Inference mode (``PeftModel.from_pretrained`` without ``is_trainable=True``, or
+    ``GradiendConfig(inference_mode=True)``) freezes every parameter of the adapter, the encoder bias included.
+    ``low_cpu_mem_usage=True`` creates the adapter on the meta device and lets loading materialise it.
     """
 
     prefix: str = ADAPTER_PREFIX
@@ -86,11 +97,18 @@ class GradiendModel(BaseTuner):
                 return name
         return None
 
+    def _check_new_adapter_config(self, config: GradiendConfig) -> None:
+        super()._check_new_adapter_config(config)
+        check_modules_to_save(getattr(config, "modules_to_save", None))  # also for a config changed after creation
+
     def inject_adapter(self, model: nn.Module, adapter_name: str, autocast_adapter_dtype: bool = True,
                        low_cpu_mem_usage: bool = False, state_dict: Optional[dict[str, torch.Tensor]] = None) -> None:
         config: GradiendConfig = self.peft_config[adapter_name]
         loading = config.target_shapes is not None
         self.__dict__["_embedding_target"] = None
+        # peft restores the trainability of the base model's existing parameters after an injection, but not of the
+        # tuner's own: keep the other adapters' encoder biases as they are
+        trainable = {name: bias.requires_grad for name, bias in getattr(self, "gradiend_encoder_bias", {}).items()}
         try:
             super().inject_adapter(model, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype,
                                    low_cpu_mem_usage=low_cpu_mem_usage, state_dict=state_dict)
@@ -116,6 +134,10 @@ class GradiendModel(BaseTuner):
             _check_shapes(config, shapes)
         else:
             config.target_shapes = shapes
+        self._cast_adapter_dtype(adapter_name, autocast_adapter_dtype)  # the encoder bias joins its layers' dtype
+        for name, bias in self.gradiend_encoder_bias.items():
+            bias.requires_grad_(trainable[name] if name in trainable else
+                                name in self.active_adapters and not config.inference_mode)
         self._initialize_adapter(adapter_name)
         if config.base_model_name_or_path is None:
             config.base_model_name_or_path = getattr(getattr(model, "config", None), "_name_or_path", None) or None
@@ -147,7 +169,7 @@ class GradiendModel(BaseTuner):
             self.gradiend_gradient_scale = BufferDict({}, persistent=True)
         if adapter_name not in self.gradiend_encoder_bias:
             self.gradiend_encoder_bias[adapter_name] = nn.Parameter(torch.zeros(config.latent_dim))
-            self.gradiend_gradient_scale[adapter_name] = torch.zeros(())
+            self.gradiend_gradient_scale[adapter_name] = torch.zeros((), dtype=torch.float32)
             self.gradiend_encoder_bias[adapter_name].requires_grad_(adapter_name in self.active_adapters)
 
     def reset_adapter(self, adapter_name: Optional[str] = None, seed: Optional[int] = None) -> None:
@@ -164,12 +186,47 @@ class GradiendModel(BaseTuner):
         self._initialize_adapter(name)
         self.gradiend_gradient_scale[name].zero_()
 
+    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
+        """GRADIEND's dtype policy (see the class docstring); peft calls this after creating or loading an adapter.
+
+        Each layer's ``E``, ``D``, ``c`` take `adapter_dtype` of its base weight, the shared encoder bias the widest of
+        those, and the gradient scale stays float32. ``requires_grad`` is kept (peft's own cast re-creates frozen
+        parameters as trainable ones)."""
+        dtypes = [layer.cast_adapter(adapter_name, autocast_adapter_dtype)
+                  for layer in self.gradiend_layers(adapter_name).values()]
+        if adapter_name not in getattr(self, "gradiend_encoder_bias", {}):
+            return
+        dtype = functools.reduce(torch.promote_types, dtypes, dtypes[0]) if dtypes else torch.float32
+        bias = self.gradiend_encoder_bias[adapter_name]
+        if bias.dtype != dtype:
+            self.gradiend_encoder_bias[adapter_name] = nn.Parameter(bias.detach().to(dtype),
+                                                                    requires_grad=bias.requires_grad)
+        scale = self.gradiend_gradient_scale[adapter_name]
+        if scale.dtype != torch.float32:
+            self.gradiend_gradient_scale[adapter_name] = scale.to(torch.float32)
+
+    def _apply(self, fn, recurse: bool = True):
+        # ``model.to(torch.bfloat16)``, ``.half()``: the adapter follows the user's cast, the gradient scale (one
+        # number that every merge divides by) stays float32
+        scales = dict(self.gradiend_gradient_scale.items()) if "gradiend_gradient_scale" in self._modules else {}
+        result = super()._apply(fn, recurse)
+        for name, old in scales.items():
+            new = self.gradiend_gradient_scale[name]
+            if new.dtype != old.dtype:
+                self.gradiend_gradient_scale[name] = old.to(new.device)
+        return result
+
     @torch.no_grad()
     def _initialize_adapter(self, adapter_name: str) -> None:
         """Encoder and its bias ~ U(-1/sqrt(n), 1/sqrt(n)) as an ``nn.Linear(n, k)``; decoder weight and bias ~
-        U(-x, x) with ``x`` the largest encoder weight (the reference implementation's scheme)."""
+        U(-x, x) with ``x`` the largest encoder weight (the reference implementation's scheme). Nothing is drawn for
+        an adapter created on the meta device (``low_cpu_mem_usage=True``): loading gives its values."""
         config: GradiendConfig = self.peft_config[adapter_name]
         layers = self.gradiend_layers(adapter_name)
+        tensors = [self.gradiend_encoder_bias[adapter_name]]
+        tensors += [t for layer in layers.values() for t in layer.adapter_tensors(adapter_name)]
+        if any(t.is_meta for t in tensors):
+            return
         n = sum(layer.num_entries(adapter_name) for layer in layers.values())
         bound = 1.0 / math.sqrt(n)
         generator = torch.Generator().manual_seed(config.init_seed) if config.init_seed is not None else None
@@ -190,11 +247,6 @@ class GradiendModel(BaseTuner):
                 uniform_(layer.gradiend_decoder_bias[adapter_name], largest)
 
     # ------------------------------------------------------------------- adapter bookkeeping (tuner-level)
-    def _mark_only_adapters_as_trainable(self, model: nn.Module) -> None:
-        super()._mark_only_adapters_as_trainable(model)
-        for name, bias in getattr(self, "gradiend_encoder_bias", {}).items():
-            bias.requires_grad_(name in self.active_adapters)
-
     def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
         super().set_adapter(adapter_name, inference_mode=inference_mode)
         names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
@@ -219,36 +271,6 @@ class GradiendModel(BaseTuner):
             for name, module in self.model.named_modules()
             if isinstance(module, GradiendLayer) and (adapter_name is None or adapter_name in module.gradiend_encoder)
         }
-
-    def tied_heads(self) -> dict[str, nn.Linear]:
-        """Target embeddings whose weight tensor another, untargeted module uses too (a tied LM head).
-
-        Targeting a tied embedding means targeting the shared tensor: its gradient has both uses, a merge changes
-        both, and steering shifts both.
-        """
-        tied: dict[str, nn.Linear] = {}
-        layers = self.gradiend_layers()
-        wrapped = {id(layer.get_base_layer()) for layer in layers.values()}
-        for name, layer in layers.items():
-            if not isinstance(layer, Embedding):
-                continue
-            weight = layer.get_base_layer().weight
-            for module in self.model.modules():
-                if id(module) in wrapped or isinstance(module, GradiendLayer):
-                    continue
-                if getattr(module, "weight", None) is weight:
-                    if not isinstance(module, nn.Linear):
-                        raise NotImplementedError(
-                            f"The embedding {name!r} shares its weight with a {type(module).__name__}; GRADIEND "
-                            "supports a tied nn.Linear LM head only. Untie the weights or leave the embedding out."
-                        )
-                    tied[name] = module
-        return tied
-
-    def _check_merge_allowed(self) -> None:
-        # peft warns about tied targets; for GRADIEND a merge into the shared tensor is the intended edit
-        # (see `tied_heads`), so there is nothing to warn about.
-        return None
 
     def resolve_adapter(self, adapter_name: Optional[str]) -> str:
         name = adapter_name or self.active_adapters[0]
@@ -342,182 +364,6 @@ class GradiendModel(BaseTuner):
         sign = config.class_signs[class_name]
         factor = sign if config.source == "alternative" else -sign
         return factor if strengthen else -factor
-
-    # ------------------------------------------------------------------------------- merging / steering
-    def _merge_values(self, adapter_name: str, feature_factor: Optional[FeatureFactor], lr: Optional[float]):
-        config = self.peft_config[adapter_name]
-        feature_factor = config.feature_factor if feature_factor is None else feature_factor
-        lr = config.lr if lr is None else lr
-        if feature_factor is None or lr is None:
-            raise ValueError(
-                "Merging a GRADIEND adapter needs a feature_factor and an lr, e.g. "
-                "merge_and_unload(feature_factor=1.0, lr=1e-3) (gradiend_peft.search_rewrite finds good values), or "
-                "set GradiendConfig.feature_factor and GradiendConfig.lr."
-            )
-        if not math.isfinite(float(lr)):
-            raise ValueError(f"lr must be finite, got {lr!r}.")
-        return feature_factor, float(lr)
-
-    def merge_adapter(self, adapter_names: Optional[list[str]] = None, safe_merge: bool = False,
-                      feature_factor: Optional[FeatureFactor] = None, lr: Optional[float] = None,
-                      keep_original: bool = False) -> None:
-        """Writes ``W += lr * d(feature_factor) / s`` into every target weight (undo with `unmerge_adapter`).
-
-        Merges are computed in float32, checked for NaN/infinities before anything is written, and refused for an
-        adapter that is already merged with other values (unmerge first). On a bfloat16/float16 base the original
-        weights are kept (so that unmerging restores them exactly) and a warning says how many entries the shift
-        could not move because the dtype is too coarse.
-
-        Args:
-            adapter_names (`list[str]`, *optional*): Adapters to merge (default: the active ones).
-            safe_merge (`bool`): Accepted for peft's signature; merges are always checked.
-            feature_factor (`float`, *optional*): The latent value to decode; default ``config.feature_factor``.
-            lr (`float`, *optional*): The step size; default ``config.lr``.
-            keep_original (`bool`): Keep copies of the weights so that unmerging restores them exactly (always on
-                for half-precision weights).
-
-        Raises:
-            `ValueError`: for an adapter already merged with another feature factor or lr, an unknown adapter name,
-                or a merge that would write non-finite weights (nothing is written then).
-        """
-        self._check_merge_allowed()
-        names = adapter_names or list(self.active_adapters)
-        for name in names:
-            self.resolve_adapter(name)
-        todo = []
-        for name in names:
-            factor, step = self._merge_values(name, feature_factor, lr)
-            scale = self.gradient_scale(name)
-            layers = list(self.gradiend_layers(name).values())
-            merged = [layer._merge_record[name] for layer in layers if name in layer.merged_adapters]
-            if merged:
-                old_factor, old_lr, old_scale, _ = merged[0]
-                new_factor = torch.as_tensor(factor, dtype=torch.float32).reshape(-1).expand_as(old_factor)
-                if old_lr != step or old_scale != scale or not torch.equal(old_factor, new_factor):
-                    raise ValueError(
-                        f"Adapter {name!r} is already merged with feature_factor={old_factor.tolist()}, lr={old_lr}; "
-                        "call unmerge_adapter() before merging other values."
-                    )
-                warnings.warn(f"Adapter {name!r} is already merged with these values; nothing to do.")
-                continue
-            todo.append((name, factor, step, scale, layers))
-        for name, factor, step, scale, layers in todo:
-            # every layer's shift is checked before any weight changes: a refused merge leaves no layer merged
-            for layer in layers:
-                layer.shifted_weight(layer.delta_weight(name, factor, step, scale), f"Merging adapter {name!r}")
-            lost = moving = 0
-            for layer in layers:
-                lost += layer.merge(adapter_names=[name], feature_factor=factor, lr=step,
-                                    gradient_scales={name: scale}, keep_original=keep_original)
-                moving += layer.num_entries(name)
-            if lost:
-                warnings.warn(
-                    f"Merging adapter {name!r}: {lost} of {moving} adapter entries did not change, because the base "
-                    "weights' dtype cannot represent so small a step. Load the base model in float32 to apply the edit "
-                    "fully (unmerging still restores the original weights exactly).",
-                    stacklevel=2,
-                )
-
-    def unmerge_adapter(self) -> None:
-        """Undoes all merges (exactly where the original was kept, else by subtracting the same shift).
-
-        Raises:
-            `RuntimeError`: if a merged adapter changed after its merge (pruned, reset, trained, loaded anew) and no
-                original was kept: its current decoder would not undo the merge. Nothing is changed then.
-        """
-        layers = self.gradiend_layers().values()
-        changed = {name for layer in layers for name in layer.merged_adapters
-                   if name not in layer._original_weights and layer.changed_since_merge(name)}
-        if changed:
-            raise RuntimeError(unmerge_refusal(sorted(changed)))
-        for layer in layers:
-            layer.unmerge()
-
-    def merged_adapter_names(self) -> list[str]:
-        """The adapters merged into the base weights now (in any target module)."""
-        return sorted({name for layer in self.gradiend_layers().values() for name in layer.merged_adapters})
-
-    def check_unmerged(self, what: str) -> None:
-        """Raises a `RuntimeError` naming ``what`` and the fix when an adapter is merged into the base weights."""
-        merged = self.merged_adapter_names()
-        if merged:
-            raise RuntimeError(
-                f"{what} needs the base weights as they are, but adapter(s) {merged} are merged into them. Call "
-                "unmerge_adapter() first."
-            )
-
-    @property
-    def steering_active(self) -> bool:
-        """Whether run-time steering is set on any layer (see `set_steering`)."""
-        return any(layer.steering_state() for layer in self.gradiend_layers().values())
-
-    def merge_and_unload(self, progressbar: bool = False, safe_merge: bool = False,
-                         adapter_names: Optional[list[str]] = None, feature_factor: Optional[FeatureFactor] = None,
-                         lr: Optional[float] = None) -> nn.Module:
-        """Merges ``lr * d(feature_factor)`` into the base weights and returns the plain transformers model.
-
-        Args:
-            progressbar (`bool`): Unused (merging is one pass over the target modules); kept for peft's signature.
-            safe_merge (`bool`): Refuse to write weights containing NaN or infinities.
-            adapter_names (`list[str]`, *optional*): Adapters to merge (default: the active ones).
-            feature_factor (`float`, *optional*): The latent value to decode; default ``config.feature_factor``.
-            lr (`float`, *optional*): The step size; default ``config.lr``.
-        """
-        self.merge_adapter(adapter_names, safe_merge=safe_merge, feature_factor=feature_factor, lr=lr)
-        for layer in self.gradiend_layers().values():
-            layer.merged_adapters.clear()
-            layer._merge_record.clear()
-        return self._unload_and_optionally_merge(merge=False)
-
-    def set_steering(self, feature_factor: FeatureFactor, lr: float, adapter_names: Optional[list[str]] = None) -> None:
-        """Steers at run time: forward passes use ``W + lr * d(feature_factor) / s`` without changing ``W``.
-
-        Raises:
-            `RuntimeError`: while an adapter is merged (steering would act on merged weights; unmerge first).
-        """
-        self.check_unmerged("Steering")
-        for name in adapter_names or list(self.active_adapters):
-            factor, step = self._merge_values(name, feature_factor, lr)
-            scale = self.gradient_scale(name)
-            for layer in self.gradiend_layers(name).values():
-                layer.set_steering(name, factor, step, scale)
-        if not self.__dict__.get("_tied_steering_hooks"):
-            layers = self.gradiend_layers()
-            self.__dict__["_tied_steering_hooks"] = [
-                head.register_forward_hook(_tied_head_steering_hook(layers[name]))
-                for name, head in self.tied_heads().items()
-            ]
-
-    def clear_steering(self) -> None:
-        """Stops run-time steering."""
-        for layer in self.gradiend_layers().values():
-            layer.clear_steering()
-        for handle in self.__dict__.pop("_tied_steering_hooks", []):
-            handle.remove()
-
-    @contextlib.contextmanager
-    def steer(self, feature_factor: FeatureFactor, lr: float, adapter_names: Optional[list[str]] = None) -> Iterator[None]:
-        """Context manager form of `set_steering`; steering stops on exit."""
-        self.set_steering(feature_factor, lr, adapter_names)
-        try:
-            yield
-        finally:
-            self.clear_steering()
-
-
-def _tied_head_steering_hook(layer: GradiendLayer):
-    """A forward hook that shifts a tied LM head by its embedding's steering delta."""
-
-    def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> Optional[torch.Tensor]:
-        if layer.disable_adapters or not layer.steering_state():
-            return None
-        delta = layer.steering_delta()
-        if delta is None:
-            return None
-        return output + nn.functional.linear(args[0].to(delta.dtype), delta).to(output.dtype)
-
-    return hook
-
 
 def _infer_objective(model: nn.Module, model_config: dict) -> str:
     architectures = model_config.get("architectures") or [type(model).__name__]

@@ -1,0 +1,59 @@
+"""Numbers shared by GRADIEND's layers and tuner: the dtypes adapters are stored and computed in, feature factors,
+kept-entry index dtypes, and the message refusing an unmerge that could not be undone."""
+
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import torch
+
+FeatureFactor = Union[float, Sequence[float], torch.Tensor]
+
+
+def index_dtype(numel: int) -> torch.dtype:
+    """The dtype of kept-entry indices into a weight of ``numel`` entries: int32 where it fits (4 bytes per kept entry
+    on disk instead of 8), else int64."""
+    return torch.int32 if numel < 2**31 else torch.int64
+
+
+_STORABLE = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def adapter_dtype(weight_dtype: torch.dtype, autocast_adapter_dtype: bool = True) -> torch.dtype:
+    """The dtype GRADIEND stores an adapter's tensors in, for a base weight of ``weight_dtype``.
+
+    ``autocast_adapter_dtype=True`` (peft's default): float32 master weights whatever the base (float64 on a float64
+    base: autocasting only ever widens, as in peft). ``False``: the base weight's own dtype (e.g. bfloat16 storage, half
+    the memory of float32; the adapter is 2-3x the size of the weights it targets), float32 for a weight dtype torch
+    cannot compute in (quantised or float8 weights).
+    """
+    if autocast_adapter_dtype:
+        return torch.float64 if weight_dtype == torch.float64 else torch.float32
+    return weight_dtype if weight_dtype in _STORABLE else torch.float32
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype adapter maths runs in for tensors stored in ``dtype``: float32, or float64 for float64 tensors."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def as_factor(feature_factor: FeatureFactor, k: int, device, dtype=torch.float32) -> torch.Tensor:
+    """``feature_factor`` as a ``(k,)`` tensor (one number is used for every latent dimension), checked finite."""
+    factor = torch.as_tensor(feature_factor, dtype=dtype, device=device).reshape(-1)
+    if factor.numel() == 1:
+        factor = factor.expand(k)
+    if factor.numel() != k:
+        raise ValueError(f"feature_factor has {factor.numel()} values but the adapter's latent_dim is {k}.")
+    if not torch.isfinite(factor).all():
+        raise ValueError(f"feature_factor must be finite, got {factor.tolist()}.")
+    return factor
+
+
+def unmerge_refusal(adapters: Sequence[str]) -> str:
+    """The message refusing to unmerge adapters that changed after their merge."""
+    return (
+        f"Adapter(s) {sorted(set(adapters))} changed after they were merged (pruned, reset, trained or loaded anew), "
+        "so their current decoder would not undo the merge and the base weights cannot be restored. Nothing was "
+        "changed. Reload the base model, or next time unmerge before changing the adapter (or merge with "
+        "keep_original=True)."
+    )
