@@ -3,7 +3,7 @@
 import datasets
 import pytest
 
-from gradiend_peft.data import Feature, mine_neutral
+from gradiend_peft.data import Feature, mine_neutral, related_forms
 
 TEXTS = [
     "He came home. The dog ran. There she was.",
@@ -16,10 +16,18 @@ TEXTS = [
 
 def test_neutral_sentences_contain_no_word_of_any_class():
     feature = Feature(classes={"3SG": ["he", "she"], "3PL": ["they"]})
-    result = mine_neutral(TEXTS, feature)
+    result = mine_neutral(TEXTS, feature, related=False)
     assert isinstance(result, datasets.Dataset)
     assert result.column_names == ["text"]
     assert list(result["text"]) == ["The dog ran.", "Theirs is the shed by the sea.", "His hat fell.", "Her hat stayed.", "Short."]
+
+
+def test_the_other_pronoun_forms_of_the_feature_are_excluded_too():
+    feature = Feature(classes={"3SG": ["he", "she"], "3PL": ["they"]})
+    assert related_forms(feature) == ["him", "his", "himself", "her", "hers", "herself", "them", "their", "theirs",
+                                      "themselves"]
+    assert list(mine_neutral(TEXTS, feature)["text"]) == ["The dog ran.", "Short."]
+    assert related_forms(Feature({"DER": ["der"], "DIE": ["die"]})) == []  # no English pronouns: nothing added
 
 
 def test_excluded_words_are_matched_whole_and_case_insensitively():
@@ -28,7 +36,7 @@ def test_excluded_words_are_matched_whole_and_case_insensitively():
 
 
 def test_word_limits_and_duplicates():
-    result = mine_neutral(TEXTS, {"M": ["he"], "F": ["she"]}, min_words=3, max_words=3)
+    result = mine_neutral(TEXTS, {"M": ["he"], "F": ["she"]}, min_words=3, max_words=3, related=False)
     assert list(result["text"]) == ["The dog ran.", "His hat fell.", "Her hat stayed."]
     with_duplicates = mine_neutral(TEXTS, {"M": ["he"], "F": ["she"]}, max_words=3, deduplicate=False)
     assert list(with_duplicates["text"]).count("The dog ran.") == 2

@@ -84,8 +84,10 @@ def test_import_loads_no_training_evaluation_or_cli_code():
             "print(sorted(m for m in sys.modules if m.startswith('gradiend_peft') or m == 'transformers.trainer'))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     loaded = eval(result.stdout.strip())  # a printed list of module names
-    assert loaded == ["gradiend_peft", "gradiend_peft.registration", "gradiend_peft.tuner", "gradiend_peft.tuner.config",
-                      "gradiend_peft.tuner.constants", "gradiend_peft.tuner.layer", "gradiend_peft.tuner.model"]
+    assert "gradiend_peft.tuner.model" in loaded  # the adapter is there
+    others = [m for m in loaded if m not in ("gradiend_peft", "gradiend_peft.registration")
+              and not m.startswith("gradiend_peft.tuner")]
+    assert others == [], others
 
 
 def test_the_top_level_is_small_and_every_name_resolves():

@@ -25,6 +25,7 @@ from gradiend_peft.training import (
     train_with_restarts,
 )
 from gradiend_peft.training import arguments as arguments_module
+from gradiend_peft.training import checks as checks_module
 from gradiend_peft.training import trainer as trainer_module
 
 from batches import causal_lm_batch, masked_lm_batch
@@ -149,7 +150,7 @@ def test_training_reaches_high_held_out_correlation(tmp_path, family, learning_r
     assert summary["class_means"]["M"] > 0.5 and summary["class_means"]["F"] < -0.5  # pair[0] encodes to +1
     test = trainer.evaluate(pairs(family)["test"], metric_key_prefix="test")  # never-seen template
     assert test["test_correlation"] >= 0.9
-    assert trainer.model.peft_config["default"].training_summary == summary
+    assert not hasattr(trainer.model.peft_config["default"], "training_summary")  # the config is no run log
 
 
 def test_trains_on_rows_mined_by_the_data_package(tmp_path):
@@ -575,7 +576,7 @@ def test_clear_errors_for_unsupported_precision(tmp_path, monkeypatch):
         p.data = p.data.to(torch.bfloat16)
     with pytest.raises(ValueError, match="must train in float32"):
         _trainer(tmp_path, model=model)
-    monkeypatch.setattr(trainer_module, "bf16_supported", lambda kind: False)
+    monkeypatch.setattr(checks_module, "bf16_supported", lambda kind: False)
     model = peft_model("bert", dtype=torch.bfloat16)
     with pytest.raises(ValueError, match="no bf16 support"):
         _trainer(tmp_path, model=model)

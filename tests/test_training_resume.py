@@ -41,7 +41,9 @@ def _run(out_dir: str, stall_at: int = 0, resume: bool = False) -> None:
                               eval_dataset=data["validation"], processing_class=tokenizer("bert"),
                               callbacks=[Stall()] if stall_at else None)
     trainer.train(resume_from_checkpoint=True if resume else None)
-    trainer.save_model(os.path.join(out_dir, "final"))
+    from gradiend_peft import save_adapter
+
+    save_adapter(trainer.model, os.path.join(out_dir, "final"), training_summary=trainer.training_summary)
     print("DONE", flush=True)
 
 
@@ -96,7 +98,7 @@ def test_resume_after_sigkill_ends_with_the_same_adapter(tmp_path):
     assert set(expected) == set(got)
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-6, atol=1e-7, msg=name)
-    summaries = [json.load(open(os.path.join(folder, "final", "adapter_config.json")))["training_summary"]
+    summaries = [json.load(open(os.path.join(folder, "final", "gradiend_training_summary.json")))
                  for folder in (whole, broken)]
     for key in ("converged", "best_step", "global_step", "sign_flips"):
         assert summaries[0][key] == summaries[1][key], key

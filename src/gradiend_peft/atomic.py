@@ -236,10 +236,21 @@ def recover_owned_directory(path: str) -> None:
         os.rename(aside, path)
 
 
+def _fsync_tree(folder: str) -> None:
+    """Flushes every file below ``folder`` and the folders themselves to disk."""
+    for root, _, names in os.walk(folder):
+        for name in names:
+            with contextlib.suppress(OSError), open(os.path.join(root, name), "rb") as handle:
+                os.fsync(handle.fileno())
+        _fsync_directory(root)
+
+
 def replace_directory(source: str, destination: str) -> None:
     """Moves the finished folder ``source`` to ``destination`` in one step, replacing what was there (the whole
-    folder: only for folders the library owns). ``source`` must be on the same filesystem, e.g. beside it."""
+    folder: only for folders the library owns). ``source`` must be on the same filesystem, e.g. beside it. Its files
+    are flushed to disk first, so that a crash after the move cannot leave empty files behind."""
     source, destination = os.path.abspath(source), os.path.abspath(destination)
+    _fsync_tree(source)
     recover_owned_directory(destination)
     if not os.path.exists(destination):
         os.rename(source, destination)

@@ -351,23 +351,6 @@ def _share_modes(folder: Path) -> None:
             pass
 
 
-def _sync_tree(folder: Path) -> None:
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            with open(path, "rb") as fh:
-                os.fsync(fh.fileno())
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _ensure_converted(spec: EmbeddedModel, root: Path) -> Path:
     final = root / spec.name
     if _record_is_valid(final, spec.name):
@@ -457,7 +440,6 @@ def _convert(spec: EmbeddedModel, root: Path) -> None:
         }
         (out / _RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
         _share_modes(out)
-        _sync_tree(out)
         replace_directory(str(out), str(root / spec.name))  # gradiend_peft.atomic: one rename or exchange
         logger.info("Converted %r in %.1f s; cached at %s", spec.name, time.perf_counter() - start, root / spec.name)
     finally:

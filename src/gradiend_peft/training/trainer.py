@@ -405,7 +405,7 @@ class GradiendTrainer(Trainer):
         batch = {k: v for k, v in inputs.items() if k != ROW_INDEX}
         tuner, name = self.tuner, self.adapter_name
         with torch.enable_grad():  # gradients are GRADIEND's input, also here
-            encodings = encode_rows(tuner, batch, name, self.autocast_dtype).float()
+            encodings = encode_rows(tuner, batch, name, self.autocast_dtype).double()
             mse = float("nan")
             if self.args.compute_eval_loss:
                 loss, _, n = reconstruction_loss(tuner, batch, name, self.autocast_dtype)
@@ -431,17 +431,15 @@ class GradiendTrainer(Trainer):
         return metrics
 
     def predict(self, test_dataset, ignore_keys=None, metric_key_prefix: str = "test") -> PredictionOutput:
-        """Encodes ``test_dataset`` row by row: ``predictions`` ``(N, k)`` in dataset order, ``label_ids`` the
-        expected signs, ``metrics`` as for evaluation."""
+        """Encodes ``test_dataset`` row by row: ``predictions`` ``(N, k)`` in dataset order, ``label_ids`` the rows'
+        ``label`` column, ``metrics`` as for evaluation."""
         output = super().predict(test_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
         indices = np.asarray(output.label_ids).reshape(-1).astype(np.int64)
         predictions = np.asarray(output.predictions).reshape(len(indices), -1)
         _, first = np.unique(indices, return_index=True)
         order = first[np.argsort(indices[first], kind="stable")]
-        config = self.tuner.peft_config[self.adapter_name]
-        expected = np.array([expected_sign(test_dataset[int(i)], config.source, config.class_signs)
-                             for i in indices[order]])
-        return PredictionOutput(predictions=predictions[order, :-1], label_ids=expected, metrics=output.metrics)
+        labels = np.asarray(test_dataset["label"], dtype=np.float64) if "label" in test_dataset.column_names else None
+        return PredictionOutput(predictions=predictions[order, :-1], label_ids=labels, metrics=output.metrics)
 
     # ------------------------------------------------------------------------------------------- training
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
