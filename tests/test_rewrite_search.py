@@ -238,3 +238,59 @@ def test_bad_arguments_are_refused():
     model.base_model.merge_adapter(feature_factor=1.0, lr=0.1)
     with pytest.raises(ValueError, match="unmerge"):
         search_rewrite(model, MINED, NEUTRAL, tokenizer=tok, **SMALL)
+
+
+# ------------------------------------------------------------------------------- skipping unchanged blocks
+def _edited_upper_block(family: str):
+    from tiny import MODEL_BUILDERS
+
+    targets = {"llama": r".*layers\.1\..*_proj", "gemma3": r".*layers\.1\..*_proj",
+               "gpt2": r".*h\.1\.(attn|mlp)\.c_.*", "bert": r".*layer\.1\..*(dense|query|key|value)"}[family]
+    return get_peft_model(MODEL_BUILDERS[family](), GradiendConfig(target_modules=targets, init_seed=0))
+
+
+@pytest.mark.parametrize("family, skipped", [("llama", 1), ("gemma3", 1), ("gpt2", 0), ("bert", 0)])
+def test_skipping_unchanged_blocks_measures_the_same_candidates(family, skipped):
+    """Blocks below the first edited one are computed once; every candidate's numbers are those of full forward
+    passes. GPT-2 (position embeddings added to inputs_embeds) and BERT (normalised embeddings) fail the check and
+    fall back to full passes."""
+    from tiny import TOKENIZER_KIND, word_tokenizer
+
+    from test_training_fixtures import pairs
+
+    kind = TOKENIZER_KIND[family]
+    tok = word_tokenizer(kind)
+    model = _edited_upper_block(family)
+    rows = list(pairs("llama" if kind == "gpt2" else "bert")["test"])
+    neutral = ["the dog ran to the store .", "there was a red car in the city ."]
+    kwargs = dict(tokenizer=tok, lrs=[1.0, 10.0, 100.0], feature_factors=[-1.0, 0.0, 1.0], progress=False,
+                  lms_floor=None, control_floor=None, require_improvement=False, control=rows[:4])
+    full = search_rewrite(model, rows, neutral, skip_unchanged=False, **kwargs)
+    fast = search_rewrite(model, rows, neutral, skip_unchanged=True, **kwargs)
+    assert fast.settings["skipped_blocks"] == skipped and full.settings["skipped_blocks"] == 0
+    assert len(full.candidates) == len(fast.candidates)
+    for a, b in zip(full.candidates, fast.candidates):
+        assert (a.feature_factor, a.lr) == (b.feature_factor, b.lr)
+        for x, y in ((a.score, b.score), (a.lms, b.lms), (a.metrics.control_accuracy, b.metrics.control_accuracy)):
+            assert x == pytest.approx(y, rel=0, abs=1e-12)  # the same computation on the same inputs
+    assert (full.best.feature_factor, full.best.lr) == (fast.best.feature_factor, fast.best.lr)
+
+
+def test_cached_steering_equals_plain_steering_and_follows_adapter_changes():
+    from batches import causal_lm_batch
+
+    model = _edited_upper_block("llama")
+    batch = causal_lm_batch()
+    tuner = model.base_model
+    with torch.no_grad():
+        with tuner.steer(1.0, 30.0):
+            plain = model(input_ids=batch["input_ids"]).logits
+        with tuner.steer(1.0, 30.0, cache=True):
+            first = model(input_ids=batch["input_ids"]).logits
+            second = model(input_ids=batch["input_ids"]).logits  # from the cached shifted weights
+            assert torch.equal(first, plain) and torch.equal(second, plain)
+            next(iter(tuner.gradiend_layers().values())).gradiend_decoder["default"].mul_(3.0)  # the adapter changes
+            changed = model(input_ids=batch["input_ids"]).logits
+        assert not torch.equal(changed, plain)
+        with tuner.steer(1.0, 30.0):
+            assert torch.equal(model(input_ids=batch["input_ids"]).logits, changed)

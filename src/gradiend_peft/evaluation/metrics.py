@@ -68,11 +68,19 @@ def _pad_id(tokenizer: Any) -> int:
     return 0
 
 
-def logits_of(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The ``(B, T, V)`` logits of any model returning ``.logits``, a tuple or a tensor (no KV cache is kept)."""
+def logits_of(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+              hidden: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The ``(B, T, V)`` logits of any model returning ``.logits``, a tuple or a tensor (no KV cache is kept).
+
+    With ``hidden`` (states captured at the first edited block, see `gradiend_peft.evaluation.prefix`), the model runs
+    on them as ``inputs_embeds`` instead of embedding ``input_ids``."""
     check_inputs_fit(model, input_ids, attention_mask)
     kwargs = {"use_cache": False} if getattr(getattr(model, "config", None), "use_cache", None) is not None else {}
-    output = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    if hidden is not None:
+        kwargs["inputs_embeds"] = hidden
+    else:
+        kwargs["input_ids"] = input_ids
+    output = model(attention_mask=attention_mask, **kwargs)
     if hasattr(output, "logits"):
         return output.logits
     return output[0] if isinstance(output, (tuple, list)) else output
@@ -199,16 +207,18 @@ def prepare_slots(
 
 
 @torch.no_grad()
-def slot_probabilities(model: nn.Module, slots: SlotInputs) -> torch.Tensor:
+def slot_probabilities(model: nn.Module, slots: SlotInputs,
+                       hidden: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
     """``P(C)`` for every row and class, ``(N, C)`` float64 on the CPU, in the rows' order (see the module
-    docstring). Forward passes only."""
+    docstring). Forward passes only; ``hidden``: one captured state per batch (see `logits_of`)."""
     device = model_device(model)
     out = torch.zeros(len(slots), len(slots.classes), dtype=torch.float64)
-    for batch in slots.batches:
+    for number, batch in enumerate(slots.batches):
         input_ids = batch["input_ids"].to(device)
         position = batch["position"].to(device)
         with head_at_positions(model, position.unsqueeze(1), input_ids.shape[1]) as head:  # the slot's logits only
-            logits = logits_of(model, input_ids, batch["attention_mask"].to(device))
+            logits = logits_of(model, input_ids, batch["attention_mask"].to(device),
+                               None if hidden is None else hidden[number])
         rows = torch.arange(logits.shape[0], device=logits.device)
         slot_logits = logits[:, 0] if head["applied"] else logits[rows, position]
         probs = torch.softmax(slot_logits.float(), dim=-1).double().cpu()
@@ -312,18 +322,20 @@ def prepare_lms(
 
 
 @torch.no_grad()
-def masked_token_predictions(model: nn.Module, inputs: LMSInputs) -> tuple[torch.Tensor, torch.Tensor]:
+def masked_token_predictions(model: nn.Module, inputs: LMSInputs,
+                             hidden: Optional[Sequence[torch.Tensor]] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Masked LM: ``(predicted ids, original ids)`` at every masked position (the ``masked_lm`` configuration of the
     ``language_modeling_score`` evaluate metric takes them as ``predictions`` and ``references``)."""
     if inputs.objective != "masked_lm":
         raise ValueError("masked_token_predictions needs masked-LM inputs (prepare_lms(..., 'masked_lm')).")
     device = model_device(model)
     predicted, original = [], []
-    for batch in inputs.batches:
+    for number, batch in enumerate(inputs.batches):
         input_ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)
         positions, valid = label_positions([labels])
         with head_at_positions(model, positions, input_ids.shape[1]) as head:  # logits at the masked positions only
-            logits = logits_of(model, input_ids, batch["attention_mask"].to(device))
+            logits = logits_of(model, input_ids, batch["attention_mask"].to(device),
+                               None if hidden is None else hidden[number])
         if head["applied"]:
             labels = torch.where(valid, labels.gather(1, positions), torch.full_like(positions, IGNORE_INDEX))
         labels = labels.to(logits.device)
@@ -338,16 +350,17 @@ _NLL_CHUNK = 256
 
 
 @torch.no_grad()
-def lms_token_scores(model: nn.Module, inputs: LMSInputs) -> torch.Tensor:
+def lms_token_scores(model: nn.Module, inputs: LMSInputs, hidden: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
     """Per predicted token (float64, CPU): masked LM, 1.0 where the argmax is the original token, else 0.0; causal LM,
     the negative log-likelihood ``-log p(x_t | x_<t)`` for every text token ``t >= 1``."""
     if inputs.objective == "masked_lm":
-        predicted, original = masked_token_predictions(model, inputs)
+        predicted, original = masked_token_predictions(model, inputs, hidden)
         return (predicted == original).double()
     device = model_device(model)
     values = []
-    for batch in inputs.batches:
-        logits = logits_of(model, batch["input_ids"].to(device), batch["attention_mask"].to(device))
+    for number, batch in enumerate(inputs.batches):
+        logits = logits_of(model, batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                           None if hidden is None else hidden[number])
         labels = batch["labels"].to(logits.device)
         targets = labels[:, 1:]
         rows, positions = torch.nonzero(targets != IGNORE_INDEX, as_tuple=True)
@@ -360,9 +373,10 @@ def lms_token_scores(model: nn.Module, inputs: LMSInputs) -> torch.Tensor:
     return torch.cat(values) if values else torch.zeros(0, dtype=torch.float64)
 
 
-def language_modeling_score(model: nn.Module, inputs: LMSInputs) -> LMSResult:
-    """The LMS of ``model`` on prepared neutral text (see the module docstring)."""
-    scores = lms_token_scores(model, inputs)
+def language_modeling_score(model: nn.Module, inputs: LMSInputs,
+                            hidden: Optional[Sequence[torch.Tensor]] = None) -> LMSResult:
+    """The LMS of ``model`` on prepared neutral text (see the module docstring); ``hidden``: see `logits_of`."""
+    scores = lms_token_scores(model, inputs, hidden)
     if inputs.objective == "masked_lm":
         return LMSResult(lms=float(scores.mean()), objective=inputs.objective, n_tokens=scores.numel())
     nll = float(scores.mean())

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from ._common import as_rows, as_texts, eval_mode, model_parts
 from .metrics import bias_indices, class_words_from_rows, language_modeling_score, prepare_lms, prepare_slots, slot_probabilities
+from .prefix import BlockSkip
 from .policies import Candidate, CandidateMetrics, Policy, parse_policy, score_candidates, select_best
 from .result import RewriteResult
 
@@ -86,7 +87,7 @@ def _applied(tuner, name: str, feature_factor: float, lr: float, apply: str) -> 
     if lr == 0.0:
         yield
     elif apply == "steer":
-        with tuner.steer(feature_factor, lr, [name]):
+        with tuner.steer(feature_factor, lr, [name], cache=True):  # one shifted weight per candidate, many batches
             yield
     else:
         tuner.merge_adapter([name], feature_factor=feature_factor, lr=lr, keep_original=True)
@@ -115,6 +116,22 @@ def _inputs_signature(name: str, apply: str, classes, slots, lms_inputs, control
     return (name, apply, tuple(classes), slots.row_classes, _batches_digest(slots.batches),
             _batches_digest(lms_inputs.batches),
             None if control_slots is None else (control_slots.row_classes, _batches_digest(control_slots.batches)))
+
+
+def _prepare_skip(tuner, name: str, model: nn.Module, slots, lms_inputs, control_slots) -> tuple[Any, dict]:
+    """The `BlockSkip` of the adapter and every batch's captured states, or ``(None, {})`` where nothing can be
+    skipped or the skipping forward does not reproduce the full one on this model."""
+    skip = BlockSkip.find(tuner, name)
+    if skip is None:
+        return None, {}
+    with eval_mode(model):
+        hidden = {"rows": skip.capture(model, slots.batches), "lms": skip.capture(model, lms_inputs.batches)}
+        if control_slots is not None:
+            hidden["control"] = skip.capture(model, control_slots.batches)
+        if not skip.verified(model, slots.batches[0], hidden["rows"][0]):
+            return None, {}
+    logger.info("Skipping blocks 0-%d in every candidate (they are not edited).", skip.first - 1)
+    return skip, hidden
 
 
 def _control_accuracy(probs: torch.Tensor, row_classes: Sequence[Optional[str]], classes: Sequence[str]) -> float:
@@ -170,6 +187,7 @@ def search_rewrite(
     adapter_name: Optional[str] = None,
     progress: Optional[bool] = None,
     measurements: Optional[dict] = None,
+    skip_unchanged: bool = True,
 ) -> RewriteResult:
     """Searches ``(feature_factor, lr)`` for the rewrite that serves ``policy`` best (see the module docstring).
 
@@ -215,6 +233,10 @@ def search_rewrite(
             neutral texts and controls (e.g. one search per policy): candidates already measured are taken from it,
             new ones are added. Only the scoring differs between policies, so a second policy pays only for the
             candidates the first did not measure. A dict filled with other inputs is refused.
+        skip_unchanged (`bool`, *optional*, defaults to ``True``): compute the hidden states below the first edited
+            block once per batch and run only the edited blocks per candidate (see
+            `gradiend_peft.evaluation.prefix`; checked against full forward passes, which are used where it does not
+            hold). ``False``: full forward passes for every candidate.
     """
     started = time.perf_counter()
     tuner, name, config = model_parts(model, adapter_name)
@@ -255,6 +277,7 @@ def search_rewrite(
         logger.warning("search_rewrite without control rows: only the LMS floor guards the selection.")
 
     forward = tuner.model
+    skip, hidden = _prepare_skip(tuner, name, forward, slots, lms_inputs, control_slots) if skip_unchanged else (None, {})
     probs_of: dict[tuple[float, float], torch.Tensor] = {}
     if measurements is not None:
         inputs = _inputs_signature(name, apply, names, slots, lms_inputs, control_slots)
@@ -268,13 +291,14 @@ def search_rewrite(
     def measure(ff: float, lr: float, stage: str, base_probs: Optional[torch.Tensor]) -> CandidateMetrics:
         key = (float(ff), float(lr))
         if key not in cache:
-            with _applied(tuner, name, ff, lr, apply):
-                probs = slot_probabilities(forward, slots)
-                lms = language_modeling_score(forward, lms_inputs)
+            with _applied(tuner, name, ff, lr, apply), skip.skipping() if skip else contextlib.nullcontext():
+                probs = slot_probabilities(forward, slots, hidden.get("rows"))
+                lms = language_modeling_score(forward, lms_inputs, hidden.get("lms"))
                 control_acc = None
                 if control_slots is not None:
                     control_acc = _control_accuracy(
-                        slot_probabilities(forward, control_slots), control_slots.row_classes, names)
+                        slot_probabilities(forward, control_slots, hidden.get("control")), control_slots.row_classes,
+                        names)
             cache[key] = (probs, lms, control_acc)
         probs, lms, control_acc = cache[key]
         probs_of[(ff, lr)] = probs
@@ -347,5 +371,6 @@ def search_rewrite(
         transitions=transitions,
         settings={"objective": objective, "apply": apply, "n_rows": len(rows), "n_neutral_texts": lms_inputs.n_texts,
                   "n_lms_tokens": lms_inputs.n_tokens, "n_control": 0 if control_slots is None else len(control_slots),
-                  "feature_factors": ffs, "lrs": grid_lrs, "seconds": time.perf_counter() - started},
+                  "feature_factors": ffs, "lrs": grid_lrs, "seconds": time.perf_counter() - started,
+                  "skipped_blocks": 0 if skip is None else skip.first},
     )

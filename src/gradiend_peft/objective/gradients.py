@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..tuner.layer import linear_per_example_dot
+from ..tuner.numerics import linear_per_example_dot
 
 if TYPE_CHECKING:
     from ..tuner.model import GradiendModel

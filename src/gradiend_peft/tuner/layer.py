@@ -30,7 +30,15 @@ from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .numerics import FeatureFactor, adapter_dtype, as_factor, compute_dtype, index_dtype, unmerge_refusal
+from .numerics import (
+    FeatureFactor,
+    adapter_dtype,
+    as_factor,
+    compute_dtype,
+    index_dtype,
+    linear_per_example_dot,
+    unmerge_refusal,
+)
 
 
 class GradiendLayer(BaseTunerLayer):
@@ -53,6 +61,8 @@ class GradiendLayer(BaseTunerLayer):
         self._original_weights: dict[str, torch.Tensor] = {}
         # adapter -> (feature_factor tensor, lr, gradient scale) of active run-time steering
         self._steering: dict[str, tuple[torch.Tensor, float, float]] = {}
+        self._steering_cache: Optional[tuple[tuple, torch.Tensor]] = None  # (key, shifted weight), see `steer`
+        self.cache_steering = False
         weight = self.get_base_layer().weight
         self.weight_shape = tuple(weight.shape)
         # as peft's layers expose them: Linear (out, in); transformers' Conv1D stores (in, out); Embedding
@@ -320,10 +330,13 @@ class GradiendLayer(BaseTunerLayer):
         """
         k = self.gradiend_decoder[adapter_name].shape[0]
         self._steering[adapter_name] = (as_factor(feature_factor, k, "cpu"), float(lr), float(gradient_scale))
+        self._steering_cache = None
 
     def clear_steering(self) -> None:
         """Ends run-time steering of this layer for every adapter."""
         self._steering.clear()
+        self._steering_cache = None
+        self.cache_steering = False
 
     def steering_state(self) -> dict[str, tuple[torch.Tensor, float, float]]:
         """A copy of the active steering (adapter -> feature factor, lr, gradient scale), for `restore_steering`."""
@@ -333,6 +346,7 @@ class GradiendLayer(BaseTunerLayer):
         """Puts back steering taken with `steering_state`."""
         self._steering.clear()
         self._steering.update(state)
+        self._steering_cache = None
 
     def steering_delta(self) -> Optional[torch.Tensor]:
         """The summed weight shift of the active, steered, unmerged adapters (``None``: no steering acts here)."""
@@ -349,10 +363,23 @@ class GradiendLayer(BaseTunerLayer):
             self.unmerge()
         if self.disable_adapters or not self._steering:
             return self.base_layer(x, *args, **kwargs)
+        base = self.get_base_layer()
+        if base is self.base_layer and self.cache_steering:
+            # the same shifted weight for every forward of this steering (the rewrite search runs many batches
+            # per candidate); the key changes with the steering, the adapter's tensors and the base weight
+            key = (tuple((n, self._fingerprint(n)) for n in sorted(self._steering)), id(base.weight),
+                   base.weight._version, tuple(self.active_adapters))
+            if self._steering_cache is None or self._steering_cache[0] != key:
+                delta = self.steering_delta()
+                shifted = None if delta is None else self.shifted_weight(delta, "Steering")
+                self._steering_cache = (key, shifted)
+            shifted = self._steering_cache[1]
+            if shifted is None:
+                return self.base_layer(x, *args, **kwargs)
+            return torch.func.functional_call(base, {"weight": shifted}, (x, *args), kwargs)
         delta = self.steering_delta()
         if delta is None:
             return self.base_layer(x, *args, **kwargs)
-        base = self.get_base_layer()
         if base is self.base_layer:
             # One call with the shifted weight, as a merged model computes it: one matmul (not a second one for
             # the shift) and outputs equal to merging the same shift (`shifted_weight` is shared with `merge`).
@@ -363,27 +390,6 @@ class GradiendLayer(BaseTunerLayer):
 
     def _apply_delta(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
-
-
-def linear_per_example_dot(
-    encoder: torch.Tensor, inputs: torch.Tensor, output_grad: torch.Tensor, layout: str
-) -> torch.Tensor:
-    """``<E_j, sum_t delta_it x_it^T>`` per example ``i`` for ``y = x W^T`` (``layout="out_in"``) or
-    ``y = x W`` (``layout="in_out"``, transformers' Conv1D), without forming the per-example gradients."""
-    k = encoder.shape[0]
-    batch = inputs.shape[0]
-    compute = compute_dtype(encoder.dtype)
-    encoder = encoder.to(compute)
-    x = inputs.reshape(batch, -1, inputs.shape[-1]).to(compute)
-    delta = output_grad.reshape(batch, -1, output_grad.shape[-1]).to(compute)
-    if layout == "out_in":  # encoder (k, out, in)
-        out_features = encoder.shape[1]
-        projected = x @ encoder.reshape(k * out_features, -1).T
-    else:  # encoder (k, in, out)
-        out_features = encoder.shape[2]
-        projected = x @ encoder.permute(1, 0, 2).reshape(encoder.shape[1], k * out_features)
-    projected = projected.reshape(batch, x.shape[1], k, out_features)
-    return torch.einsum("btko,bto->bk", projected, delta)
 
 
 class _GradiendModule(nn.Module, GradiendLayer):

@@ -180,8 +180,13 @@ class MergingMixin:
             layer._merge_record.clear()
         return self._unload_and_optionally_merge(merge=False)
 
-    def set_steering(self, feature_factor: FeatureFactor, lr: float, adapter_names: Optional[list[str]] = None) -> None:
+    def set_steering(self, feature_factor: FeatureFactor, lr: float, adapter_names: Optional[list[str]] = None,
+                     cache: bool = False) -> None:
         """Steers at run time: forward passes use ``W + lr * d(feature_factor) / s`` without changing ``W``.
+
+        With ``cache=True`` each layer computes its shifted weight once and reuses it for every forward pass until
+        the steering, the adapter or the base weight changes: faster for many batches, at the memory of one copy of
+        the targeted weights.
 
         Raises:
             `RuntimeError`: while an adapter is merged (steering would act on merged weights; unmerge first).
@@ -192,6 +197,7 @@ class MergingMixin:
             scale = self.gradient_scale(name)
             for layer in self.gradiend_layers(name).values():
                 layer.set_steering(name, factor, step, scale)
+                layer.cache_steering = cache
         if not self.__dict__.get("_tied_steering_hooks"):
             layers = self.gradiend_layers()
             self.__dict__["_tied_steering_hooks"] = [
@@ -207,9 +213,10 @@ class MergingMixin:
             handle.remove()
 
     @contextlib.contextmanager
-    def steer(self, feature_factor: FeatureFactor, lr: float, adapter_names: Optional[list[str]] = None) -> Iterator[None]:
+    def steer(self, feature_factor: FeatureFactor, lr: float, adapter_names: Optional[list[str]] = None,
+              cache: bool = False) -> Iterator[None]:
         """Context manager form of `set_steering`; steering stops on exit."""
-        self.set_steering(feature_factor, lr, adapter_names)
+        self.set_steering(feature_factor, lr, adapter_names, cache=cache)
         try:
             yield
         finally:

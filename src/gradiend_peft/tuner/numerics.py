@@ -1,5 +1,6 @@
 """Numbers shared by GRADIEND's layers and tuner: the dtypes adapters are stored and computed in, feature factors,
-kept-entry index dtypes, and the message refusing an unmerge that could not be undone."""
+kept-entry index dtypes, the message refusing an unmerge that could not be undone, and the per-example dot product
+of a linear layer."""
 
 from __future__ import annotations
 
@@ -57,3 +58,24 @@ def unmerge_refusal(adapters: Sequence[str]) -> str:
         "changed. Reload the base model, or next time unmerge before changing the adapter (or merge with "
         "keep_original=True)."
     )
+
+
+def linear_per_example_dot(
+    encoder: torch.Tensor, inputs: torch.Tensor, output_grad: torch.Tensor, layout: str
+) -> torch.Tensor:
+    """``<E_j, sum_t delta_it x_it^T>`` per example ``i`` for ``y = x W^T`` (``layout="out_in"``) or
+    ``y = x W`` (``layout="in_out"``, transformers' Conv1D), without forming the per-example gradients."""
+    k = encoder.shape[0]
+    batch = inputs.shape[0]
+    compute = compute_dtype(encoder.dtype)
+    encoder = encoder.to(compute)
+    x = inputs.reshape(batch, -1, inputs.shape[-1]).to(compute)
+    delta = output_grad.reshape(batch, -1, output_grad.shape[-1]).to(compute)
+    if layout == "out_in":  # encoder (k, out, in)
+        out_features = encoder.shape[1]
+        projected = x @ encoder.reshape(k * out_features, -1).T
+    else:  # encoder (k, in, out)
+        out_features = encoder.shape[2]
+        projected = x @ encoder.permute(1, 0, 2).reshape(encoder.shape[1], k * out_features)
+    projected = projected.reshape(batch, x.shape[1], k, out_features)
+    return torch.einsum("btko,bto->bk", projected, delta)
