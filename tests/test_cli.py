@@ -109,3 +109,28 @@ def test_train_then_evaluate_then_rewrite_with_merge(tmp_path, tiny_model_dir):
                  "--lms_floor", "0.0", "--control_floor", "0.0", "--merge_policy", "strengthen:F"]) == 0
     assert os.path.isfile(os.path.join(out, "merged", "config.json"))
     assert os.path.isfile(os.path.join(out, "merged", "model.safetensors"))
+
+
+def test_bias_eval_scores_a_model_and_an_adapters_rewrite(tmp_path, tiny_model_dir, capsys):
+    import gradiend_peft
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    out = str(tmp_path / "bias")
+    assert main(["bias-eval", "--model", tiny_model_dir, "--output_dir", out, "--max_items", "4"]) == 0
+    table = capsys.readouterr().out
+    assert "CC BY-SA 4.0" in table  # the data's licence is shown with the results
+    saved = [f for f in os.listdir(os.path.join(out, "metrics")) if f.startswith("bias_")]
+    assert len(saved) == 1
+    report = json.load(open(os.path.join(out, "metrics", saved[0])))
+    assert report["stereoset_intrasentence"]["n"] == 4 and report["crows_pairs"]["n"] == 4
+
+    adapter = str(tmp_path / "adapter")
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), gradiend_peft.GradiendConfig(init_seed=0))
+    gradiend_peft.save_adapter(model, adapter)
+    argv = ["bias-eval", "--model", tiny_model_dir, "--adapter", adapter, "--output_dir", out, "--max_items", "4",
+            "--benchmarks", "crows_pairs"]
+    assert main(argv + ["--feature_factor", "1", "--lr", "1000"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("base", "rewrite"))]
+    assert [line.split()[0] for line in lines] == ["base", "rewrite"]
+    assert main(argv) == 1 and "--feature_factor F --lr L" in capsys.readouterr().err  # no rewrite given

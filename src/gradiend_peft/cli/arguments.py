@@ -72,6 +72,29 @@ class RewriteArguments:
 
 
 @dataclass
+class BiasEvalArguments:
+    """Which models the bias benchmarks score (``bias-eval``)."""
+
+    feature_factor: Optional[float] = field(
+        default=None, metadata={"help": "With --adapter: the rewrite's feature factor (steered; the base is scored too)."}
+    )
+    lr: Optional[float] = field(default=None, metadata={"help": "With --adapter: the rewrite's learning rate."})
+    rewrite_result: Optional[str] = field(
+        default=None, metadata={"help": "With --adapter: a saved rewrite search (metrics/rewrite_<policy>.json) whose "
+                                        "chosen feature factor and lr to score."}
+    )
+    compare_to: Optional[str] = field(
+        default=None, metadata={"help": "Another model (embedded name, Hub id or folder) scored beside --model, e.g. "
+                                        "the base of a merged folder."}
+    )
+    benchmarks: str = field(
+        default="stereoset,crows_pairs,wino", metadata={"help": "Comma-separated: stereoset, crows_pairs, wino."}
+    )
+    max_items: Optional[int] = field(default=None, metadata={"help": "At most this many items per benchmark."})
+    batch_size: int = field(default=16, metadata={"help": "Sentences per forward pass."})
+
+
+@dataclass
 class OutputArguments:
     """Where results go (train and demo take it from the training arguments)."""
 
@@ -102,6 +125,7 @@ COMMANDS = {
     "evaluate": "Evaluate a trained adapter's encoder on held-out rows.",
     "rewrite": "Search the (feature_factor, lr) rewrite for each policy; optionally save the rewritten model.",
     "demo": "The whole workflow on a real model (SmolLM2-135M by default), with a before/after table.",
+    "bias-eval": "StereoSet, CrowS-Pairs and Wino gender scores of a model, an adapter's rewrite or a merged folder.",
 }
 
 
@@ -126,7 +150,7 @@ grid where SmolLM2's edits act (rates below 1 leave it unchanged), refined once.
 
 
 def _dataclasses_for(command: str) -> tuple:
-    """The argument dataclasses of a command, in the order its ``run_*`` function takes them."""
+    """The argument dataclasses of a command, in the order its module's ``run`` function takes them."""
     base = (RunArguments, ModelArguments, DataArguments)
     if command == "train":
         return base + (_training_arguments_class(),)
@@ -134,6 +158,8 @@ def _dataclasses_for(command: str) -> tuple:
         return base + (OutputArguments,)
     if command == "rewrite":
         return base + (OutputArguments, RewriteArguments)
+    if command == "bias-eval":
+        return (RunArguments, ModelArguments, OutputArguments, BiasEvalArguments)
     return base + (RewriteArguments, _training_arguments_class())
 
 

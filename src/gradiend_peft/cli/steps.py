@@ -185,6 +185,11 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join([line, "-" * len(line), *body])
 
 
+def format_safe_name(name: str) -> str:
+    """``name`` as a file-name part: letters, digits, ``.``, ``-`` and ``_``, other runs replaced by ``_``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
+
+
 def save_outputs(folder: str, name: str, payload: Any) -> str:
     """Writes a JSON payload atomically into ``<folder>/metrics/<name>.json``."""
     path = os.path.join(folder, "metrics", f"{name}.json")
