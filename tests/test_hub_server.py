@@ -129,6 +129,9 @@ def test_raw_protocol_repos_commits_and_downloads(hub: HubServer) -> None:
     status, headers, _ = request(hub, "POST", "/api/repos/create", {"name": "x"}, token="hf_wrong")
     assert status == 401 and headers["x-error-message"] == "Invalid credentials in Authorization header"
     assert hub.repo_files("org/raw") == {".gitattributes": hub.repo_files("org/raw")[".gitattributes"]}
+    # Without an organization the repo lands in the user's namespace; private repos are not implemented.
+    assert json.loads(request(hub, "POST", "/api/repos/create", {"name": "bare"})[2])["name"] == f"{DEFAULT_USER}/bare"
+    assert request(hub, "POST", "/api/repos/create", {"name": "secret", "private": True})[0] == 400
 
     # Preupload: every file is "regular"; an existing file comes with its git blob id.
     data = bytes(range(256)) * 3
@@ -186,6 +189,20 @@ def test_raw_protocol_repos_commits_and_downloads(hub: HubServer) -> None:
     assert sorted(hub.repo_files("org/raw")) == [".gitattributes", "d/x.txt", "w.bin"]
 
 
+def test_requests_the_fake_does_not_implement_are_recorded() -> None:
+    with HubServer() as hub:
+        request(hub, "POST", "/api/repos/create", {"name": "r"})
+        assert request(hub, "GET", "/api/models/test-user/r")[0] == 404  # repo info
+        assert request(hub, "GET", "/api/models/test-user/r/tree/main?recursive=true")[0] == 404
+        assert request(hub, "GET", "/test-user/r/resolve/main/.gitattributes", headers={"Range": "bytes=1-"})[0] == 404
+        assert request(hub, "DELETE", "/api/repos/delete", {"name": "r"})[0] == 404
+        assert hub.unhandled == [
+            "GET /api/models/test-user/r", "GET /api/models/test-user/r/tree/main?recursive=true",
+            "GET /test-user/r/resolve/main/.gitattributes", "DELETE /api/repos/delete",
+        ]
+        assert hub.errors == []
+
+
 def test_run_with_hub_reports_failures(hub: HubServer) -> None:
     with pytest.raises(HubClientError, match="boom"):
         run_with_hub("import sys; print('boom', file=sys.stderr); sys.exit(3)", hub, check=True)
@@ -217,7 +234,6 @@ def test_huggingface_hub_client_round_trip(hub: HubServer) -> None:
         assert create_repo(repo, exist_ok=True).repo_id == repo   # 409 from the server, accepted by exist_ok
         api = HfApi()
         api.upload_file(path_or_fileobj=b"abc", path_in_repo="sub/a b.txt", repo_id=repo, commit_message="add")
-        api.upload_file(path_or_fileobj=b"abc", path_in_repo="sub/a b.txt", repo_id=repo)   # unchanged: no commit
         print(json.dumps({{
             "url": url,
             "download": pathlib.Path(hf_hub_download(repo, "sub/a b.txt")).read_text(),
@@ -232,7 +248,7 @@ def test_huggingface_hub_client_round_trip(hub: HubServer) -> None:
         "url": f"{hub.endpoint}/{repo}", "download": "abc", "missing_file": "entry", "missing_repo": "repo"
     }
     assert hub.repo_files(repo)["sub/a b.txt"] == b"abc"
-    assert len(hub.history(repo)) == 2  # the initial commit and "add"
+    assert hub.history(repo) == ["add", "initial commit"]
 
 
 # --------------------------------------------------------------------------------------------- peft
