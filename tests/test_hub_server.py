@@ -1,8 +1,10 @@
 """Tests of the fake Hugging Face Hub in ``hub_server.py``.
 
-Protocol details are checked in-process with raw HTTP; the client libraries (``huggingface_hub``,
-``transformers``, ``peft``) run in subprocesses through :func:`hub_server.run_with_hub`, because
-``huggingface_hub`` reads ``HF_ENDPOINT`` when it is imported.
+The fake covers what the product's Hub tests (``tests/test_hub.py``) use: creating a model repository, the
+preupload and NDJSON commit calls that upload files inline, ``validate-yaml`` for model cards, and ``HEAD``/``GET``
+on ``resolve`` URLs with the error codes ``huggingface_hub`` turns into its exceptions. Protocol details are
+checked in-process with raw HTTP; the client libraries (``huggingface_hub``, ``peft``) run in subprocesses
+through :func:`hub_server.run_with_hub`, because ``huggingface_hub`` reads ``HF_ENDPOINT`` when it is imported.
 """
 
 from __future__ import annotations
@@ -74,12 +76,9 @@ def request(
         conn.close()
 
 
-def ndjson_commit(summary: str, *items: dict, parent: str | None = None) -> bytes:
+def ndjson_commit(summary: str, *items: dict) -> bytes:
     """The body of a commit request as ``huggingface_hub`` sends it."""
-    header: dict = {"summary": summary, "description": ""}
-    if parent is not None:
-        header["parentCommit"] = parent
-    lines = [{"key": "header", "value": header}, *items]
+    lines = [{"key": "header", "value": {"summary": summary, "description": ""}}, *items]
     return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
 
 
@@ -97,11 +96,6 @@ def last_json_line(stdout: str) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
 
 
-def xet_or_lfs_requests(hub: HubServer) -> list[str]:
-    """Requests to Xet token endpoints or to the git-LFS batch API (none expected on the plain path)."""
-    return [r.path for r in hub.requests if "/xet-" in r.path or "/info/lfs/" in r.path]
-
-
 def git_blob_id(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
@@ -116,8 +110,8 @@ def test_serves_on_loopback_and_stops_cleanly() -> None:
     assert server._server is not None and server._server.server_address[0] == "127.0.0.1"
     # An open keep-alive connection must not keep the server alive after stop().
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    conn.request("GET", "/api/whoami-v2", headers={"Authorization": f"Bearer {DEFAULT_TOKEN}"})
-    assert json.loads(conn.getresponse().read())["name"] == DEFAULT_USER
+    conn.request("POST", "/api/validate-yaml", body=b"{}", headers={"Content-Type": "application/json"})
+    assert json.loads(conn.getresponse().read()) == {"errors": [], "warnings": []}
     server.stop()
     assert not root.exists()
     with pytest.raises(OSError):
@@ -135,6 +129,9 @@ def test_raw_protocol_repos_commits_and_downloads(hub: HubServer) -> None:
     status, headers, _ = request(hub, "POST", "/api/repos/create", {"name": "x"}, token="hf_wrong")
     assert status == 401 and headers["x-error-message"] == "Invalid credentials in Authorization header"
     assert hub.repo_files("org/raw") == {".gitattributes": hub.repo_files("org/raw")[".gitattributes"]}
+    # Without an organization the repo lands in the user's namespace; private repos are not implemented.
+    assert json.loads(request(hub, "POST", "/api/repos/create", {"name": "bare"})[2])["name"] == f"{DEFAULT_USER}/bare"
+    assert request(hub, "POST", "/api/repos/create", {"name": "secret", "private": True})[0] == 400
 
     # Preupload: every file is "regular"; an existing file comes with its git blob id.
     data = bytes(range(256)) * 3
@@ -153,15 +150,13 @@ def test_raw_protocol_repos_commits_and_downloads(hub: HubServer) -> None:
     assert status == 200 and commit["commitOid"] == hub.head("org/raw") != first_head
     assert commit["commitUrl"] == f"{hub.endpoint}/org/raw/commit/{commit['commitOid']}"
     assert hub.repo_files("org/raw")["w.bin"] == data
-    assert [c.title for c in hub.history("org/raw")] == ["add", "initial commit"]
     _, _, body = request(hub, "POST", "/api/models/org/raw/preupload/main",
                          {"files": [{"path": "w.bin", "sample": "", "size": len(data)}]})
     assert json.loads(body)["files"][0]["oid"] == git_blob_id(data)
 
-    # A stale parentCommit is refused; a commit without a token too.
-    stale = ndjson_commit("late", add_file("y.txt", b"y"), parent=first_head)
-    assert request(hub, "POST", "/api/models/org/raw/commit/main", stale)[0] == 412
-    assert request(hub, "POST", "/api/models/org/raw/commit/main", stale, token=None)[0] == 401
+    # A commit without a token is refused.
+    late = ndjson_commit("late", add_file("y.txt", b"y"))
+    assert request(hub, "POST", "/api/models/org/raw/commit/main", late, token=None)[0] == 401
 
     # HEAD on resolve: the metadata huggingface_hub needs, and no body.
     status, headers, body = request(hub, "HEAD", "/org/raw/resolve/main/w.bin", token=None)
@@ -171,28 +166,17 @@ def test_raw_protocol_repos_commits_and_downloads(hub: HubServer) -> None:
     assert headers["content-length"] == str(len(data))
     assert "x-linked-etag" not in headers and "x-xet-hash" not in headers
 
-    # GET, by branch and by commit id, whole and by range.
+    # GET, by branch and by commit id (the X-Repo-Commit a client may pin to).
     assert request(hub, "GET", "/org/raw/resolve/main/w.bin")[2] == data
     assert request(hub, "GET", f"/org/raw/resolve/{commit['commitOid']}/d/x.txt")[2] == b"x"
-    status, headers, body = request(hub, "GET", "/org/raw/resolve/main/w.bin", headers={"Range": "bytes=10-"})
-    assert status == 206 and body == data[10:] and headers["content-range"] == f"bytes 10-{len(data) - 1}/{len(data)}"
-    assert request(hub, "GET", "/org/raw/resolve/main/w.bin", headers={"Range": "bytes=-4"})[2] == data[-4:]
 
     # Errors carry the X-Error-Code that huggingface_hub maps to its exceptions.
     status, headers, _ = request(hub, "HEAD", "/org/raw/resolve/main/missing.txt")
     assert (status, headers["x-error-code"], headers["x-repo-commit"]) == (404, "EntryNotFound", commit["commitOid"])
     status, headers, _ = request(hub, "GET", "/org/raw/resolve/nobranch/w.bin")
     assert (status, headers["x-error-code"]) == (404, "RevisionNotFound")
-    status, headers, _ = request(hub, "GET", "/api/models/org/nothing")
+    status, headers, _ = request(hub, "HEAD", "/org/nothing/resolve/main/w.bin")
     assert (status, headers["x-error-code"]) == (404, "RepoNotFound")
-
-    # Tree listing: recursive or not, folders included.
-    _, _, body = request(hub, "GET", "/api/models/org/raw/tree/main")
-    assert [(e["type"], e["path"]) for e in json.loads(body)] == [
-        ("directory", "d"), ("file", ".gitattributes"), ("file", "w.bin")
-    ]
-    _, _, body = request(hub, "GET", "/api/models/org/raw/tree/main?recursive=true")
-    assert sorted(e["path"] for e in json.loads(body) if e["type"] == "file") == [".gitattributes", "d/x.txt", "w.bin"]
 
     # Malformed requests are refused with 400 (the fixture also checks the fake did not crash).
     commit_url = "/api/models/org/raw/commit/main"
@@ -202,19 +186,21 @@ def test_raw_protocol_repos_commits_and_downloads(hub: HubServer) -> None:
     assert request(hub, "POST", commit_url, b"not json\n")[0] == 400
     assert request(hub, "POST", commit_url, no_header)[0] == 400
     assert request(hub, "POST", commit_url, escaping)[0] == 400
-
-    # Deletions.
-    request(hub, "POST", "/api/models/org/raw/commit/main",
-            ndjson_commit("rm", {"key": "deletedFolder", "value": {"path": "d/"}}))
-    assert sorted(hub.repo_files("org/raw")) == [".gitattributes", "w.bin"]
+    assert sorted(hub.repo_files("org/raw")) == [".gitattributes", "d/x.txt", "w.bin"]
 
 
-def test_server_side_seeding_and_private_repos(hub: HubServer) -> None:
-    head = hub.create_repo("seed/secret", {"a.txt": b"A"}, private=True)
-    assert hub.is_private("seed/secret") and hub.head("seed/secret") == head
-    status, headers, _ = request(hub, "GET", "/seed/secret/resolve/main/a.txt", token=None)
-    assert (status, headers["x-error-code"]) == (401, "RepoNotFound")
-    assert request(hub, "GET", "/seed/secret/resolve/main/a.txt")[2] == b"A"
+def test_requests_the_fake_does_not_implement_are_recorded() -> None:
+    with HubServer() as hub:
+        request(hub, "POST", "/api/repos/create", {"name": "r"})
+        assert request(hub, "GET", "/api/models/test-user/r")[0] == 404  # repo info
+        assert request(hub, "GET", "/api/models/test-user/r/tree/main?recursive=true")[0] == 404
+        assert request(hub, "GET", "/test-user/r/resolve/main/.gitattributes", headers={"Range": "bytes=1-"})[0] == 404
+        assert request(hub, "DELETE", "/api/repos/delete", {"name": "r"})[0] == 404
+        assert hub.unhandled == [
+            "GET /api/models/test-user/r", "GET /api/models/test-user/r/tree/main?recursive=true",
+            "GET /test-user/r/resolve/main/.gitattributes", "DELETE /api/repos/delete",
+        ]
+        assert hub.errors == []
 
 
 def test_run_with_hub_reports_failures(hub: HubServer) -> None:
@@ -227,158 +213,45 @@ def test_run_with_hub_reports_failures(hub: HubServer) -> None:
 # --------------------------------------------------------------------------------------------- huggingface_hub
 
 
-def test_huggingface_hub_api_round_trip(hub: HubServer, tmp_path: Path) -> None:
-    folder = tmp_path / "folder"
-    (folder / "sub").mkdir(parents=True)
-    local = {"config.json": b'{"a": 1}\n', "weights.bin": bytes(range(256)) * 40, "sub/notes.txt": "é\n".encode()}
-    for name, data in local.items():
-        (folder / name).write_bytes(data)
-
+def test_huggingface_hub_client_round_trip(hub: HubServer) -> None:
     out = run_ok(
         f"""
         import json, pathlib
-        from huggingface_hub import HfApi, create_repo, hf_hub_download, snapshot_download
-        from huggingface_hub.errors import RepositoryNotFoundError, EntryNotFoundError
+        from huggingface_hub import HfApi, create_repo, hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+
+        def error(call):
+            try:
+                call()
+                return "none"
+            except EntryNotFoundError:
+                return "entry"
+            except RepositoryNotFoundError:
+                return "repo"
 
         repo = "{DEFAULT_USER}/round-trip"
         url = create_repo(repo, exist_ok=True)
-        assert create_repo(repo, exist_ok=True).repo_id == repo
-        bare = create_repo("bare-name", private=True)   # bare names land in the user's namespace
+        assert create_repo(repo, exist_ok=True).repo_id == repo   # 409 from the server, accepted by exist_ok
         api = HfApi()
-        api.upload_folder(folder_path={str(folder)!r}, repo_id=repo, commit_message="folder")
-        api.upload_file(path_or_fileobj=b"extra", path_in_repo="extra/e.txt", repo_id=repo)
-        api.upload_folder(folder_path={str(folder)!r}, repo_id=repo)   # nothing changed: no new commit
-        info = api.model_info(repo)
-        snapshot = pathlib.Path(snapshot_download(repo))
-        api.create_branch(repo, branch="dev")
-        api.upload_file(path_or_fileobj=b"dev only", path_in_repo="dev.txt", repo_id=repo, revision="dev")
-        pr = api.upload_file(path_or_fileobj=b"pr", path_in_repo="pr.txt", repo_id=repo, create_pr=True)
-        try:
-            HfApi(token=False).model_info(bare.repo_id)
-            anonymous_private = "visible"
-        except RepositoryNotFoundError:
-            anonymous_private = "not found"
-        try:
-            hf_hub_download(repo, "missing.txt")
-            missing = "found"
-        except EntryNotFoundError:
-            missing = "not found"
+        api.upload_file(path_or_fileobj=b"abc", path_in_repo="sub/a b.txt", repo_id=repo, commit_message="add")
         print(json.dumps({{
-            "url": url, "bare": bare.repo_id, "sha": info.sha, "private": api.model_info(bare.repo_id).private,
-            "siblings": sorted(s.rfilename for s in info.siblings),
-            "files": api.list_repo_files(repo),
-            "exists": [api.file_exists(repo, "sub/notes.txt"), api.file_exists(repo, "nope.txt")],
-            "download": pathlib.Path(hf_hub_download(repo, "weights.bin")).read_bytes().hex(),
-            "snapshot": {{p.relative_to(snapshot).as_posix(): p.read_bytes().hex()
-                          for p in snapshot.rglob("*") if p.is_file()}},
-            "dev": pathlib.Path(hf_hub_download(repo, "dev.txt", revision="dev")).read_text(),
-            "dev_on_main": api.file_exists(repo, "dev.txt"),
-            "pr_ref": pr.pr_revision, "anonymous_private": anonymous_private, "missing": missing,
+            "url": url,
+            "download": pathlib.Path(hf_hub_download(repo, "sub/a b.txt")).read_text(),
+            "missing_file": error(lambda: hf_hub_download(repo, "missing.txt")),
+            "missing_repo": error(lambda: hf_hub_download("{DEFAULT_USER}/nothing", "a.txt")),
         }}))
-        api.update_repo_settings(bare.repo_id, private=False)
-        assert HfApi(token=False).model_info(bare.repo_id).private is False
-        api.delete_repo(bare.repo_id)
-        assert not api.repo_exists(bare.repo_id)
         """,
         hub,
     )
-    result = last_json_line(out)
     repo = f"{DEFAULT_USER}/round-trip"
-    assert result["url"] == f"{hub.endpoint}/{repo}"
-    assert result["bare"] == f"{DEFAULT_USER}/bare-name" and result["private"] is True
-    assert not hub.repo_exists(f"{DEFAULT_USER}/bare-name")  # deleted at the end of the snippet
-    assert result["anonymous_private"] == "not found" and result["missing"] == "not found"
-
-    expected = {**local, "extra/e.txt": b"extra"}
-    on_hub = hub.repo_files(repo)
-    assert {k: v for k, v in on_hub.items() if k != ".gitattributes"} == expected
-    titles = [c.title for c in hub.history(repo)]
-    assert titles == ["Upload extra/e.txt with huggingface_hub", "folder", "initial commit"]  # no empty commit
-    assert result["sha"] == hub.head(repo)
-    assert result["siblings"] == sorted(on_hub) and sorted(result["files"]) == sorted(on_hub)
-    assert result["exists"] == [True, False]
-    assert bytes.fromhex(result["download"]) == local["weights.bin"]
-    assert {k: bytes.fromhex(v) for k, v in result["snapshot"].items()} == on_hub
-    assert result["dev"] == "dev only" and result["dev_on_main"] is False
-    assert hub.repo_files(repo, "dev")["dev.txt"] == b"dev only"
-    assert result["pr_ref"] == "refs/pr/1" and hub.repo_files(repo, "refs/pr/1")["pr.txt"] == b"pr"
-    assert "pr.txt" not in hub.repo_files(repo)
-    assert xet_or_lfs_requests(hub) == []
+    assert last_json_line(out) == {
+        "url": f"{hub.endpoint}/{repo}", "download": "abc", "missing_file": "entry", "missing_repo": "repo"
+    }
+    assert hub.repo_files(repo)["sub/a b.txt"] == b"abc"
+    assert hub.history(repo) == ["add", "initial commit"]
 
 
-def test_xet_enabled_client_still_uploads_inline(hub: HubServer, tmp_path: Path) -> None:
-    """With hf_xet importable and allowed, upload_folder takes its pipelined path; it must still work."""
-    (tmp_path / "f").mkdir()
-    (tmp_path / "f" / "model.safetensors").write_bytes(b"\x00\x01" * 5000)
-    out = run_ok(
-        f"""
-        import pathlib
-        from huggingface_hub import HfApi, hf_hub_download
-        api = HfApi()
-        api.create_repo("pipe/enabled")
-        api.upload_folder(folder_path={str(tmp_path / "f")!r}, repo_id="pipe/enabled")
-        print(pathlib.Path(hf_hub_download("pipe/enabled", "model.safetensors")).read_bytes() == b"\\x00\\x01" * 5000)
-        """,
-        hub,
-        {"HF_HUB_DISABLE_XET": None},
-    )
-    assert out.split()[-1] == "True"
-    assert hub.repo_files("pipe/enabled")["model.safetensors"] == b"\x00\x01" * 5000
-    assert xet_or_lfs_requests(hub) == []
-
-
-def test_optional_lfs_uploads(tmp_path: Path) -> None:
-    big, small = bytes(range(256)) * 8, b"small"
-    with HubServer(lfs_threshold=1024) as hub:
-        out = run_ok(
-            """
-            import pathlib
-            from huggingface_hub import HfApi, hf_hub_download
-            api = HfApi()
-            api.create_repo("lfs/repo")
-            api.upload_file(path_or_fileobj=bytes(range(256)) * 8, path_in_repo="big.bin", repo_id="lfs/repo")
-            api.upload_file(path_or_fileobj=b"small", path_in_repo="small.txt", repo_id="lfs/repo")
-            tree = {f.path: f.lfs is not None for f in api.list_repo_tree("lfs/repo")}
-            data = pathlib.Path(hf_hub_download("lfs/repo", "big.bin")).read_bytes()
-            print(tree["big.bin"], tree["small.txt"], data == bytes(range(256)) * 8)
-            """,
-            hub,
-        )
-        assert out.split()[-3:] == ["True", "False", "True"]
-        stored = hub.stored_files("lfs/repo")
-        assert stored["big.bin"].lfs and not stored["small.txt"].lfs
-        assert hub.repo_files("lfs/repo")["big.bin"] == big and hub.repo_files("lfs/repo")["small.txt"] == small
-        assert any(r.path == "/lfs/repo.git/info/lfs/objects/batch" for r in hub.requests)
-        _, headers, _ = request(hub, "HEAD", "/lfs/repo/resolve/main/big.bin")
-        sha256 = hashlib.sha256(big).hexdigest()
-        assert headers["x-linked-etag"] == f'"{sha256}"' and headers["x-linked-size"] == str(len(big))
-        assert hub.errors == [] and hub.unhandled == []
-
-
-# --------------------------------------------------------------------------------------------- transformers / peft
-
-
-def test_transformers_push_to_hub_and_from_pretrained(hub: HubServer) -> None:
-    # One process: pushing does not fill the download cache, so from_pretrained fetches everything back
-    # from the server (the PEFT test below also covers loading in a separate, fresh process).
-    out = run_ok(
-        TINY_GPT2
-        + """
-from transformers import AutoModelForCausalLM
-model = tiny_gpt2()
-model.push_to_hub("test-user/tiny-gpt2", private=True)
-loaded = AutoModelForCausalLM.from_pretrained("test-user/tiny-gpt2")
-expected, got = model.state_dict(), loaded.state_dict()
-assert got.keys() == expected.keys(), sorted(set(got) ^ set(expected))
-print(type(loaded).__name__, all(torch.equal(got[k], expected[k]) for k in expected))
-""",
-        hub,
-    )
-    assert out.split()[-2:] == ["GPT2LMHeadModel", "True"]
-    assert hub.is_private("test-user/tiny-gpt2")
-    assert {"config.json", "model.safetensors", "README.md"} <= set(hub.repo_files("test-user/tiny-gpt2"))
-    downloads = {r.path.rsplit("/", 1)[-1] for r in hub.requests if r.method == "GET" and "/resolve/" in r.path}
-    assert {"config.json", "model.safetensors"} <= downloads
+# --------------------------------------------------------------------------------------------- peft
 
 
 def test_peft_adapter_push_to_hub_and_from_pretrained(hub: HubServer, tmp_path: Path) -> None:
