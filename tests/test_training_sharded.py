@@ -3,7 +3,8 @@ process, saved as one file per shard plus an index that loads and merges as one 
 optimizer bytes per process, and three k-element all-reduces per step.
 
 This file is also the training script: ``python tests/test_training_sharded.py OUT [--shards P] [--accumulation A]
-[--max-steps N --save-steps S] [--stall-at STEP] [--resume]``. Each process writes ``OUT/process-<rank>.json`` (its
+[--max-steps N --save-steps S] [--stall-at STEP] [--resume] [--per-example] [--hidden H]`` (``--hidden``: a wider
+BERT, for measuring memory). Each process writes ``OUT/process-<rank>.json`` (its
 all-reduce calls per step, adapter and optimizer bytes, peak RSS) and ``OUT/shard-<rank>.safetensors`` (its own
 tensors), and the trainer saves the adapter into ``OUT/final``.
 """
@@ -25,7 +26,7 @@ LATENT = 1
 
 
 def _run(out_dir: str, shards: int, accumulation: int, max_steps: int, save_steps: int, stall_at: int,
-         resume: bool, per_example: bool = False) -> None:
+         resume: bool, per_example: bool = False, hidden: int = 32) -> None:
     """Trains (see the module docstring); before training, process 0 saves the untrained adapter as one file into
     ``OUT/final`` beside a file of the user's, which the sharded save at the end must replace and keep."""
     sys.path.insert(0, HERE)
@@ -68,7 +69,15 @@ def _run(out_dir: str, shards: int, accumulation: int, max_steps: int, save_step
                      eval_steps=5) if max_steps else dict(num_train_epochs=1, eval_steps=3)
     args = arguments(out_dir, learning_rate=1e-4, gradient_accumulation_steps=accumulation, adapter_shards=shards,
                      per_example=per_example, **overrides)
-    model = peft_model("bert", latent_dim=LATENT)
+    if hidden == 32:
+        model = peft_model("bert", latent_dim=LATENT)
+    else:  # a wider model, for measuring memory (``--hidden``)
+        from peft import get_peft_model
+
+        from gradiend_peft import GradiendConfig
+        from tiny import tiny_bert
+
+        model = get_peft_model(tiny_bert(0, hidden=hidden), GradiendConfig(latent_dim=LATENT, init_seed=0))
     final = os.path.join(out_dir, "final")
     if args.process_index == 0 and not resume:
         from gradiend_peft import save_adapter
@@ -88,6 +97,7 @@ def _run(out_dir: str, shards: int, accumulation: int, max_steps: int, save_step
         "world_size": trainer.args.world_size, "global_step": output.global_step, "calls": calls,
         "bytes": adapter_bytes(adapter_parameters(tuner, trainer.adapter_name), trainer.optimizer),
         "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "rss_kb": int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmRSS"))),
         "evaluations": [e for e in trainer.state.log_history if "eval_correlation" in e],
         "losses": [e["loss"] for e in trainer.state.log_history if "loss" in e],
     }
@@ -337,4 +347,4 @@ if __name__ == "__main__":
 
     _run(sys.argv[1], shards=option("--shards", 1), accumulation=option("--accumulation", 1),
          max_steps=option("--max-steps", 0), save_steps=option("--save-steps", 1000), stall_at=option("--stall-at", 0),
-         resume="--resume" in sys.argv, per_example="--per-example" in sys.argv)
+         resume="--resume" in sys.argv, per_example="--per-example" in sys.argv, hidden=option("--hidden", 32))
