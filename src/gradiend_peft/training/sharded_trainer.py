@@ -48,7 +48,7 @@ from torch import nn
 
 from ..atomic import atomic_write_bytes
 from ..hub import save_sharded_adapter
-from ..loading import CONFIG_NAME, read_shard_tensors, validate_adapter_config, validate_sharded_weights
+from ..loading import CONFIG_NAME, INDEX_NAME, read_shard_tensors, validate_adapter_config, validate_sharded_weights
 from ..objective import NonFiniteGradientError, encode_rows, per_example_reconstruction_loss, reconstruction_loss
 from ..objective.sharded import (
     all_reduce_encoder_bias_grad,
@@ -108,6 +108,10 @@ class ShardedTrainingMixin:
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
             raise ValueError("adapter_shards > 1 shards the GRADIEND adapter itself; it does not combine with "
                              "DeepSpeed or FSDP (see docs/guides/sharding.md).")
+        if self.args.load_best_model_at_end:
+            raise ValueError("adapter_shards > 1 does not take load_best_model_at_end=True (the Trainer would load a "
+                             "single-file adapter); restore_best_adapter=True (the default) restores every shard's "
+                             "best adapter at the end.")
         layout = ShardLayout.create(shards)
         plan = plan_for(self.tuner.peft_config[self.adapter_name], shards)
         freed = keep_modules(self.tuner, self.adapter_name, set(plan.modules[layout.shard]))
@@ -278,10 +282,18 @@ class ShardedTrainingMixin:
             self.lr_scheduler.load_state_dict(torch.load(scheduler, map_location="cpu", weights_only=True))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        if self._sharding is None:
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
         name = self.adapter_name
         folder = resume_from_checkpoint if name == "default" else os.path.join(resume_from_checkpoint, name)
+        sharded = os.path.isfile(os.path.join(folder, INDEX_NAME))
+        if sharded != (self._sharding is not None):
+            raise ValueError(
+                f"Cannot resume from {resume_from_checkpoint!r}: it was written by a run "
+                f"{'with' if sharded else 'without'} adapter_shards > 1, and this trainer runs "
+                f"{'with' if self._sharding is not None else 'without'}. Resume with the adapter_shards it was "
+                "trained with (load_gradiend_model loads either kind as one adapter)."
+            )
+        if self._sharding is None:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
         with open(os.path.join(folder, CONFIG_NAME), encoding="utf-8") as handle:
             raw = validate_adapter_config(json.load(handle))
         index = validate_sharded_weights(folder, raw, values=False)
