@@ -159,3 +159,44 @@ def test_sigkill_during_repeated_saves_leaves_a_complete_folder(tmp_path):
     recover_directory(str(target))  # what every save and load_gradiend_model do first
     contents = {(target / name).read_text() for name in ("config.json", "weights.bin", "README.md")}
     assert len(contents) == 1  # the three files come from the same save
+
+
+def test_a_commit_deletes_the_superseded_files_it_is_told_of_and_nothing_else(tmp_path):
+    import re
+
+    target = tmp_path / "adapter"
+    target.mkdir()
+    for name in ("adapter_model.safetensors", "adapter_model-00002-of-00003.safetensors", "notes.txt"):
+        (target / name).write_text("old")
+    with atomic_files(str(target), remove_matching=re.compile(r"adapter_model(-\d{5}-of-\d{5})?\.safetensors")) as folder:
+        atomic_write_text(os.path.join(folder, "adapter_model-00001-of-00001.safetensors"), "new")
+    assert sorted(os.listdir(target)) == ["adapter_model-00001-of-00001.safetensors", "notes.txt"]
+
+
+def test_an_interrupted_commit_also_finishes_its_deletions(tmp_path):
+    import json
+
+    target = tmp_path / "adapter"
+    target.mkdir()
+    (target / "old.bin").write_text("old")
+    staging = target / ".gradiend-staging-crashed"
+    staging.mkdir()
+    (staging / "new.bin").write_text("new")
+    journal = {"staging": staging.name, "files": ["new.bin"], "remove": ["old.bin"]}
+    (target / f".gradiend-commit-{staging.name}.json").write_text(json.dumps(journal))
+    recover_directory(str(target))
+    assert sorted(os.listdir(target)) == ["new.bin"]
+
+
+def test_a_journal_cannot_delete_files_outside_the_folder(tmp_path):
+    import json
+
+    target = tmp_path / "adapter"
+    target.mkdir()
+    (tmp_path / "victim.txt").write_text("keep")
+    staging = target / ".gradiend-staging-x"
+    staging.mkdir()
+    journal_path = target / ".gradiend-commit-x.json"
+    journal_path.write_text(json.dumps({"staging": staging.name, "files": [], "remove": ["../victim.txt"]}))
+    recover_directory(str(target))
+    assert (tmp_path / "victim.txt").read_text() == "keep" and journal_path.exists()

@@ -108,3 +108,133 @@ def test_model_card_names_peft_base_model_and_classes(saved):
     finally:
         config.feature_factor = config.lr = None
     assert "merge_and_unload()  # the stored rewrite: feature_factor=0.5, lr=20" in card.read_text()
+
+
+# ------------------------------------------------------------------------------------ sharded adapters
+def _shard(path, files: int = 2) -> dict:
+    """Turns the single-file adapter at ``path`` into a sharded one (modules dealt round-robin, the shared tensors in
+    file 1), as a module-sharded training run saves it; returns the index."""
+    tensors = load_file(path / "adapter_model.safetensors")
+    modules = sorted({key.rsplit(".", 1)[0] for key in tensors if key.startswith("base_model.model.")})
+    owner = {module: i % files for i, module in enumerate(modules)}
+    parts = [{} for _ in range(files)]
+    for key, value in tensors.items():
+        parts[owner[key.rsplit(".", 1)[0]] if key.startswith("base_model.model.") else 0][key] = value
+    weight_map = {}
+    for i, part in enumerate(parts):
+        name = f"adapter_model-{i + 1:05d}-of-{files:05d}.safetensors"
+        save_file(part, path / name)
+        weight_map.update({key: name for key in part})
+    (path / "adapter_model.safetensors").unlink()
+    index = {"metadata": {"total_size": 0}, "weight_map": weight_map}
+    (path / "adapter_model.safetensors.index.json").write_text(json.dumps(index))
+    return index
+
+
+def _write_index(path, index):
+    (path / "adapter_model.safetensors.index.json").write_text(json.dumps(index))
+
+
+def test_a_sharded_adapter_loads_as_one_adapter(saved):
+    model, path = saved
+    _shard(path, files=3)
+    loaded = load_gradiend_model(MODEL_BUILDERS["bert"](), str(path))
+    for key, value in model.state_dict().items():
+        if "gradiend" in key:
+            assert torch.equal(loaded.state_dict()[key], value), key
+    assert not any(p.requires_grad for p in loaded.parameters())  # inference mode, as PeftModel.from_pretrained
+    trainable = load_gradiend_model(MODEL_BUILDERS["bert"](), str(path), is_trainable=True)
+    assert trainable.base_model.gradiend_encoder_bias["default"].requires_grad
+
+
+def test_a_sharded_adapter_with_a_missing_shard_file_is_refused(saved):
+    _, path = saved
+    _shard(path)
+    (path / "adapter_model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(UntrustedAdapterError, match="lacks its shard file 'adapter_model-00002-of-00002"):
+        load_gradiend_model(MODEL_BUILDERS["bert"](), str(path))
+
+
+def test_an_index_that_leaves_out_a_shard_is_refused(saved):
+    _, path = saved
+    index = _shard(path)
+    index["weight_map"] = {k: v.replace("-of-00002", "-of-00003") for k, v in index["weight_map"].items()}
+    _write_index(path, index)
+    with pytest.raises(UntrustedAdapterError, match="names no tensor in shard file"):
+        load_gradiend_model(MODEL_BUILDERS["bert"](), str(path))
+
+
+def test_an_index_that_lists_a_tensor_twice_is_refused(saved):
+    _, path = saved
+    index = _shard(path)
+    key, file = next(iter(index["weight_map"].items()))
+    text = json.dumps(index)[:-2] + f', "{key}": "{file}"}}}}'  # the same name again, as JSON text allows
+    (path / "adapter_model.safetensors.index.json").write_text(text)
+    with pytest.raises(UntrustedAdapterError, match="more than once"):
+        load_gradiend_model(MODEL_BUILDERS["bert"](), str(path))
+
+
+def test_a_tensor_in_two_shard_files_is_refused(saved):
+    _, path = saved
+    index = _shard(path)
+    key = next(k for k, v in index["weight_map"].items() if v.startswith("adapter_model-00002"))
+    first = path / "adapter_model-00001-of-00002.safetensors"
+    tensors = load_file(first)
+    tensors[key] = load_file(path / "adapter_model-00002-of-00002.safetensors")[key]
+    save_file(tensors, first)
+    with pytest.raises(UntrustedAdapterError, match="the index puts it in 'adapter_model-00002-of-00002"):
+        load_gradiend_model(MODEL_BUILDERS["bert"](), str(path))
+
+
+def test_a_tensor_outside_the_index_is_refused(saved):
+    _, path = saved
+    index = _shard(path)
+    key = next(iter(index["weight_map"]))
+    del index["weight_map"][key]
+    _write_index(path, index)
+    with pytest.raises(UntrustedAdapterError, match="the index does not list it"):
+        load_gradiend_model(MODEL_BUILDERS["bert"](), str(path))
+
+
+@pytest.mark.parametrize("file", ["../x.safetensors", "/etc/passwd", "sub/adapter_model-00001-of-00002.safetensors",
+                                  "adapter_model-00003-of-00002.safetensors", "model.safetensors", 7])
+def test_an_index_naming_a_file_outside_the_adapter_is_refused(saved, file):
+    _, path = saved
+    index = _shard(path)
+    key = next(iter(index["weight_map"]))
+    index["weight_map"][key] = file
+    _write_index(path, index)
+    with pytest.raises(UntrustedAdapterError, match="not a shard file name|impossible shard file"):
+        load_gradiend_model(MODEL_BUILDERS["bert"](), str(path))
+
+
+def test_non_finite_values_in_a_shard_are_refused(saved):
+    _, path = saved
+    _shard(path)
+    second = path / "adapter_model-00002-of-00002.safetensors"
+    tensors = load_file(second)
+    key = next(iter(tensors))
+    tensors[key] = torch.full_like(tensors[key], float("nan"))
+    save_file(tensors, second)
+    with pytest.raises(UntrustedAdapterError, match="NaN or infinite"):
+        load_gradiend_model(MODEL_BUILDERS["bert"](), str(path))
+
+
+def test_a_folder_with_a_single_file_and_a_sharded_adapter_is_refused(saved):
+    model, path = saved
+    _shard(path)
+    model.save_pretrained(path)  # peft's own save writes the single file beside the shards
+    with pytest.raises(UntrustedAdapterError, match="holds both"):
+        load_gradiend_model(MODEL_BUILDERS["bert"](), str(path))
+
+
+def test_save_adapter_over_a_sharded_adapter_removes_the_shards(saved):
+    from gradiend_peft import save_adapter
+
+    model, path = saved
+    _shard(path)
+    (path / "notes.txt").write_text("mine")
+    save_adapter(model, str(path))
+    assert sorted(p.name for p in path.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors",
+                                                      "notes.txt"]
+    load_gradiend_model(MODEL_BUILDERS["bert"](), str(path))

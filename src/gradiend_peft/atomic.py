@@ -7,7 +7,11 @@ write is touched.
   staged in a hidden folder inside the destination, then moved into place one by one under a journal: a crash
   between two moves is rolled forward by `recover_directory` (called by every save and by `load_gradiend_model`), so
   readers that recover see the whole old set or the whole new set. Files of the destination that the save does not
-  write are left alone. Concurrent commits to one folder are serialised with an advisory lock on the folder.
+  write are left alone, except files of our own that the new set replaces under another name (``remove_matching``:
+  e.g. the shards of a sharded adapter after a single-file save), which the journal deletes after the moves.
+  Concurrent commits to one folder are serialised with an advisory lock on the folder. `begin_staging`,
+  `commit_staging` and `abort_staging` are the same protocol in three calls, for saves whose files several
+  processes write (a module-sharded adapter).
 - `atomic_directory`: replaces a whole folder that the library owns (a conversion cache entry) in one step.
 """
 
@@ -23,7 +27,7 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional, Pattern
 
 try:  # advisory locks: POSIX only; elsewhere commits are not serialised between processes
     import fcntl
@@ -135,16 +139,18 @@ def _safe_relative(name: Any) -> bool:
 
 
 def _roll_forward(path: str, journal_path: str) -> None:
-    """Completes a commit: moves the journal's staged files into place, then removes the journal and the staging."""
+    """Completes a commit: moves the journal's staged files into place, deletes the files it lists under ``remove``,
+    then removes the journal and the staging."""
     try:
         with open(journal_path, encoding="utf-8") as handle:
             journal = json.load(handle)
         staging_name, files = journal["staging"], list(journal["files"])
+        remove = list(journal.get("remove", []))
     except (OSError, ValueError, KeyError, TypeError):
         # a journal is written atomically, so an unreadable one is not ours: leave it for a person to look at
         return
     if not (_safe_relative(staging_name) and staging_name.startswith(_STAGING_PREFIX)
-            and all(_safe_relative(f) for f in files)):
+            and all(_safe_relative(f) for f in files + remove)):
         return
     staging = os.path.join(path, staging_name)
     for name in files:
@@ -153,6 +159,9 @@ def _roll_forward(path: str, journal_path: str) -> None:
             os.makedirs(os.path.dirname(target), exist_ok=True)
             os.replace(source, target)
             _fsync_directory(os.path.dirname(target))
+    for name in remove:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(path, name))
     os.unlink(journal_path)
     _fsync_directory(path)
     shutil.rmtree(staging, ignore_errors=True)
@@ -183,10 +192,50 @@ def recover_directory(path: str) -> None:
                         shutil.rmtree(full, ignore_errors=True)
 
 
+def begin_staging(path: str) -> str:
+    """Creates ``path`` if needed, finishes interrupted commits into it, and returns a new staging folder inside it
+    (the first of `begin_staging`, `commit_staging`, `abort_staging`; `atomic_files` wraps the three)."""
+    path = os.path.abspath(path)
+    os.makedirs(path, exist_ok=True)
+    recover_directory(path)
+    staging = tempfile.mkdtemp(dir=path, prefix=_STAGING_PREFIX)
+    os.chmod(staging, _default_mode(0o777))  # mkdtemp makes it 0o700; subfolders moved out keep the usual mode
+    return staging
+
+
+def abort_staging(staging: str) -> None:
+    """Discards a staging folder of `begin_staging`; the destination is untouched."""
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def commit_staging(path: str, staging: str, remove_matching: Optional[Pattern[str]] = None) -> None:
+    """Moves every file of ``staging`` (from `begin_staging`) into ``path`` as one set, under a journal.
+
+    Args:
+        path (`str`): The destination folder.
+        staging (`str`): The staging folder inside it, with the new files.
+        remove_matching (`re.Pattern`, *optional*): Top-level file names of ``path`` that the new set supersedes
+            (files of ours under names the new set does not use): those the pattern matches in full and the staging
+            does not hold are deleted after the moves, by the same journal (a crash rolls the deletion forward too).
+    """
+    path = os.path.abspath(path)
+    files = staged_files(staging)
+    with _folder_lock(path):
+        remove = []
+        if remove_matching is not None:
+            remove = sorted(name for name in os.listdir(path)
+                            if remove_matching.fullmatch(name) and name not in files
+                            and os.path.isfile(os.path.join(path, name)))
+        journal = os.path.join(path, f"{_JOURNAL_PREFIX}{os.path.basename(staging)}.json")
+        atomic_write_json(journal, {"staging": os.path.basename(staging), "files": files, "remove": remove})
+        _roll_forward(path, journal)
+
+
 @contextlib.contextmanager
-def atomic_files(path: str) -> Iterator[str]:
+def atomic_files(path: str, remove_matching: Optional[Pattern[str]] = None) -> Iterator[str]:
     """Yields a staging folder; on success every file written into it replaces its counterpart in ``path`` as one
-    set; on error nothing in ``path`` changes. Files of ``path`` that were not staged are never touched.
+    set; on error nothing in ``path`` changes. Files of ``path`` that were not staged are never touched, except those
+    ``remove_matching`` names (see `commit_staging`).
 
     Examples:
         ```python
@@ -194,21 +243,13 @@ def atomic_files(path: str) -> Iterator[str]:
             model.save_pretrained(folder)
         ```
     """
-    path = os.path.abspath(path)
-    os.makedirs(path, exist_ok=True)
-    recover_directory(path)
-    staging = tempfile.mkdtemp(dir=path, prefix=_STAGING_PREFIX)
-    os.chmod(staging, _default_mode(0o777))  # mkdtemp makes it 0o700; subfolders moved out keep the usual mode
+    staging = begin_staging(path)
     try:
         yield staging
-        files = staged_files(staging)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        abort_staging(staging)
         raise
-    with _folder_lock(path):
-        journal = os.path.join(path, f"{_JOURNAL_PREFIX}{os.path.basename(staging)}.json")
-        atomic_write_json(journal, {"staging": os.path.basename(staging), "files": files})
-        _roll_forward(path, journal)
+    commit_staging(path, staging, remove_matching)
 
 
 # ------------------------------------------------------------------------------- a folder the library owns

@@ -1,23 +1,29 @@
-"""Sharing GRADIEND adapters on the Hugging Face Hub with a model card of their own.
+"""Saving GRADIEND adapters, and sharing them on the Hugging Face Hub with a model card of their own.
 
 ``model.push_to_hub(repo_id)`` (peft's verb) uploads a loadable adapter, but on a new repository transformers
 writes its generic card (``library_name: transformers``) over peft's. `push_adapter_to_hub` uploads the same files
 with a GRADIEND card: ``library_name: peft``, the base model, the feature's classes and their encoding signs, the
 targets and, after training, the convergence verdict. `write_model_card` writes that card into a folder.
+
+`save_adapter` saves atomically into a folder of the user's. `save_sharded_adapter` saves an adapter whose modules
+are split over processes (a module-sharded training run), one file per shard plus an index, with the same atomicity.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
+import re
 import tempfile
 from typing import Any, Optional
 
 from huggingface_hub import ModelCard, ModelCardData
 from peft import PeftModel
 
-from .atomic import atomic_files, atomic_write_json, staged_files
+from .atomic import abort_staging, atomic_write_json, begin_staging, commit_staging, staged_files
+from .loading import ADAPTER_WEIGHT_FILES, CONFIG_NAME, INDEX_NAME, WEIGHTS_NAME, shard_file_name, validate_sharded_weights
 from .tuner.config import GradiendConfig
 
 logger = logging.getLogger(__name__)
@@ -140,23 +146,171 @@ def push_adapter_to_hub(
 TRAINING_SUMMARY_FILE = "gradiend_training_summary.json"
 
 
+_SHARDED_FILES = re.compile(r"adapter_model(-\d{5}-of-\d{5}\.safetensors|\.safetensors\.index\.json)")
+
+
+def _keep_users_readme(directory: str, folder: str) -> None:
+    """Drops the staged card where ``directory`` holds a ``README.md`` that is not a GRADIEND card (the user's)."""
+    for card in [f for f in staged_files(folder) if os.path.basename(f) == "README.md"]:
+        existing = os.path.join(directory, card)
+        if os.path.isfile(existing) and not is_gradiend_card(existing):
+            os.unlink(os.path.join(folder, card))  # a README.md of the user's own: keep it
+            logger.warning("Kept the existing %s (not a GRADIEND model card); the adapter's card was not "
+                           "written. Save into a folder of its own to get the card.", existing)
+
+
 def save_adapter(model: Any, directory: str, training_summary: Optional[dict] = None, **kwargs: Any) -> str:
     """``model.save_pretrained(directory)`` made atomic, plus the GRADIEND model card; returns ``directory``.
 
     Only the files peft writes (``adapter_config.json``, ``adapter_model.safetensors``, per adapter), the card
     (``README.md``) and, with ``training_summary`` (``trainer.training_summary``), ``gradiend_training_summary.json``
     are replaced; anything else in ``directory`` stays as it was. A ``README.md`` that is not a GRADIEND card is kept.
+    A sharded adapter saved there before (index and shard files, see `save_sharded_adapter`) is removed with the
+    same commit, so that the folder holds one adapter.
     """
-    with atomic_files(directory) as folder:
-        model.save_pretrained(folder, **kwargs)
+    staging = begin_staging(directory)
+    try:
+        model.save_pretrained(staging, **kwargs)
         if hasattr(model, "peft_config"):
-            write_model_card(model, folder, training_summary=training_summary)
+            write_model_card(model, staging, training_summary=training_summary)
         if training_summary is not None:
-            atomic_write_json(os.path.join(folder, TRAINING_SUMMARY_FILE), training_summary)
-        for card in [f for f in staged_files(folder) if os.path.basename(f) == "README.md"]:
-            existing = os.path.join(directory, card)
-            if os.path.isfile(existing) and not is_gradiend_card(existing):
-                os.unlink(os.path.join(folder, card))  # a README.md of the user's own: keep it
-                logger.warning("Kept the existing %s (not a GRADIEND model card); the adapter's card was not "
-                               "written. Save into a folder of its own to get the card.", existing)
+            atomic_write_json(os.path.join(staging, TRAINING_SUMMARY_FILE), training_summary)
+        _keep_users_readme(directory, staging)
+    except BaseException:
+        abort_staging(staging)
+        raise
+    single = os.path.isfile(os.path.join(staging, WEIGHTS_NAME))
+    commit_staging(directory, staging, _SHARDED_FILES if single else None)
     return directory
+
+
+def _write_config(model: PeftModel, adapter_name: str, folder: str) -> dict[str, Any]:
+    """``adapter_config.json`` as ``PeftModel.save_pretrained`` writes it (inference mode, base model, auto mapping);
+    returns the JSON payload."""
+    config = copy.deepcopy(model.peft_config[adapter_name])
+    if config.base_model_name_or_path is None:
+        config.base_model_name_or_path = model.base_model.model.__dict__.get("name_or_path", None) or None
+    config.inference_mode = True
+    mapping = None
+    if config.task_type is None:
+        base_class = model._get_base_model_class(is_prompt_tuning=False)
+        mapping = {"base_model_class": base_class.__name__, "parent_library": base_class.__module__}
+    config.save_pretrained(folder, auto_mapping_dict=mapping)
+    with open(os.path.join(folder, CONFIG_NAME), encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def _write_shard(model: PeftModel, adapter_name: str, path: str, shared: bool) -> None:
+    from safetensors.torch import save_file
+
+    state = model.base_model.adapter_state_dict(adapter_name, shared=shared)
+    save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, path, metadata={"format": "pt"})
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _write_index(folder: str, shards: int) -> None:
+    from safetensors import safe_open
+
+    weight_map, total = {}, 0
+    for i in range(1, shards + 1):
+        name = shard_file_name(i, shards)
+        with safe_open(os.path.join(folder, name), framework="pt") as handle:
+            for key in handle.keys():
+                if key in weight_map:
+                    raise ValueError(f"Tensor {key!r} is in shard files {weight_map[key]!r} and {name!r}: two processes "
+                                     "hold the same module. The shard plan must be disjoint.")
+                weight_map[key] = name
+                piece = handle.get_slice(key)
+                total += _numel(piece.get_shape()) * _DTYPE_BYTES.get(piece.get_dtype(), 4)
+    atomic_write_json(os.path.join(folder, INDEX_NAME), {"metadata": {"total_size": total},
+                                                         "weight_map": dict(sorted(weight_map.items()))})
+
+
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def _numel(shape) -> int:
+    count = 1
+    for dim in shape:
+        count *= int(dim)
+    return count
+
+
+def save_sharded_adapter(model: PeftModel, directory: str, shard: int, shards: int, writes: bool = True,
+                         training_summary: Optional[dict] = None) -> str:
+    """Saves a module-sharded adapter: every process's shard into one safetensors file, an index, one config for
+    the whole adapter and the card; returns the adapter's folder. Collective: EVERY process of the default process
+    group calls it (the same ``directory``, on a filesystem all processes see).
+
+    Layout (transformers' sharded checkpoints): ``adapter_model-00001-of-00002.safetensors``, ... (shard 1 also holds
+    the shared encoder bias and gradient scale), ``adapter_model.safetensors.index.json`` (``weight_map``: tensor
+    name -> file), ``adapter_config.json`` (all targets, ``target_shapes``), ``README.md`` and, with
+    ``training_summary``, ``gradiend_training_summary.json``. `gradiend_peft.load_gradiend_model` loads it as one
+    adapter in one process. A non-default adapter goes into ``directory/<adapter_name>``, as peft does.
+
+    Protocol: process 0 makes a staging folder inside the destination (`gradiend_peft.atomic.begin_staging`) and
+    sends its path to all; each writing process writes its shard file there; the outcomes are gathered; process 0
+    writes the index, the config and the card, checks the names and shapes of every file against the config, and
+    commits the whole set under a journal (`gradiend_peft.atomic.commit_staging`), which also deletes the old
+    adapter's weight files that the new set does not replace (a single ``adapter_model.safetensors``, shards of
+    another count). A kill before the journal leaves the old adapter, after it the new one (the next save or load
+    rolls the journal forward). Every process returns or raises together.
+
+    Args:
+        model (`PeftModel`): This process's model; its active adapter holds this process's modules.
+        directory (`str`): The destination folder.
+        shard (`int`): This process's shard, ``0 <= shard < shards``.
+        shards (`int`): The number of shards.
+        writes (`bool`): Whether this process writes its shard (one replica per shard does; data-parallel
+            copies of a shard do not).
+        training_summary (`dict`, *optional*): ``trainer.training_summary``, saved beside the adapter.
+
+    Raises:
+        `RuntimeError`: on every process, when any process failed (the destination is then unchanged).
+    """
+    import torch.distributed as dist
+
+    name = model.active_adapter
+    folder = os.path.abspath(directory if name == "default" else os.path.join(directory, name))
+    rank = dist.get_rank()
+    message: list[Any] = [None, None]  # staging folder, error
+    if rank == 0:
+        try:
+            message[0] = begin_staging(folder)
+        except Exception as err:  # noqa: BLE001 - every process must hear of it
+            message[1] = f"process 0 could not prepare {folder!r}: {err!r}"
+    dist.broadcast_object_list(message, src=0)
+    staging, error = message
+    if error is None and writes:
+        try:
+            if not os.path.isdir(staging):
+                raise FileNotFoundError(f"{staging!r} is not visible from this process: save into a folder on a "
+                                        "filesystem that every process shares.")
+            _write_shard(model, name, os.path.join(staging, shard_file_name(shard + 1, shards)), shared=shard == 0)
+        except Exception as err:  # noqa: BLE001
+            error = f"process {rank} (shard {shard + 1} of {shards}) could not write its file: {err!r}"
+    errors: list[Optional[str]] = [None] * dist.get_world_size()
+    dist.all_gather_object(errors, error)
+    error = next((e for e in errors if e is not None), None)
+    outcome: list[Optional[str]] = [error]
+    if rank == 0 and staging is not None:
+        try:
+            if error is None:
+                _write_index(staging, shards)
+                raw = _write_config(model, name, staging)
+                validate_sharded_weights(staging, raw, values=False)
+                write_model_card(model, staging, training_summary=training_summary)
+                if training_summary is not None:
+                    atomic_write_json(os.path.join(staging, TRAINING_SUMMARY_FILE), training_summary)
+                _keep_users_readme(folder, staging)
+                commit_staging(folder, staging, ADAPTER_WEIGHT_FILES)
+            else:
+                abort_staging(staging)
+        except Exception as err:  # noqa: BLE001
+            abort_staging(staging)
+            outcome[0] = f"process 0 could not commit the sharded adapter: {err!r}"
+    dist.broadcast_object_list(outcome, src=0)
+    if outcome[0] is not None:
+        raise RuntimeError(f"Saving the sharded adapter into {folder!r} failed; the folder is unchanged. {outcome[0]}")
+    return folder

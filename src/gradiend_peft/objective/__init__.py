@@ -1,6 +1,9 @@
 """The GRADIEND objective, computed from rows: the base model's gradients, the reconstruction losses (per row group
 and per row), row encodings and the encoder metrics.
 
+`gradiend_peft.objective.sharded` computes the same objective with the adapter's target modules split over processes
+(module sharding: partial sums all-reduced).
+
 It sits between the tuner (`gradiend_peft.tuner`: weight-space maths on given gradients) and the training and
 evaluation packages, and imports in one direction only: ``tuner <- objective <- training, evaluation``.
 

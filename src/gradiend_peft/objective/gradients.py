@@ -234,7 +234,7 @@ def _upcast(tensor: torch.Tensor) -> torch.Tensor:
 
 def batch_gradients(
     tuner: "GradiendModel", batch: Mapping[str, torch.Tensor], kinds: Iterable[str],
-    autocast_dtype: Optional[torch.dtype] = None,
+    autocast_dtype: Optional[torch.dtype] = None, modules: Optional[Iterable[str]] = None,
 ) -> dict[str, dict[str, torch.Tensor]]:
     """Gradients of the batch-mean loss w.r.t. every target weight, for each requested kind.
 
@@ -244,6 +244,8 @@ def batch_gradients(
         kinds (`Iterable[str]`): Any of ``factual``, ``alternative``, ``diff``.
         autocast_dtype (`torch.dtype`, *optional*): Run the base model's forward under ``torch.autocast`` to this
             dtype (mixed precision); ``None``: as stored.
+        modules (`Iterable[str]`, *optional*): Only these target modules (one process's share of a module-sharded
+            adapter: autograd then skips the other weights' gradients); default every GRADIEND layer.
 
     Returns:
         `dict[str, dict[str, torch.Tensor]]`: kind -> module name -> gradient shaped like the weight (at least fp32).
@@ -252,6 +254,12 @@ def batch_gradients(
     """
     kinds = list(dict.fromkeys(kinds))
     layers = tuner.gradiend_layers()
+    if modules is not None:
+        wanted = set(modules)
+        unknown = sorted(wanted - set(layers))
+        if unknown:
+            raise KeyError(f"No GRADIEND layer for modules {unknown[:5]}.")
+        layers = {name: layer for name, layer in layers.items() if name in wanted}
     names = list(layers)
     weights = [layers[name].get_base_layer().weight for name in names]
     unique = list({id(w): w for w in weights}.values())

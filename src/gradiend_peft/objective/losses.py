@@ -82,12 +82,22 @@ def per_example_reconstruction_loss(
         the per-row latents ``(B, k)`` and the number of entries ``n``.
     """
     name = tuner.resolve_adapter(adapter_name)
+    tuner.check_complete(name, "The per-example GRADIEND loss")
+    source_dots, target_dots = per_example_probe_dots(tuner, batch, name, autocast_dtype)
+    latents = tuner.latent_from_dots(source_dots, name)  # (B, k)
+    return per_example_losses(tuner, name, latents, target_dots).mean(), latents, tuner.num_entries(name)
+
+
+def per_example_probe_dots(tuner: "GradiendModel", batch: Mapping[str, torch.Tensor], adapter_name: str,
+                           autocast_dtype: Optional[torch.dtype] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row ``i``, summed over the modules holding the adapter here: ``<E_j, S_i>`` (``(B, k)``, unscaled) and
+    ``<D_j, T_i>`` followed by ``<c, T_i>`` when the adapter has a decoder bias (``(B, k)`` or ``(B, k + 1)``);
+    from one forward pass and one backward pass per gradient kind (`per_example_dots`)."""
+    name = adapter_name
     config = tuner.peft_config[name]
     layers = tuner.gradiend_layers(name)
     k = config.latent_dim
-    scale = tuner.gradient_scale(name)
     has_bias = all(name in layer.gradiend_decoder_bias for layer in layers.values())
-
     encoder_probes = {m: layer.full_encoder(name) for m, layer in layers.items()}
     decoder_probes = {}
     for m, layer in layers.items():
@@ -98,13 +108,22 @@ def per_example_reconstruction_loss(
     if config.source == config.target:
         probes = {config.source: {m: torch.cat([encoder_probes[m], decoder_probes[m]]) for m in layers}}
         dots = per_example_dots(tuner, batch, probes, autocast_dtype)[config.source]
-        source_dots, target_dots = dots[:, :k], dots[:, k:]
-    else:
-        probes = {config.source: encoder_probes, config.target: decoder_probes}
-        dots = per_example_dots(tuner, batch, probes, autocast_dtype)
-        source_dots, target_dots = dots[config.source], dots[config.target]
+        return dots[:, :k], dots[:, k:]
+    probes = {config.source: encoder_probes, config.target: decoder_probes}
+    dots = per_example_dots(tuner, batch, probes, autocast_dtype)
+    return dots[config.source], dots[config.target]
 
-    latents = tuner.latent_from_dots(source_dots, name)  # (B, k)
+
+def per_example_losses(tuner: "GradiendModel", adapter_name: str, latents: torch.Tensor,
+                       target_dots: torch.Tensor) -> torch.Tensor:
+    """Each row's loss less ``s^2 ||T_i||^2`` (see the module docstring), ``(B,)``, for given latents ``(B, k)`` and
+    target dot products from `per_example_probe_dots`. Every term is a sum over the modules holding the adapter
+    here, so the losses of disjoint module shares add up to the whole adapter's."""
+    name = adapter_name
+    layers = tuner.gradiend_layers(name)
+    k = tuner.peft_config[name].latent_dim
+    scale = tuner.gradient_scale(name)
+    has_bias = all(name in layer.gradiend_decoder_bias for layer in layers.values())
     device = latents.device
     gram = torch.zeros(k, k, device=device)
     cross = torch.zeros(k, device=device)
@@ -121,5 +140,4 @@ def per_example_reconstruction_loss(
     overlap = (latents * target_dots[:, :k]).sum(dim=1)
     if has_bias:
         overlap = overlap + target_dots[:, k]
-    losses = decoded_energy - 2 * scale * overlap
-    return losses.mean(), latents, tuner.num_entries(name)
+    return decoded_energy - 2 * scale * overlap

@@ -87,6 +87,10 @@ class GradiendTrainingArguments(TrainingArguments):
             not a path).
         truncate_long_rows (`bool`): A row longer than the base model's positions is refused with its index named
             (``False``, the default), or truncated to the tokens nearest its slot (``True``).
+        adapter_shards (`int`): Split the adapter's target modules over this many processes (``P``; default 1: every
+            process holds the whole adapter). Each process then holds about ``1/P`` of the adapter and of its
+            optimizer state; ``W`` launched processes train ``P`` shards times ``W / P`` data-parallel replicas.
+            See docs/guides/sharding.md.
     """
 
     # ----------------------------------------------------------------------------------- GRADIEND options
@@ -131,6 +135,12 @@ class GradiendTrainingArguments(TrainingArguments):
                           "tokens nearest the slot."},
     )
 
+    adapter_shards: int = field(
+        default=1,
+        metadata={"help": "Split the adapter's target modules over this many processes (1: no sharding); the launched "
+                          "processes must be a multiple of it (shards x data-parallel replicas)."},
+    )
+
     # ------------------------------------------------------------------- TrainingArguments, new defaults
     learning_rate: float = field(default=1e-5, metadata={"help": "AdamW learning rate (reference: 1e-5)."})
     weight_decay: float = field(
@@ -165,6 +175,9 @@ class GradiendTrainingArguments(TrainingArguments):
         rows = self.rows_per_gradient
         if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
             raise ValueError(f"rows_per_gradient must be a positive integer, got {self.rows_per_gradient!r}.")
+        shards = self.adapter_shards
+        if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+            raise ValueError(f"adapter_shards must be a positive integer, got {shards!r}.")
         if self.class_balance not in CLASS_BALANCES:
             raise ValueError(f"class_balance must be one of {CLASS_BALANCES}, got {self.class_balance!r}.")
         if self.encoder_lr_fan_in is not None and (isinstance(self.encoder_lr_fan_in, bool) or self.encoder_lr_fan_in < 1):

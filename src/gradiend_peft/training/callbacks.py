@@ -187,7 +187,8 @@ class BestAdapterCallback(TrainerCallback):
     The copy is taken after sign normalisation, so it is the adapter as it was then. It is written into every
     checkpoint (``gradiend_best_adapter.safetensors`` and ``.json``) so that a resumed run knows the best adapter
     of the interrupted one. With ``load_best_model_at_end=True`` the Trainer restores its own best checkpoint
-    instead and this callback only records.
+    instead and this callback only records. In a module-sharded run (``shard`` set by the trainer) each process keeps
+    its own modules' copy and writes it as ``gradiend_best_adapter-00001-of-00002.safetensors``, ...
 
     Args:
         metric_prefix (`str`): Prefix of the evaluation metrics (``eval``).
@@ -197,7 +198,14 @@ class BestAdapterCallback(TrainerCallback):
     def __init__(self, metric_prefix: str = "eval", restore: bool = True) -> None:
         self.metric_prefix = metric_prefix
         self.restore = restore
+        self.shard: Optional[tuple[int, int, bool]] = None  # (shard, shards, whether this process writes it)
         self.reset()
+
+    def _tensor_file(self) -> str:
+        if self.shard is None:
+            return BEST_ADAPTER_FILE
+        stem = BEST_ADAPTER_FILE.removesuffix(".safetensors")
+        return f"{stem}-{self.shard[0] + 1:05d}-of-{self.shard[1]:05d}.safetensors"
 
     def reset(self) -> None:
         self.best_value: Optional[float] = None
@@ -221,7 +229,8 @@ class BestAdapterCallback(TrainerCallback):
         self.snapshot = adapter_snapshot(model.base_model, model.active_adapter)
 
     def on_save(self, args, state, control, **kwargs):
-        if self.snapshot is None or not state.is_world_process_zero:
+        writes = state.is_world_process_zero if self.shard is None else self.shard[2]
+        if self.snapshot is None or not writes:
             return
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         if os.path.isdir(folder):
@@ -230,7 +239,9 @@ class BestAdapterCallback(TrainerCallback):
     def save(self, folder: str) -> None:
         from safetensors.torch import save_file
 
-        save_file(self.snapshot, os.path.join(folder, BEST_ADAPTER_FILE))
+        save_file(self.snapshot, os.path.join(folder, self._tensor_file()))
+        if self.shard is not None and self.shard[0] != 0:
+            return  # the record (the same on every shard) is written by the first shard
         record = {"best_value": self.best_value, "best_step": self.best_step, "best_metrics": self.best_metrics,
                   "class_signs": self.class_signs}
         with open(os.path.join(folder, BEST_RECORD_FILE), "w") as handle:
@@ -240,7 +251,7 @@ class BestAdapterCallback(TrainerCallback):
         """Restores the record of an interrupted run from its checkpoint ``folder``; ``False`` if it has none."""
         from safetensors.torch import load_file
 
-        tensors = os.path.join(folder, BEST_ADAPTER_FILE)
+        tensors = os.path.join(folder, self._tensor_file())
         record = os.path.join(folder, BEST_RECORD_FILE)
         if not (os.path.isfile(tensors) and os.path.isfile(record)):
             self.reset()

@@ -16,15 +16,35 @@ import re
 import time
 from typing import Optional
 
+from ..loading import INDEX_NAME, WEIGHTS_NAME
+
 logger = logging.getLogger(__name__)
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+_OPTIMIZER_SHARD = re.compile(r"^optimizer-shard-(\d{5})-of-(\d{5})\.pt$")
+
+
+def _sharded_files_present(path: str) -> bool:
+    """A module-sharded checkpoint: every shard file its index names, and every shard's optimizer file."""
+    try:
+        with open(os.path.join(path, INDEX_NAME), encoding="utf-8") as handle:
+            files = set(json.load(handle)["weight_map"].values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+    if not files or not all(isinstance(f, str) and os.path.isfile(os.path.join(path, os.path.basename(f))) for f in files):
+        return False
+    counts = {int(m.group(2)) for m in map(_OPTIMIZER_SHARD.match, os.listdir(path)) if m}
+    return all(os.path.isfile(os.path.join(path, f"optimizer-shard-{i:05d}-of-{n:05d}.pt"))
+               for n in counts for i in range(1, n + 1))
 
 
 def is_complete_checkpoint(path: str) -> bool:
-    """Whether ``path`` holds a fully written Trainer checkpoint of a GRADIEND adapter."""
+    """Whether ``path`` holds a fully written Trainer checkpoint of a GRADIEND adapter (one adapter file, or a
+    module-sharded adapter's index with all its files)."""
     state = os.path.join(path, "trainer_state.json")
-    if not os.path.isfile(state) or not os.path.isfile(os.path.join(path, "adapter_model.safetensors")):
+    if not os.path.isfile(state):
+        return False
+    if not (os.path.isfile(os.path.join(path, WEIGHTS_NAME)) or _sharded_files_present(path)):
         return False
     try:
         with open(state, encoding="utf-8") as handle:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import gc
 import logging
 import weakref
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 
@@ -32,15 +32,16 @@ BUCKET_ELEMENTS = 1 << 24
 """The most gradient entries one all-reduce carries (64 MB in float32): bounds the extra memory of averaging."""
 
 
-def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
-    """Replaces every parameter's ``.grad`` by its mean over the processes of the default group (in place).
+def average_gradients(parameters: Iterable[torch.nn.Parameter], group: Any = None) -> None:
+    """Replaces every parameter's ``.grad`` by its mean over the processes of ``group`` (default: all), in place.
 
     Gradients are flattened into buckets of at most `BUCKET_ELEMENTS` entries (one all-reduce each); parameters
-    without a gradient take part with zeros, so that every process sends the same layout.
+    without a gradient take part with zeros, so that every process sends the same layout. A module-sharded run
+    averages each shard over its replica group (`gradiend_peft.training.sharding`).
     """
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return
-    world = torch.distributed.get_world_size()
+    world = torch.distributed.get_world_size(group)
     groups: dict[tuple, list[list[torch.nn.Parameter]]] = {}
     for param in parameters:
         buckets = groups.setdefault((param.dtype, param.device), [[]])
@@ -50,7 +51,7 @@ def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
     for buckets in groups.values():
         for bucket in buckets:
             flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in bucket])
-            torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)
+            torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM, group=group)
             flat.div_(world)
             offset = 0
             for param in bucket:

@@ -30,6 +30,8 @@ through a public hook of the Trainer:
   its backward), never the adapter's sums over millions of entries. A bf16-stored base works as well.
 - **Callbacks**: sign normalisation, best adapter, convergence verdict and history (see `callbacks`), then the
   user's callbacks.
+- **Module sharding** (``adapter_shards=P``): each process holds ``1/P`` of the adapter's modules; see
+  `gradiend_peft.training.sharded_trainer`.
 
 ``train()`` trains once. Several attempts with other seeds are `gradiend_peft.training.train_with_restarts`.
 """
@@ -46,16 +48,7 @@ from torch.utils.data import DataLoader
 from transformers import EvalPrediction, Trainer, TrainerCallback
 from transformers.trainer_utils import PredictionOutput
 
-from ..objective import (
-    NonFiniteGradientError,
-    batch_gradients,
-    encode_rows,
-    encoding_metrics,
-    expected_sign,
-    max_positions,
-    per_example_reconstruction_loss,
-    reconstruction_loss,
-)
+from ..objective import NonFiniteGradientError, encoding_metrics, expected_sign, max_positions
 from ..tuner.model import GradiendModel
 from .arguments import GradiendTrainingArguments
 from .callbacks import BestAdapterCallback, ConvergenceCallback, SignNormalizationCallback
@@ -71,6 +64,7 @@ from .checks import (
 )
 from .distributed import average_gradients, end_distributed_training
 from .sampler import ClassGroupedBatchSampler, row_classes
+from .sharded_trainer import ShardedTrainingMixin
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +116,7 @@ class _SamplerEpoch(TrainerCallback):
         sampler.set_epoch(state.global_step // updates)
 
 
-class GradiendTrainer(Trainer):
+class GradiendTrainer(ShardedTrainingMixin, Trainer):
     """Trains a GRADIEND adapter with transformers' `Trainer` (see the module docstring for what differs).
 
     Args:
@@ -212,6 +206,7 @@ class GradiendTrainer(Trainer):
         self._class_cache: dict[int, list] = {}
         self._metric_rows = None  # the rows of the evaluation in progress (compute_metrics reads their classes)
         self.training_summary: Optional[dict] = None  # the convergence verdict of the last train()
+        self._setup_sharding()  # adapter_shards > 1: keep this process's modules only
 
     # ----------------------------------------------------------------------------------------- accessors
     @property
@@ -291,7 +286,7 @@ class GradiendTrainer(Trainer):
         self._train_sampler = self._make_train_sampler()
         loader = DataLoader(self.train_dataset, batch_sampler=self._train_sampler, collate_fn=self.data_collator,
                             **self._loader_kwargs())
-        return self.accelerator.prepare(loader)
+        return self._prepare_loader(loader)
 
     def _eval_loader(self, dataset, what: str) -> DataLoader:
         """Class-pure row groups in dataset order, each row carrying its index; sharded over processes."""
@@ -302,7 +297,7 @@ class GradiendTrainer(Trainer):
                                            balance="none")
         loader = DataLoader(indexed, batch_sampler=sampler.groups(0), collate_fn=_IndexedCollator(self.data_collator),
                             **self._loader_kwargs())
-        return self.accelerator.prepare(loader)
+        return self._prepare_loader(loader)
 
     def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
         if eval_dataset is None and self.eval_dataset is None:
@@ -340,17 +335,15 @@ class GradiendTrainer(Trainer):
         batch = self._calibration_batch(dataset)
         if batch is None:
             return
-        gradients = batch_gradients(tuner, batch, [config.source], self.autocast_dtype)[config.source]
-        scale = tuner.calibrate_gradient_scale(gradients, name)
+        scale = self._calibrate(batch)
         logger.info("GRADIEND: gradient scale calibrated to %.4g (1 / RMS of the first row group's %s gradient).",
                     scale, config.source)
 
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
         """The GRADIEND loss of one row group, summed over the adapter's entries (see the module docstring)."""
         self._ensure_calibrated()
-        objective = per_example_reconstruction_loss if self.args.per_example else reconstruction_loss
         batch = {k: v for k, v in inputs.items() if k != ROW_INDEX}
-        loss, latent, n = objective(self.tuner, batch, self.adapter_name, self.autocast_dtype)
+        loss, latent, n = self._objective(batch, self.args.per_example)
         self._num_entries = n
         return (loss, {"loss": loss, "latent": latent.detach()}) if return_outputs else loss
 
@@ -366,6 +359,8 @@ class GradiendTrainer(Trainer):
             loss = super().training_step(model, inputs, num_items_in_batch)
         except NonFiniteGradientError as err:
             raise NonFiniteGradientError(f"Training stopped at step {step}: {err} {self._last_checkpoint_hint()}") from err
+        if self._sharding is not None:  # every shard checks the summed loss at the end of the cycle
+            return self._end_sharded_step(loss) / self._num_entries
         if not torch.isfinite(loss).all():
             raise NonFiniteGradientError(
                 f"Training stopped at step {step}: the GRADIEND loss is {float(loss)} (the adapter diverged; lower "
@@ -403,13 +398,9 @@ class GradiendTrainer(Trainer):
         inputs = self._prepare_inputs(inputs)
         index = inputs[ROW_INDEX]
         batch = {k: v for k, v in inputs.items() if k != ROW_INDEX}
-        tuner, name = self.tuner, self.adapter_name
         with torch.enable_grad():  # gradients are GRADIEND's input, also here
-            encodings = encode_rows(tuner, batch, name, self.autocast_dtype).double()
-            mse = float("nan")
-            if self.args.compute_eval_loss:
-                loss, _, n = reconstruction_loss(tuner, batch, name, self.autocast_dtype)
-                mse = float(loss.detach()) / n
+            encodings = self._encode_rows(batch).double()
+            mse = self._group_mse(batch) if self.args.compute_eval_loss else float("nan")
         column = torch.full((encodings.shape[0], 1), mse, dtype=encodings.dtype, device=encodings.device)
         return None, torch.cat([encodings, column], dim=1), index
 
@@ -452,8 +443,8 @@ class GradiendTrainer(Trainer):
         """
         if resume_from_checkpoint is False:
             resume_from_checkpoint = None
-        if resume_from_checkpoint is True:
-            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+        if resume_from_checkpoint is True:  # one process decides (it renames incomplete checkpoints aside)
+            resume_from_checkpoint = self._agreed_checkpoint(lambda: last_complete_checkpoint(self.args.output_dir))
             if resume_from_checkpoint is None:
                 raise ValueError(f"No checkpoint found in output_dir ({self.args.output_dir}) to resume from.")
         if resume_from_checkpoint is not None:
@@ -463,7 +454,7 @@ class GradiendTrainer(Trainer):
         self._signs.reset()
         self._best.reset()
         self.training_summary = None
-        if resume_from_checkpoint is not None and not self._best.load(resume_from_checkpoint):
+        if resume_from_checkpoint is not None and not self._load_best_record(resume_from_checkpoint):
             logger.warning("Checkpoint %s holds no GRADIEND best-adapter record; the best adapter is tracked from "
                            "here on.", resume_from_checkpoint)
         # the start-of-training evaluation is the untrained adapter's; a resumed run has it in its history already

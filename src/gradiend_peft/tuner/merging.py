@@ -94,6 +94,7 @@ class MergingMixin:
         names = adapter_names or list(self.active_adapters)
         for name in names:
             self.resolve_adapter(name)
+            self.check_complete(name, "Merging")
         todo = []
         for name in names:
             factor, step = self._merge_values(name, feature_factor, lr)
@@ -193,6 +194,7 @@ class MergingMixin:
         """
         self.check_unmerged("Steering")
         for name in adapter_names or list(self.active_adapters):
+            self.check_complete(name, "Steering")
             factor, step = self._merge_values(name, feature_factor, lr)
             scale = self.gradient_scale(name)
             for layer in self.gradiend_layers(name).values():

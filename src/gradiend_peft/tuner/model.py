@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 from peft.tuners._buffer_dict import BufferDict
@@ -181,6 +181,7 @@ class GradiendModel(MergingMixin, BaseTuner):
         """
         name = self.resolve_adapter(adapter_name)
         self.check_unmerged("reset_adapter")
+        self.check_complete(name, "reset_adapter (the draw depends on every module)")
         if seed is not None:
             self.peft_config[name].init_seed = int(seed)
         self._initialize_adapter(name)
@@ -272,6 +273,24 @@ class GradiendModel(MergingMixin, BaseTuner):
             if isinstance(module, GradiendLayer) and (adapter_name is None or adapter_name in module.gradiend_encoder)
         }
 
+    def adapter_state_dict(self, adapter_name: Optional[str] = None, shared: bool = True) -> dict[str, torch.Tensor]:
+        """The adapter's tensors held by this model, under the names its saved file uses
+        (``base_model.model.<module>.gradiend_encoder``, ...; ``base_model.gradiend_encoder_bias`` and
+        ``base_model.gradiend_gradient_scale`` with ``shared=True``). The live tensors, not copies: one process's
+        share of a module-sharded adapter is saved and restored through this.
+        """
+        name = self.resolve_adapter(adapter_name)
+        state: dict[str, torch.Tensor] = {}
+        if shared:
+            state["base_model.gradiend_encoder_bias"] = self.gradiend_encoder_bias[name]
+            state["base_model.gradiend_gradient_scale"] = self.gradiend_gradient_scale[name]
+        for module, layer in self.gradiend_layers(name).items():
+            for container in ("gradiend_encoder", "gradiend_decoder", "gradiend_decoder_bias", "gradiend_kept_indices"):
+                tensors = getattr(layer, container)
+                if name in tensors:
+                    state[f"base_model.model.{module}.{container}"] = tensors[name]
+        return state
+
     def resolve_adapter(self, adapter_name: Optional[str]) -> str:
         name = adapter_name or self.active_adapters[0]
         if name not in self.peft_config:
@@ -290,13 +309,21 @@ class GradiendModel(MergingMixin, BaseTuner):
                              "before calibration). The adapter's tensors are corrupt: retrain or reload it.")
         return value if value > 0 else 1.0
 
-    def calibrate_gradient_scale(self, gradients: Mapping[str, torch.Tensor], adapter_name: Optional[str] = None) -> float:
+    def calibrate_gradient_scale(self, gradients: Mapping[str, torch.Tensor], adapter_name: Optional[str] = None,
+                                 reduce_moments: Optional[Callable[[float, int], tuple[float, int]]] = None) -> float:
         """Sets ``s = 1 / RMS(gradients)`` over the adapter's entries if not calibrated yet; returns ``s``.
 
         The first call decides the scale for good. Calibrate explicitly on a training row group before anything else
         encodes (`GradiendTrainer` does, identically on every process); otherwise
         `gradiend_peft.objective.reconstruction_loss` calibrates
         on whatever batch comes first.
+
+        Args:
+            gradients (`Mapping[str, torch.Tensor]`): Module name -> weight-shaped gradient, for the adapter's modules.
+            adapter_name (`str`, *optional*): The adapter (default: the active one).
+            reduce_moments (`Callable`, *optional*): Maps this process's ``(sum of squares, entry count)`` to the
+                totals over all the adapter's modules; for an adapter whose modules are split over processes
+                (`gradiend_peft.objective.sharded` passes an all-reduce). Default: the given gradients are all.
         """
         name = self.resolve_adapter(adapter_name)
         if not self.peft_config[name].normalize_gradients or float(self.gradiend_gradient_scale[name]) > 0:
@@ -304,6 +331,8 @@ class GradiendModel(MergingMixin, BaseTuner):
         layers = self.gradiend_layers(name)
         squares = sum(float(layers[m].select(name, g).double().pow(2).sum()) for m, g in gradients.items())
         count = sum(layers[m].num_entries(name) for m in gradients)
+        if reduce_moments is not None:
+            squares, count = reduce_moments(squares, count)
         rms = math.sqrt(squares / max(count, 1))
         if not math.isfinite(rms) or rms == 0.0:
             raise ValueError(f"Cannot calibrate the gradient scale: the gradients' RMS is {rms}.")
@@ -325,10 +354,11 @@ class GradiendModel(MergingMixin, BaseTuner):
         bias = self.gradiend_encoder_bias[name]
         return self.activation(name)(self.gradient_scale(name) * dots.to(bias.device) + bias)
 
-    def encode_gradients(self, gradients: Mapping[str, torch.Tensor], adapter_name: Optional[str] = None) -> torch.Tensor:
-        """``h = act(s * sum_m <E_m, g_m> + b_e)`` for one module-shaped gradient: shape ``(k,)``.
+    def encoder_dots(self, gradients: Mapping[str, torch.Tensor], adapter_name: Optional[str] = None) -> torch.Tensor:
+        """``sum_m <E_m, g_m>`` over the modules holding the adapter in this model (unscaled): shape ``(k,)``.
 
-        The gradient is given (module name -> weight-shaped tensor); `gradiend_peft.objective` computes it from rows.
+        `encode_gradients` turns it into the latent; an adapter whose modules are split over processes sums these
+        partial dot products over the processes first (`gradiend_peft.objective.sharded`).
         """
         name = self.resolve_adapter(adapter_name)
         layers = self.gradiend_layers(name)
@@ -336,7 +366,33 @@ class GradiendModel(MergingMixin, BaseTuner):
         if missing:
             raise KeyError(f"Gradients are missing for target modules {sorted(missing)[:5]}.")
         device = self.gradiend_encoder_bias[name].device
-        return self.latent_from_dots(sum(layers[m].encoder_dot(name, gradients[m]).to(device) for m in layers), name)
+        return sum(layers[m].encoder_dot(name, gradients[m]).to(device) for m in layers)
+
+    def encode_gradients(self, gradients: Mapping[str, torch.Tensor], adapter_name: Optional[str] = None) -> torch.Tensor:
+        """``h = act(s * sum_m <E_m, g_m> + b_e)`` for one module-shaped gradient: shape ``(k,)``.
+
+        The gradient is given (module name -> weight-shaped tensor); `gradiend_peft.objective` computes it from rows.
+        """
+        name = self.resolve_adapter(adapter_name)
+        self.check_complete(name, "Encoding a gradient")
+        return self.latent_from_dots(self.encoder_dots(gradients, name), name)
+
+    def check_complete(self, adapter_name: str, what: str) -> None:
+        """Refuses ``what`` for an adapter that this model holds only a share of (one process's modules of a
+        module-sharded training run): the encoding, a merge or steering need every module.
+
+        Raises:
+            `RuntimeError`: naming the modules held and how to get the whole adapter.
+        """
+        recorded = self.peft_config[adapter_name].target_shapes
+        held = self.gradiend_layers(adapter_name)
+        if recorded is not None and len(held) < len(recorded):
+            raise RuntimeError(
+                f"{what} needs the whole adapter {adapter_name!r}, but this model holds {len(held)} of its "
+                f"{len(recorded)} target modules: it is one process's shard of a module-sharded training run "
+                "(GradiendTrainingArguments(adapter_shards=...)). Save it with trainer.save_model(folder) on every "
+                "process and load the whole adapter in one process with gradiend_peft.load_gradiend_model."
+            )
 
     def reconstruction_error(self, latent: torch.Tensor, gradients: Mapping[str, torch.Tensor],
                              adapter_name: Optional[str] = None) -> torch.Tensor:
@@ -350,6 +406,7 @@ class GradiendModel(MergingMixin, BaseTuner):
     def decode(self, latent: torch.Tensor | float, adapter_name: Optional[str] = None) -> dict[str, torch.Tensor]:
         """``d_m(h) / s`` per target module, shaped like the weights (gradient units). Allocates n floats."""
         name = self.resolve_adapter(adapter_name)
+        self.check_complete(name, "Decoding")
         scale = self.gradient_scale(name)
         k = self.peft_config[name].latent_dim
         latent = torch.as_tensor(latent, dtype=torch.float32).reshape(-1).expand(k)
