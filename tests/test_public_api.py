@@ -17,6 +17,7 @@ ALLOWED = {
     "__init__": {"registration", "tuner", "atomic", "hub", "loading", "pruning", "training", "evaluation"},
     "registration": {"tuner"},
     "tuner": set(),
+    "editing": {"tuner"},
     "atomic": set(),
     "data": {"atomic"},
     "objective": {"tuner"},

@@ -34,8 +34,8 @@ _LAZY_NAMES = {
     "prune_adapter": "pruning",
     "pre_prune_adapter": "pruning",
 }
-_SUBMODULES = ("atomic", "cli", "data", "evaluation", "hub", "loading", "objective", "plotting", "pretrained",
-               "pruning", "training", "tuner")
+_SUBMODULES = ("atomic", "cli", "data", "editing", "evaluation", "hub", "loading", "objective", "plotting",
+               "pretrained", "pruning", "training", "tuner")
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .hub import save_adapter

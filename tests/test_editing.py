@@ -1,0 +1,68 @@
+"""Projecting one adapter's edit direction off others' (gradiend_peft.editing), checked by hand."""
+
+import math
+
+import pytest
+import torch
+from peft import get_peft_model
+
+from gradiend_peft import GradiendConfig
+from gradiend_peft.editing import decoder_directions, project_out
+
+from tiny import tiny_llama
+
+
+def _two_adapters():
+    model = get_peft_model(tiny_llama(), GradiendConfig(target_modules=["q_proj", "v_proj"], init_seed=0))
+    model.add_adapter("def", GradiendConfig(target_modules=["q_proj", "v_proj"], init_seed=1))
+    model.base_model.gradiend_gradient_scale["default"].fill_(2.0)
+    model.base_model.gradiend_gradient_scale["def"].fill_(5.0)
+    return model
+
+
+def _flat(directions):
+    return torch.cat([directions[m].reshape(-1) for m in sorted(directions)])
+
+
+def test_the_projected_bias_is_orthogonal_to_the_other_adapters_directions():
+    model = _two_adapters()
+    before = _flat(decoder_directions(model, "default")["bias"])
+    other = decoder_directions(model, "def")
+    d, c = _flat(other["weight_0"]), _flat(other["bias"])
+    result = project_out(model, "default", against=["def"])
+    after = _flat(decoder_directions(model, "default")["bias"])
+    # an independent float64 least-squares projection onto span(d, c)
+    basis = torch.stack([d, c], dim=1)
+    expected = before - basis @ torch.linalg.lstsq(basis, before.unsqueeze(1)).solution.squeeze(1)
+    torch.testing.assert_close(after, expected, rtol=0, atol=1e-6 * float(before.abs().max()))  # float32 storage
+    for u in (d, c):
+        assert abs(float(after @ u)) <= 1e-5 * float(after.norm() * u.norm())
+    assert result.basis == ["def:weight_0", "def:bias"]
+    cos_d = float(before @ d) / float(before.norm() * d.norm())
+    assert result.cosines["bias"][0] == pytest.approx(cos_d, rel=1e-6)
+    assert result.kept_norm["bias"] == pytest.approx(float(after.norm() / before.norm()), rel=1e-5)
+    assert math.isfinite(result.kept_norm["bias"]) and 0 < result.kept_norm["bias"] <= 1
+
+
+def test_drop_weight_leaves_the_projected_bias_as_the_whole_edit():
+    model = _two_adapters()
+    project_out(model, "default", against=["def"], drop_weight=True)
+    for layer in model.base_model.gradiend_layers("default").values():
+        assert not layer.gradiend_decoder["default"].any()
+    base = {n: p.detach().clone() for n, p in model.get_base_model().named_parameters() if "base_layer" in n}
+    bias = decoder_directions(model, "default")["bias"]
+    model.base_model.merge_adapter(["default"], feature_factor=1.0, lr=3.0)  # any ff: D is zero
+    for module, direction in bias.items():
+        weight = model.get_base_model().get_submodule(module).get_base_layer().weight
+        expected = base[f"{module}.base_layer.weight"].double() + 3.0 * direction
+        torch.testing.assert_close(weight.double(), expected, rtol=0, atol=8 * torch.finfo(torch.float32).eps
+                                   * float(expected.abs().max()))
+
+
+def test_projection_refuses_a_merged_model_and_unknown_components():
+    model = _two_adapters()
+    with pytest.raises(ValueError, match="no decoder 'weight_3'"):
+        project_out(model, "default", against=["def"], components=["weight_3"])
+    model.base_model.merge_adapter(["def"], feature_factor=1.0, lr=1.0)
+    with pytest.raises(RuntimeError, match="unmerge"):
+        project_out(model, "default", against=["def"])
