@@ -294,3 +294,28 @@ def test_cached_steering_equals_plain_steering_and_follows_adapter_changes():
         assert not torch.equal(changed, plain)
         with tuner.steer(1.0, 30.0):
             assert torch.equal(model(input_ids=batch["input_ids"]).logits, changed)
+
+
+def test_measure_rewrites_gives_what_the_search_measured():
+    """A chosen rewrite measured again (e.g. on held-out rows) reproduces the search's own numbers on its rows."""
+    from gradiend_peft.evaluation import measure_rewrites
+    from tiny import word_tokenizer
+
+    from test_training_fixtures import pairs
+
+    model = _edited_upper_block("llama")
+    rows = list(pairs("llama")["test"])
+    neutral = ["the dog ran to the store .", "there was a red car in the city ."]
+    tok = word_tokenizer("gpt2")
+    result = search_rewrite(model, rows, neutral, tokenizer=tok, lrs=[1.0, 10.0, 100.0], feature_factors=[-1.0, 1.0],
+                            progress=False, lms_floor=None, control_floor=None, require_improvement=False,
+                            control=rows[:4])
+    chosen = result.best
+    (base, base_probs), (again, probs) = measure_rewrites(
+        model, rows, neutral, [(0.0, 0.0), (chosen.feature_factor, chosen.lr)], tokenizer=tok, control=rows[:4])
+    assert again.mean_abs_gap == pytest.approx(chosen.metrics.mean_abs_gap, abs=1e-12)
+    assert again.lms == pytest.approx(chosen.lms, abs=1e-12)
+    assert again.control_accuracy == chosen.metrics.control_accuracy
+    assert base.mean_abs_gap == pytest.approx(result.base.metrics.mean_abs_gap, abs=1e-12)
+    assert probs.shape == base_probs.shape == (len(rows), 2)
+    assert torch.equal(torch.tensor(result.best_row_probs, dtype=torch.float64), probs)

@@ -43,6 +43,7 @@ from .policies import (
     select_best,
 )
 from .result import RewriteResult
+from .measure import RewriteInputs, measure_rewrites
 from .rewrite import REFERENCE_LEARNING_RATES, refinement_lrs, search_rewrite
 
 METRICS = ("encoder_correlation", "language_modeling_score")
@@ -69,6 +70,7 @@ __all__ = [
     "LMSInputs",
     "LMSResult",
     "Policy",
+    "RewriteInputs",
     "RewriteResult",
     "SlotInputs",
     "Strengthen",
@@ -79,6 +81,7 @@ __all__ = [
     "language_modeling_score",
     "lms_token_scores",
     "masked_token_predictions",
+    "measure_rewrites",
     "metric_path",
     "neutral_slot_rows",
     "parse_policy",

@@ -17,21 +17,18 @@ Candidates are scored and guarded by a policy (`gradiend_peft.evaluation.policie
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import hashlib
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._common import as_rows, as_texts, eval_mode, model_parts
-from .metrics import bias_indices, class_words_from_rows, language_modeling_score, prepare_lms, prepare_slots, slot_probabilities
-from .prefix import BlockSkip
+from ._common import eval_mode, model_parts
+from .measure import RewriteInputs, candidate_metrics, rows_signature
 from .policies import Candidate, CandidateMetrics, Policy, parse_policy, score_candidates, select_best
 from .result import RewriteResult
 
@@ -80,83 +77,6 @@ def refinement_lrs(points: Sequence[tuple[float, bool, float, bool]], n_points: 
             if all(abs(lr - x) > 1e-9 * x for x in lrs + new):
                 new.append(lr)
     return sorted(new)
-
-
-@contextlib.contextmanager
-def _applied(tuner, name: str, feature_factor: float, lr: float, apply: str) -> Iterator[None]:
-    if lr == 0.0:
-        yield
-    elif apply == "steer":
-        with tuner.steer(feature_factor, lr, [name], cache=True):  # one shifted weight per candidate, many batches
-            yield
-    else:
-        tuner.merge_adapter([name], feature_factor=feature_factor, lr=lr, keep_original=True)
-        try:
-            yield
-        finally:
-            tuner.unmerge_adapter()
-
-
-def _batches_digest(batches: Sequence[dict]) -> Optional[str]:
-    """A digest of every tensor of prepared batches: two searches measure the same inputs only if these agree."""
-    if batches is None:
-        return None
-    digest = hashlib.sha256()
-    for batch in batches:
-        for key in sorted(batch):
-            value = batch[key]
-            if isinstance(value, torch.Tensor):
-                digest.update(key.encode())
-                digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _inputs_signature(name: str, apply: str, classes, slots, lms_inputs, control_slots) -> tuple:
-    """What a shared measurement cache must agree on: the adapter, the mode, and the measured rows and texts."""
-    return (name, apply, tuple(classes), slots.row_classes, _batches_digest(slots.batches),
-            _batches_digest(lms_inputs.batches),
-            None if control_slots is None else (control_slots.row_classes, _batches_digest(control_slots.batches)))
-
-
-def _prepare_skip(tuner, name: str, model: nn.Module, slots, lms_inputs, control_slots) -> tuple[Any, dict]:
-    """The `BlockSkip` of the adapter and every batch's captured states, or ``(None, {})`` where nothing can be
-    skipped or the skipping forward does not reproduce the full one on this model."""
-    skip = BlockSkip.find(tuner, name)
-    if skip is None:
-        return None, {}
-    with eval_mode(model):
-        hidden = {"rows": skip.capture(model, slots.batches), "lms": skip.capture(model, lms_inputs.batches)}
-        if control_slots is not None:
-            hidden["control"] = skip.capture(model, control_slots.batches)
-        if not skip.verified(model, slots.batches[0], hidden["rows"][0]):
-            return None, {}
-    logger.info("Skipping blocks 0-%d in every candidate (they are not edited).", skip.first - 1)
-    return skip, hidden
-
-
-def _control_accuracy(probs: torch.Tensor, row_classes: Sequence[Optional[str]], classes: Sequence[str]) -> float:
-    own = torch.tensor([classes.index(c) for c in row_classes])
-    own_p = probs[torch.arange(len(own)), own]
-    others = probs.clone()
-    others[torch.arange(len(own)), own] = -math.inf
-    return float((own_p > others.max(dim=1).values).double().mean())
-
-
-def _metrics(probs: torch.Tensor, base_probs: Optional[torch.Tensor], row_classes, classes, ff: float, lr: float,
-             lms, control: Optional[float], stage: str) -> CandidateMetrics:
-    by_class, counts = {}, {}
-    for d in classes:
-        rows = torch.tensor([c == d for c in row_classes])
-        counts[d] = int(rows.sum())
-        by_class[d] = {c: float(probs[rows, j].mean()) if counts[d] else math.nan for j, c in enumerate(classes)}
-    indices = bias_indices(probs, classes)
-    shift = 0.0 if base_probs is None else float((probs - base_probs).abs().mean())
-    return CandidateMetrics(
-        feature_factor=float(ff), lr=float(lr), lms=lms.lms,
-        class_probs={c: float(probs[:, j].mean()) for j, c in enumerate(classes)}, probs_by_class=by_class,
-        row_counts=counts, bpi=indices["bpi"], favour=indices["favour"], mean_abs_gap=indices["mean_abs_gap"],
-        control_accuracy=control, perplexity=lms.perplexity, mean_abs_shift=shift, stage=stage,
-    )
 
 
 def search_rewrite(
@@ -241,21 +161,13 @@ def search_rewrite(
     started = time.perf_counter()
     tuner, name, config = model_parts(model, adapter_name)
     policy = parse_policy(policy)
-    if apply not in ("steer", "merge"):
-        raise ValueError(f"apply must be 'steer' or 'merge', got {apply!r}.")
-    if tuner.merged_adapter_names():
-        raise ValueError("The adapter is merged; call unmerge_adapter() before searching rewrites.")
-    if tuner.steering_active:
-        raise ValueError("The model is being steered; call clear_steering() before searching rewrites.")
-    rows = as_rows(rows)
-    if hasattr(classes, "pair"):  # a Feature: its pair's words
-        words = {c: list(classes.classes[c]) for c in classes.pair}
-    else:
-        words = dict(classes) if classes is not None else class_words_from_rows(rows)
-    if len(words) != 2:
-        raise ValueError(f"The rewrite search compares two classes; got {list(words)}.")
-    names = tuple(words)
+    inputs = RewriteInputs(model, rows, neutral, tokenizer=tokenizer, control=control, classes=classes, apply=apply,
+                           skip_unchanged=skip_unchanged, batch_size=batch_size, mask_fraction=mask_fraction,
+                           seed=seed, max_length=max_length, adapter_name=adapter_name)
+    names, slots, lms_inputs = inputs.classes, inputs.slots, inputs.lms_inputs
     policy.check_classes(names)
+    if inputs.control_slots is None:
+        logger.warning("search_rewrite without control rows: only the LMS floor guards the selection.")
     ffs = list(dict.fromkeys(float(f) for f in (policy.default_feature_factors if feature_factors is None else feature_factors)))
     if not config.decoder_bias and feature_factors is None:
         ffs = [f for f in ffs if f != 0.0]
@@ -263,25 +175,11 @@ def search_rewrite(
     if not ffs or not grid_lrs or any(lr <= 0 or not math.isfinite(lr) for lr in grid_lrs):
         raise ValueError(f"Need feature factors and positive, finite learning rates; got {ffs} and {grid_lrs}.")
     objective = config.objective
-    slots = prepare_slots(rows, tokenizer, objective, classes=words, batch_size=batch_size)
-    lms_inputs = prepare_lms(as_texts(neutral), tokenizer, objective, mask_fraction=mask_fraction, seed=seed,
-                             batch_size=batch_size, max_length=max_length)
-    control_slots = None
-    if control is not None:
-        control_rows = as_rows(control, "control")
-        unknown = {r.get("factual_class") for r in control_rows} - set(names)
-        if unknown:
-            raise ValueError(f"Control rows must have a factual_class among {list(names)}; found {sorted(map(str, unknown))}.")
-        control_slots = prepare_slots(control_rows, tokenizer, objective, classes=words, batch_size=batch_size)
-    else:
-        logger.warning("search_rewrite without control rows: only the LMS floor guards the selection.")
-
     forward = tuner.model
-    skip, hidden = _prepare_skip(tuner, name, forward, slots, lms_inputs, control_slots) if skip_unchanged else (None, {})
     probs_of: dict[tuple[float, float], torch.Tensor] = {}
     if measurements is not None:
-        inputs = _inputs_signature(name, apply, names, slots, lms_inputs, control_slots)
-        if measurements.setdefault("inputs", inputs) != inputs:
+        signature = rows_signature(inputs, name, apply)
+        if measurements.setdefault("inputs", signature) != signature:
             raise ValueError("The measurements dict was filled by a search on other rows, texts, controls or adapter; "
                              "pass a fresh dict for these inputs.")
         cache = measurements.setdefault("candidates", {})
@@ -291,18 +189,10 @@ def search_rewrite(
     def measure(ff: float, lr: float, stage: str, base_probs: Optional[torch.Tensor]) -> CandidateMetrics:
         key = (float(ff), float(lr))
         if key not in cache:
-            with _applied(tuner, name, ff, lr, apply), skip.skipping() if skip else contextlib.nullcontext():
-                probs = slot_probabilities(forward, slots, hidden.get("rows"))
-                lms = language_modeling_score(forward, lms_inputs, hidden.get("lms"))
-                control_acc = None
-                if control_slots is not None:
-                    control_acc = _control_accuracy(
-                        slot_probabilities(forward, control_slots, hidden.get("control")), control_slots.row_classes,
-                        names)
-            cache[key] = (probs, lms, control_acc)
+            cache[key] = inputs.measure(ff, lr)
         probs, lms, control_acc = cache[key]
         probs_of[(ff, lr)] = probs
-        return _metrics(probs, base_probs, slots.row_classes, names, ff, lr, lms, control_acc, stage)
+        return candidate_metrics(probs, base_probs, slots.row_classes, names, ff, lr, lms, control_acc, stage)
 
     bar = tqdm(total=len(ffs) * len(grid_lrs) + 1, desc=f"rewrite ({policy})", unit="cand",
                disable=None if progress is None else not progress)
@@ -369,8 +259,9 @@ def search_rewrite(
         base_row_probs=to_tuple(base_probs),
         best_row_probs=None if best is None else to_tuple(probs_of[(best.feature_factor, best.lr)]),
         transitions=transitions,
-        settings={"objective": objective, "apply": apply, "n_rows": len(rows), "n_neutral_texts": lms_inputs.n_texts,
-                  "n_lms_tokens": lms_inputs.n_tokens, "n_control": 0 if control_slots is None else len(control_slots),
+        settings={"objective": objective, "apply": apply, "n_rows": len(inputs.rows), "n_neutral_texts": lms_inputs.n_texts,
+                  "n_lms_tokens": lms_inputs.n_tokens,
+                  "n_control": 0 if inputs.control_slots is None else len(inputs.control_slots),
                   "feature_factors": ffs, "lrs": grid_lrs, "seconds": time.perf_counter() - started,
-                  "skipped_blocks": 0 if skip is None else skip.first},
+                  "skipped_blocks": 0 if inputs.skip is None else inputs.skip.first},
     )
