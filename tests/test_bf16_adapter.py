@@ -1,0 +1,155 @@
+"""Adapters stored in bfloat16 (``autocast_adapter_dtype=False`` on a bfloat16 base): trained as float32 master
+weights, saved in bfloat16, encoding and merging as the float32 maths says (`gradiend_peft.training.precision`)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from peft import get_peft_model
+from safetensors.torch import load_file
+
+from gradiend_peft import GradiendConfig
+from gradiend_peft.data.collators import collator_for
+from gradiend_peft.objective import batch_gradients, encode_rows
+from gradiend_peft.objective.gradients import per_example_encoder_dots
+from gradiend_peft.training import GradiendTrainer
+from gradiend_peft.training.precision import float32_masters
+
+from test_training_fixtures import arguments, one_thread, pairs, tokenizer  # noqa: F401
+from tiny import MODEL_BUILDERS
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+BF16_UNIT = 2.0**-8  # bfloat16's unit roundoff: round to nearest with 8 significant bits
+EPS32 = torch.finfo(torch.float32).eps
+
+
+def adapter_params(model) -> dict[str, torch.nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if "gradiend_" in n}
+
+
+def bf16_pair():
+    """A bfloat16-stored adapter on a bfloat16 base, and a float32 adapter on an identical base holding exactly the
+    same (upcast) values: the float32-master run and the float32 run then start from the same point."""
+    compact = get_peft_model(MODEL_BUILDERS["bert"](0).to(torch.bfloat16), GradiendConfig(init_seed=0),
+                             autocast_adapter_dtype=False)
+    wide = get_peft_model(MODEL_BUILDERS["bert"](0).to(torch.bfloat16), GradiendConfig(init_seed=0))
+    with torch.no_grad():
+        for (name, p16), (_, p32) in zip(adapter_params(compact).items(), adapter_params(wide).items()):
+            assert p16.dtype == torch.bfloat16 and p32.dtype == torch.float32, name
+            p32.copy_(p16.float())
+    return compact, wide
+
+
+def train(model, tmp_path, name):
+    data = pairs("bert")
+    args = arguments(tmp_path / name, max_steps=60, eval_steps=30, save_strategy="steps", save_steps=30,
+                     logging_steps=10, learning_rate=1e-3)
+    trainer = GradiendTrainer(model=model, args=args, train_dataset=data["train"], eval_dataset=data["validation"],
+                              processing_class=tokenizer("bert"))
+    trainer.train()
+    return trainer
+
+
+def test_a_bf16_adapter_trains_as_float32_masters_and_stays_bf16(tmp_path):
+    compact, wide = bf16_pair()
+    params = adapter_params(compact)
+    identity = {n: id(p) for n, p in params.items()}
+    trainer = train(compact, tmp_path, "bf16")
+    train(wide, tmp_path, "f32")
+
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert len(losses) == 6 and sum(losses[3:]) < sum(losses[:3])  # the reconstruction error falls...
+    assert trainer.training_summary["correlation"] >= 0.9  # ...and the encoder separates the classes
+    after = adapter_params(compact)
+    assert {n: id(p) for n, p in after.items()} == identity  # same Parameter objects (optimizer references hold)
+    assert {p.dtype for p in after.values()} == {torch.bfloat16}
+    # the masters ran the float32 run step for step: the stored adapter is that run rounded once
+    for (name, p16), p32 in zip(after.items(), adapter_params(wide).values()):
+        assert torch.equal(p16, p32.detach().to(torch.bfloat16)), name
+
+    compact.save_pretrained(tmp_path / "saved")
+    for folder in (tmp_path / "saved", tmp_path / "bf16" / "checkpoint-30", tmp_path / "bf16" / "checkpoint-60"):
+        tensors = load_file(folder / "adapter_model.safetensors")
+        assert {t.dtype for k, t in tensors.items() if "gradient_scale" not in k} == {torch.bfloat16}, folder
+
+
+def test_bf16_encodings_match_the_float32_masters_within_the_rounding_bound(tmp_path):
+    """Bound. With ``E' = rd(E)``, ``b' = rd(b)`` (``|rd(x) - x| <= u |x|``, ``u = 2^-8``) the pre-activations differ by
+
+        |s <E' - E, g_i> + b' - b| <= u (s sum |E| |g_i| + |b|),
+
+    plus float32 round-off of the two dot products, at most ``n eps32 s sum |E| |g_i|`` each; tanh is 1-Lipschitz, so
+    ``|h'_i - h_i|`` obeys the same bound. ``sum |E| |g_i|`` is computed from row ``i``'s own gradient."""
+    compact, wide = bf16_pair()
+    train(compact, tmp_path, "bf16")
+    train(wide, tmp_path, "f32")
+    test = pairs("bert")["test"]
+    batch = collator_for(tokenizer("bert"), "masked_lm")([test[i] for i in range(len(test))])
+    h16 = encode_rows(compact.base_model, batch)[:, 0].double()
+    h32 = encode_rows(wide.base_model, batch)[:, 0].double()
+
+    def pre_activation(model):  # s <E, g_i> + b: what tanh squashes (trained encodings saturate near +-1)
+        tuner = model.base_model
+        dots = per_example_encoder_dots(tuner, batch, "alternative", "default")[:, 0].double()
+        return tuner.gradient_scale() * dots + float(tuner.gradiend_encoder_bias["default"].detach()[0])
+
+    pre16, pre32 = pre_activation(compact), pre_activation(wide)
+
+    tuner = wide.base_model
+    scale, n = tuner.gradient_scale(), tuner.num_entries()
+    bias = float(tuner.gradiend_encoder_bias["default"].detach().abs().sum())
+    layers = tuner.gradiend_layers()
+    bounds = []
+    for i in range(len(test)):
+        row = {k: v[i:i + 1] for k, v in batch.items()}
+        grads = batch_gradients(tuner, row, ["alternative"])["alternative"]
+        magnitude = sum(float((layers[m].gradiend_encoder["default"].detach().double().abs()
+                               * g.double().abs()).sum()) for m, g in grads.items())
+        bounds.append(BF16_UNIT * (scale * magnitude + bias) + 2 * n * EPS32 * scale * magnitude)
+    bounds = torch.tensor(bounds, dtype=torch.float64)
+    assert ((h16 - h32).abs() <= bounds).all(), ((h16 - h32).abs() - bounds).max()
+    difference = (pre16 - pre32).abs()
+    assert (difference <= bounds).all(), (difference - bounds).max()
+    assert difference.max() > 0  # the storage rounding is visible before tanh...
+    assert (bounds < 0.05 * pre32.abs()).all()  # ...and the bound is a real constraint
+
+
+@pytest.mark.filterwarnings("ignore:Merging adapter")  # some entries' steps are below bfloat16's resolution: expected
+def test_merging_a_bf16_adapter_is_the_float32_formula_rounded_once():
+    """``W' = rd_bf16(W + (lr / s) (f D + c))``. With ``f = 1``, ``lr / s = 4`` and bfloat16 inputs of similar magnitude
+    every float32 step is exact (checked), so the merge must equal the exact value rounded once to bfloat16."""
+    model = get_peft_model(MODEL_BUILDERS["llama"](0).to(torch.bfloat16), GradiendConfig(init_seed=0),
+                           autocast_adapter_dtype=False)
+    tuner = model.base_model
+    tuner.gradiend_gradient_scale["default"].fill_(0.25)
+    layers = tuner.gradiend_layers()
+    expected = {}
+    for name, layer in layers.items():
+        weight = layer.get_base_layer().weight.detach().double()
+        decoder = layer.gradiend_decoder["default"].detach().double()[0]
+        bias = layer.gradiend_decoder_bias["default"].detach().double()
+        exact = weight + 4.0 * (1.0 * decoder + bias)
+        assert torch.equal(exact.float().double(), exact), f"{name}: float32 would round here; pick other numbers"
+        expected[name] = exact.to(torch.bfloat16)
+    model.merge_adapter(feature_factor=1.0, lr=1.0)
+    for name, layer in layers.items():
+        assert torch.equal(layer.get_base_layer().weight, expected[name]), name
+    model.unmerge_adapter()
+
+
+def test_float16_masters_beyond_float16_range_stay_float32(caplog):
+    model = get_peft_model(MODEL_BUILDERS["llama"](0).to(torch.float16), GradiendConfig(init_seed=0),
+                           autocast_adapter_dtype=False)
+    decoder = next(iter(model.base_model.gradiend_layers().values())).gradiend_decoder["default"]
+    with caplog.at_level(logging.WARNING, logger="gradiend_peft.training.precision"):
+        with float32_masters(model, "default") as storage:
+            assert storage and decoder.dtype == torch.float32
+            with torch.no_grad():
+                decoder[0, 0, 0] = 1e6  # beyond float16's 65504
+    assert decoder.dtype == torch.float32 and float(decoder.detach()[0, 0, 0]) == 1e6
+    others = [p for p in adapter_params(model).values() if p is not decoder]
+    assert {p.dtype for p in others} == {torch.float16}
+    assert "beyond float16's range" in caplog.text
