@@ -473,7 +473,7 @@ class GradiendTrainer(Trainer):
         if resume_from_checkpoint is not None:
             self.args.eval_on_start = False
         try:
-            with float32_masters(self.model, self.adapter_name) as self._storage_dtypes:
+            with float32_masters(self.model, self.adapter_name, self.args.seed) as self._storage_dtypes:
                 output = super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
                                        ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
         finally:
@@ -484,7 +484,7 @@ class GradiendTrainer(Trainer):
     def _save(self, output_dir: Optional[str] = None, state_dict=None) -> None:
         """The Trainer's save; a half-precision adapter training as float32 masters is saved in its storage dtype."""
         if state_dict is None and getattr(self, "_storage_dtypes", None):
-            state_dict = storage_state_dict(self.model, self._storage_dtypes)
+            state_dict = storage_state_dict(self.model, self._storage_dtypes, self.args.seed)
         super()._save(output_dir, state_dict=state_dict)
 
     def end_training(self) -> bool:
