@@ -20,10 +20,11 @@ does:
 
 Why the encoder is rounded stochastically: ``E`` learns at ``learning_rate * encoder_lr_fan_in / n`` (see
 `GradiendTrainingArguments`), so on a large model its whole training moves each entry by less than half a bfloat16
-unit (SmolLM2 blocks 20-29, 40 steps: about 1e-7 against units of about 1e-6). Rounding to nearest puts almost every
-entry back on its initial value: the learned direction is erased, coherently over millions of entries, and the
-encoding ``<E, s g>`` moves by up to 1 (held-out correlation 0.745 -> 0.595 in ``docs/guides/memory.md``). Unbiased
-rounding keeps the direction in expectation; its errors add up like a random walk (encodings within 0.005 there).
+unit (SmolLM2 blocks 20-29, 40 steps at 1e-5: at most 2e-7, where most entries' units are 2e-7 to 1e-6). Rounding to
+nearest puts most entries back on their initial values: the learned direction is erased, coherently over millions of
+entries, and the encodings move by up to 0.8 (held-out correlation 0.745 -> 0.595, ``docs/guides/memory.md``).
+Unbiased rounding keeps the direction in expectation and its errors add up like a random walk: encodings within 0.005,
+r 0.745 kept.
 
 Each stored entry is within one unit in the last place of its float32 master (half a unit for nearest rounding):
 ``2^-7`` relative for bfloat16, ``2^-10`` for float16. A float16 master outside float16's range (``|x| > 65504``) is
@@ -72,7 +73,7 @@ def rounding_generator(seed: int, device: Union[str, torch.device] = "cpu") -> t
     """The generator of the stochastic rounding, seeded with a hash of ``seed``: its draws must not be the stream that
     drew the adapter's initial values (`GradiendModel` draws them with ``torch.rand`` from ``init_seed``, which the
     command line sets to the training seed). Measured on SmolLM2: with the same seed the rounding errors line up with
-    ``E`` and move encodings by up to 1, as much as rounding to nearest; with a hashed seed by about 0.005."""
+    ``E`` and moved encodings by up to 1, as much as rounding to nearest; with a hashed seed by at most 0.005."""
     mixed = int.from_bytes(hashlib.sha256(f"gradiend_peft stochastic rounding {int(seed)}".encode()).digest()[:7], "big")
     return torch.Generator(device=device).manual_seed(mixed)
 
