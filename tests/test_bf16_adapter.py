@@ -185,3 +185,24 @@ def test_the_rounding_draws_are_not_the_initialisation_stream():
     init = torch.rand(1000, generator=torch.Generator().manual_seed(42))
     assert not torch.equal(torch.rand(1000, generator=rounding_generator(42)), init)
     assert torch.equal(torch.rand(5, generator=rounding_generator(42)), torch.rand(5, generator=rounding_generator(42)))
+
+
+def test_a_run_resumes_from_a_bf16_checkpoint(tmp_path):
+    """Checkpoints hold the bfloat16 adapter; resuming loads it into the float32 masters and trains on."""
+    compact, _ = bf16_pair()
+    train(compact, tmp_path, "run")
+    checkpoint = tmp_path / "run" / "checkpoint-30"
+    saved = load_file(checkpoint / "adapter_model.safetensors")
+    resumed, _ = bf16_pair()
+    data = pairs("bert")
+    args = arguments(tmp_path / "run", max_steps=60, eval_steps=30, save_strategy="no", learning_rate=1e-3,
+                     restore_best_adapter=False)  # the best (step 30, tied at r = 1) would be the checkpoint again
+    trainer = GradiendTrainer(model=resumed, args=args, train_dataset=data["train"], eval_dataset=data["validation"],
+                              processing_class=tokenizer("bert"))
+    trainer.train(resume_from_checkpoint=str(checkpoint))
+    assert trainer.state.global_step == 60
+    after = adapter_params(resumed)
+    assert {p.dtype for p in after.values()} == {torch.bfloat16}
+    decoder = next(n for n in after if n.endswith("gradiend_decoder.default"))
+    key = decoder.removesuffix(".default")
+    assert not torch.equal(after[decoder], saved[key])  # it trained on from the checkpoint
