@@ -10,6 +10,9 @@ size sets it):
   the same grouping, head size kept, hidden size = heads x head size, MLP size and block count in proportion;
   vocabulary kept), each candidate built on the meta device with the targets attached anew, targeting the same share
   of blocks at the same relative depth.
+
+Targets outside the block list (an input embedding) take part in neither search: the block search runs only when
+every target sits in a block, and scaled models get the block targets alone.
 """
 
 from __future__ import annotations
