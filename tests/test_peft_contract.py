@@ -450,12 +450,16 @@ def test_casting_the_model_keeps_the_gradient_scale_float32():
     assert torch.equal(model.base_model.gradiend_gradient_scale["default"], value)
 
 
-def test_trainer_refuses_a_bf16_adapter_naming_autocast_adapter_dtype(tmp_path):
+def test_trainer_takes_a_bf16_adapter_and_refuses_dtypes_it_cannot_train(tmp_path):
     model = peft_model("bert", "linear", dtype=torch.bfloat16, autocast_adapter_dtype=False, latent_dim=1)
     data = pairs("bert")
-    with pytest.raises(ValueError, match="must train in float32.*autocast_adapter_dtype=False"):
-        GradiendTrainer(model=model, args=arguments(tmp_path, eval_strategy="no"), train_dataset=data["train"],
-                        processing_class=tokenizer("bert"))
+    args = arguments(tmp_path, eval_strategy="no", max_steps=2)
+    GradiendTrainer(model=model, args=args, train_dataset=data["train"], processing_class=tokenizer("bert")).train()
+    assert {p.dtype for p in gradiend_parameters(model).values()} == {torch.bfloat16}  # float32 masters, rounded back
+    for param in gradiend_parameters(model).values():
+        param.data = param.data.to(torch.float8_e4m3fn)
+    with pytest.raises(ValueError, match="float8_e4m3fn.*autocast_adapter_dtype=True"):
+        GradiendTrainer(model=model, args=args, train_dataset=data["train"], processing_class=tokenizer("bert"))
 
 
 def test_modules_to_save_is_refused_with_the_reason():

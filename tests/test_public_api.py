@@ -28,7 +28,8 @@ ALLOWED = {
     "evaluation": {"atomic", "data", "objective", "tuner"},
     "plotting": {"atomic"},
     "pretrained": {"atomic"},
-    "cli": {"atomic", "data", "evaluation", "hub", "loading", "plotting", "pretrained", "training", "tuner"},
+    "planning": {"objective", "pretrained", "tuner"},
+    "cli": {"atomic", "data", "evaluation", "hub", "loading", "planning", "plotting", "pretrained", "training", "tuner"},
 }
 
 

@@ -24,7 +24,7 @@ from .arguments import COMMANDS, parse_command
 logger = logging.getLogger("gradiend_peft")
 
 COMMAND_MODULES = {"train": "train", "evaluate": "evaluate", "rewrite": "rewrite", "demo": "demo",
-                   "bias-eval": "bias_eval"}
+                   "bias-eval": "bias_eval", "estimate-memory": "estimate_memory"}
 """Command name -> module of this package with its ``run`` function."""
 
 
@@ -34,7 +34,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         lines = [f"usage: gradiend-peft {{{','.join(COMMANDS)}}} [options] [--debug]  (each command has --help;",
                  "       --debug shows the whole traceback of an error)", ""]
-        lines += [f"  {name:<10} {text}" for name, text in COMMANDS.items()]
+        lines += [f"  {name:<15} {text}" for name, text in COMMANDS.items()]
         print("\n".join(lines))
         if argv and argv[0] not in ("-h", "--help"):
             print(f"\nUnknown command {argv[0]!r}.", file=sys.stderr)

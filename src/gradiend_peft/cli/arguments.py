@@ -114,6 +114,45 @@ class RunArguments:
     )
 
 
+@dataclass
+class EstimateMemoryArguments:
+    """``estimate-memory``: the peak memory per process of training, row encoding and the rewrite search, planned from
+    the model's config alone (see `gradiend_peft.planning.estimate_memory`)."""
+
+    model: str = field(
+        default="smollm2-135m",
+        metadata={"help": "An embedded model ('smollm2-135m': its cached config), a local folder or a Hub id."},
+    )
+    targets: Optional[list[str]] = field(
+        default=None,
+        metadata={"help": "Target modules: names, a regular expression or all-linear (default: every block projection)."},
+    )
+    layers: Optional[str] = field(default=None, metadata={"help": "Only these blocks, e.g. '20-29' or '0,2,4'."})
+    include_embeddings: bool = field(default=False, metadata={"help": "Also target the input embedding."})
+    latent_dim: int = field(default=1, metadata={"help": "GRADIEND latent size."})
+    dtype: str = field(default="float32", metadata={"help": "Base model dtype: float32, bfloat16 or float16."})
+    adapter_dtype: str = field(
+        default="float32",
+        metadata={"help": "Adapter storage: float32 (autocast_adapter_dtype=True) or base (the base dtype; trained "
+                          "as float32 masters)."},
+    )
+    rows_per_gradient: int = field(default=32, metadata={"help": "Rows per GRADIEND sample (and per encoding pass)."})
+    seq_len: int = field(default=64, metadata={"help": "Tokens per row after padding (the longest row of a group)."})
+    processes: int = field(default=1, metadata={"help": "Processes of the module-sharded mode (one process is planned too)."})
+    device_memory: Optional[str] = field(
+        default=None, metadata={"help": "e.g. 80GB: also report the most blocks and the largest model of this shape "
+                                        "that fit, after --overhead and --headroom."},
+    )
+    overhead: str = field(default="1GB", metadata={"help": "Memory outside the planned tensors (CUDA context, "
+                                                           "framework) taken off --device_memory."})
+    headroom: float = field(default=0.1, metadata={"help": "Allocator slack: a plan fits if peak x (1 + headroom) "
+                                                           "+ overhead <= device_memory."})
+    search_rows: int = field(default=600, metadata={"help": "Rows, neutral texts and control rows of the search."})
+    search_batch_size: int = field(default=32, metadata={"help": "Texts per forward pass of the search."})
+    search_seq_len: Optional[int] = field(default=None, metadata={"help": "Tokens per search text (default seq_len)."})
+    json: Optional[str] = field(default=None, metadata={"help": "Also write the plan to this JSON file."})
+
+
 def _training_arguments_class():
     from ..training import GradiendTrainingArguments
 
@@ -126,6 +165,7 @@ COMMANDS = {
     "rewrite": "Search the (feature_factor, lr) rewrite for each policy; optionally save the rewritten model.",
     "demo": "The whole workflow on a real model (SmolLM2-135M by default), with a before/after table.",
     "bias-eval": "StereoSet, CrowS-Pairs and Wino gender scores of a model, an adapter's rewrite or a merged folder.",
+    "estimate-memory": "Plan the peak memory per process of training, encoding and the rewrite search.",
 }
 
 
@@ -151,6 +191,8 @@ grid where SmolLM2's edits act (rates below 1 leave it unchanged), refined once.
 
 def _dataclasses_for(command: str) -> tuple:
     """The argument dataclasses of a command, in the order its module's ``run`` function takes them."""
+    if command == "estimate-memory":
+        return (EstimateMemoryArguments,)
     base = (RunArguments, ModelArguments, DataArguments)
     if command == "train":
         return base + (_training_arguments_class(),)

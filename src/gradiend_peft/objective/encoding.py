@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Optional
 
 import torch
 
-from .gradients import batch_gradients, per_example_encoder_dots
+from .gradients import batch_gradients, per_example_dots
 
 if TYPE_CHECKING:
     from ..tuner.model import GradiendModel
@@ -48,5 +48,11 @@ def encode_rows(tuner: "GradiendModel", batch: Mapping[str, torch.Tensor], adapt
         autocast_dtype (`torch.dtype`, *optional*): Mixed precision for the base model's forward pass.
     """
     name = tuner.resolve_adapter(adapter_name)
-    dots = per_example_encoder_dots(tuner, batch, tuner.peft_config[name].source, name, autocast_dtype)
-    return tuner.latent_from_dots(dots, name).detach()
+    source = tuner.peft_config[name].source
+    # detached probes: the encodings are returned detached, so no graph of the per-module dot products is built (it
+    # would keep every module's float32 projection, and with a half-precision base its float32 input and output
+    # gradient, until the last module is done)
+    probes = {m: layer.full_encoder(name).detach() for m, layer in tuner.gradiend_layers(name).items()}
+    dots = per_example_dots(tuner, batch, {source: probes}, autocast_dtype)[source]
+    with torch.no_grad():
+        return tuner.latent_from_dots(dots, name)

@@ -170,16 +170,25 @@ def adapter_parameters(tuner, adapter: str) -> list[torch.nn.Parameter]:
 
 
 def check_precision(model, tuner, adapter: str, args: GradiendTrainingArguments) -> None:
-    half = (torch.float16, torch.bfloat16)
-    low = sorted({str(p.dtype) for p in adapter_parameters(tuner, adapter) if p.dtype in half})
-    if low:
+    """Refuses precisions that cannot train: an adapter in a dtype that is neither float32/float64 nor half precision
+    (half-precision adapters train as float32 masters, see `gradiend_peft.training.precision`), and bf16 on devices
+    without it. Warns about float16 storage of large adapters and float16 bases."""
+    dtypes = {p.dtype for p in adapter_parameters(tuner, adapter)}
+    odd = sorted(str(d) for d in dtypes - {torch.float16, torch.bfloat16, torch.float32, torch.float64})
+    if odd:
         raise ValueError(
-            f"The GRADIEND adapter {adapter!r} is in {low}; it must train in float32 (its loss sums millions of "
-            "entries). A half-precision adapter comes from autocast_adapter_dtype=False (get_peft_model, add_adapter, "
-            "PeftModel.from_pretrained, load_adapter), which stores the adapter in the base weights' dtype: create or "
-            "load it with autocast_adapter_dtype=True (the default: float32 adapter, the base model may stay "
-            "bf16/fp16), or cast the adapter parameters to float32."
+            f"The GRADIEND adapter {adapter!r} holds tensors in {odd}; it trains in float32 (master weights for "
+            "bfloat16/float16 storage). Cast the adapter to float32 or bfloat16, or create it with "
+            "autocast_adapter_dtype=True (the default)."
         )
+    if torch.float16 in dtypes:
+        entries = tuner.num_entries(adapter)
+        if entries ** -0.5 < torch.finfo(torch.float16).tiny:
+            logger.warning(
+                "The GRADIEND adapter %r is stored in float16 and has n = %d entries: its encoder weights (about "
+                "1/sqrt(n) = %.2g) fall below float16's smallest normal number and lose precision when rounded back "
+                "after training. Store it in bfloat16 (a bfloat16 base with autocast_adapter_dtype=False) or float32.",
+                adapter, entries, entries ** -0.5)
     base_dtypes = {p.dtype for p in model.get_base_model().parameters()}
     if torch.bfloat16 in base_dtypes or args.bf16:
         kind = args.device.type

@@ -26,8 +26,9 @@ through a public hook of the Trainer:
   ``eval_correlation``, ``eval_abs_correlation``, ``eval_accuracy``, ``eval_mean_<class>``, ``eval_std_<class>``,
   ``eval_rows`` and ``eval_loss`` (`gradiend_peft.objective.encoding_metrics`). ``predict`` returns the row
   encodings in dataset order.
-- **Mixed precision**: the adapter stays float32; ``bf16=True`` autocasts only the base model's forward pass (and so
-  its backward), never the adapter's sums over millions of entries. A bf16-stored base works as well.
+- **Mixed precision**: the adapter trains in float32; ``bf16=True`` autocasts only the base model's forward pass (and so
+  its backward), never the adapter's sums over millions of entries. A bf16-stored base works as well; a bf16/fp16-stored
+  adapter trains as float32 masters, rounded back once at the end (`gradiend_peft.training.precision`).
 - **Callbacks**: sign normalisation, best adapter, convergence verdict and history (see `callbacks`), then the
   user's callbacks.
 - **Module sharding** (``adapter_shards=P``): each process holds ``1/P`` of the adapter's modules; see
@@ -63,6 +64,7 @@ from .checks import (
     prepare_feature_classes,
 )
 from .distributed import average_gradients, end_distributed_training
+from .precision import float32_masters, storage_state_dict
 from .sampler import ClassGroupedBatchSampler, row_classes
 from .sharded_trainer import ShardedTrainingMixin
 
@@ -462,12 +464,19 @@ class GradiendTrainer(ShardedTrainingMixin, Trainer):
         if resume_from_checkpoint is not None:
             self.args.eval_on_start = False
         try:
-            output = super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
-                                   ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+            with float32_masters(self.model, self.adapter_name, self.args.seed) as self._storage_dtypes:
+                output = super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
+                                       ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
         finally:
             self.args.eval_on_start = eval_on_start
         self.training_summary = self._convergence.summary
         return output
+
+    def _save(self, output_dir: Optional[str] = None, state_dict=None) -> None:
+        """The Trainer's save; a half-precision adapter training as float32 masters is saved in its storage dtype."""
+        if state_dict is None and getattr(self, "_storage_dtypes", None):
+            state_dict = storage_state_dict(self.model, self._storage_dtypes, self.args.seed)
+        super()._save(output_dir, state_dict=state_dict)
 
     def end_training(self) -> bool:
         """Ends a multi-process run: waits for every process, releases the DDP wrapper and destroys the process group.

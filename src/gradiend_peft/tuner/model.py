@@ -48,8 +48,8 @@ class GradiendModel(MergingMixin, BaseTuner):
     master weights beside a bfloat16/float16 base; float64 on a float64 base); ``False`` stores it in the base
     weights' dtype (bfloat16 storage halves the adapter, which is 2-3x the size of the weights it targets). Either way
     encoding, decoding and the shift of a merge or of steering are computed in float32 and a merge rounds once to
-    the base dtype; the gradient scale stays float32 (also through ``model.to(dtype)``). `GradiendTrainer` trains
-    float32 adapters only.
+    the base dtype; the gradient scale stays float32 (also through ``model.to(dtype)``). `GradiendTrainer` trains a
+    bfloat16/float16-stored adapter as float32 master weights and rounds it back once at the end.
 
     Inference mode (``PeftModel.from_pretrained`` without ``is_trainable=True``, or
     ``GradiendConfig(inference_mode=True)``) freezes every parameter of the adapter, the encoder bias included.
