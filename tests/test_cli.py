@@ -68,15 +68,19 @@ def test_demo_fast_mode_runs_end_to_end(tmp_path, tiny_model_dir, capsys):
                  "--min_context_words", "0", "--threads", "1", "--report_to", "none"])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "Before/after on held-out prompts" in printed and "base" in printed
-    assert "P(she|he rows)" in printed and "P(he|she rows)" in printed and "validation r = " in printed
+    assert "Rewrite chosen by the debias policy on the search split" in printed and "validation r = " in printed
+    assert "stereotype_pref" in printed and "control_acc" in printed
+    assert "intra SS" in printed and "CC BY-SA 4.0" in printed  # the benchmarks, with the data's licence
     assert os.path.isfile(out / "adapter" / "adapter_config.json")
     assert os.path.isfile(out / "adapter" / "adapter_model.safetensors")
-    for name in ("encoder.json", "summary.json", "rewrite_balance.json", "training_history.json"):
+    for name in ("encoder.json", "summary.json", "rewrite_debias.json", "training_history.json", "debias_report.json",
+                 "bias_base.json"):
         assert os.path.isfile(out / "metrics" / name), name
-    summary = json.loads((out / "metrics" / "summary.json").read_text())
-    assert summary[0]["model"] == "base" and len(summary) == 4
-    for name in ("convergence.png", "encoder.png", "rewrite_balance.png"):
+    held_out = json.loads((out / "metrics" / "debias_report.json").read_text())
+    assert held_out["table"][0]["model"] == "base" and held_out["rows"] == 400  # the report split's rows
+    search = json.loads((out / "metrics" / "rewrite_debias.json").read_text())
+    assert search["settings"]["n_rows"] == 380  # the search split's rows: never the reported ones
+    for name in ("convergence.png", "encoder.png", "rewrite_debias.png"):
         assert (out / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -90,10 +94,10 @@ def test_demo_fast_mode_on_a_masked_lm_folder(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--model", str(folder), "--fast", "--output_dir", str(out), "--min_context_words", "0",
                  "--threads", "1", "--report_to", "none", "--plots", "false"]) == 0
-    assert "Before/after on held-out prompts" in capsys.readouterr().out
+    assert "Rewrite chosen by the debias policy" in capsys.readouterr().out
     adapter_config = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert adapter_config["objective"] == "masked_lm"
-    rewrite = json.loads((out / "metrics" / "rewrite_balance.json").read_text())
+    rewrite = json.loads((out / "metrics" / "rewrite_debias.json").read_text())
     assert rewrite["settings"]["objective"] == "masked_lm" and rewrite["settings"]["n_lms_tokens"] > 0
     assert 0.0 <= rewrite["base"]["lms"] <= 1.0 and rewrite["base"]["perplexity"] is None  # masked LM: an accuracy
 

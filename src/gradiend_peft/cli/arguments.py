@@ -40,6 +40,11 @@ class DataArguments:
     """The feature and the text it is mined from."""
 
     classes: str = field(default="M:he,F:she", metadata={"help": "Two classes with their words, e.g. 'M:he,F:she'."})
+    training_rows: str = field(
+        default="corpus",
+        metadata={"help": "Training rows: corpus (mined from --corpus/--text_file), or for he/she: occupations "
+                          "(stereotyped occupations with the stereotypical pronoun), names (first names)."},
+    )
     corpus: str = field(default="english", metadata={"help": "Embedded corpus: english or german."})
     text_file: Optional[str] = field(default=None, metadata={"help": "A text file to mine instead of the corpus."})
     min_context_words: int = field(default=5, metadata={"help": "Words required before the slot."})
@@ -172,7 +177,8 @@ COMMANDS = {
 DEMO_DEFAULTS: dict[str, Any] = {
     "output_dir": "gradiend-demo",
     "layers": "20-29",
-    "policies": "balance,strengthen:F,strengthen:M",
+    "training_rows": "occupations",
+    "policies": "debias",
     "rows_per_gradient": 16,
     "max_steps": 100,
     "eval_steps": 25,
@@ -180,13 +186,15 @@ DEMO_DEFAULTS: dict[str, Any] = {
     "logging_steps": 5,
     "max_test_rows": 64,
     "neutral_rows": 48,
-    "control_rows": 24,
+    "control_rows": 200,
+    "control_floor": 1.0,
     "lrs": [1.0, 3.0, 10.0, 30.0, 100.0, 300.0],
     "feature_factors": [-1.0, -0.5, 0.0, 0.5, 1.0],
     "refine_rounds": 1,
 }
-"""The demo's settings: SmolLM2-135M, blocks 20-29 (35.4M target weights), 16 rows per gradient, 100 steps; a rewrite
-grid where SmolLM2's edits act (rates below 1 leave it unchanged), refined once."""
+"""The demo's settings: SmolLM2-135M, blocks 20-29 (35.4M target weights), trained on stereotyped-occupation rows
+(16 rows per gradient, 100 steps); the debias search on neutral-context rows with 200 control rows that may not lose
+accuracy, over a grid where SmolLM2's edits act (rates below 1 leave it unchanged), refined once."""
 
 
 def _dataclasses_for(command: str) -> tuple:

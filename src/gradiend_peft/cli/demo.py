@@ -1,10 +1,19 @@
-"""`gradiend-peft demo`: the whole workflow on a real model, with a before/after table."""
+"""``gradiend-peft demo``: the whole debiasing workflow on a real model (SmolLM2-135M by default).
+
+1. train GRADIEND on he/she rows (by default stereotyped occupations with the stereotypical pronoun, see
+   `gradiend_peft.data.occupation_rows`) and evaluate the encoder on held-out rows;
+2. search the rewrite with the ``debias`` policy on the search split of the neutral-context rows, guarded by the
+   LMS and by control rows whose context decides the pronoun (`gradiend_peft.cli.debias`);
+3. report base and chosen rewrite on the held-out split (other templates, occupations and control subjects);
+4. score both on StereoSet, CrowS-Pairs and Wino (`gradiend_peft.evaluation.bias`).
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import replace
 
+from .debias import bias_benchmarks, held_out_report, report_lines
 from .steps import (
     attach,
     evaluate,
@@ -21,9 +30,10 @@ from .steps import (
     training_line,
 )
 
+def run(run_args, model_args, data_args, rewrite_args, train_args) -> dict:
+    """The whole workflow (see the module docstring); prints the tables and returns them."""
+    from ..evaluation.bias import compare_reports
 
-def run(run_args, model_args, data_args, rewrite_args, train_args) -> list:
-    """The whole workflow: mine he/she rows, train, evaluate the encoder, search three rewrites, print a table."""
     setup(run_args)
     if run_args.fast:
         data_args, train_args, rewrite_args = fast_mode(data_args, train_args, rewrite_args)
@@ -34,22 +44,36 @@ def run(run_args, model_args, data_args, rewrite_args, train_args) -> list:
         blocks = getattr(base.config, "num_hidden_layers", None) or getattr(base.config, "n_layer", 0)
         if blocks and max(layers) >= blocks:
             model_args = replace(model_args, layers=None)  # the demo's block range does not exist here
-    peft_model = attach(base, model_args, parse_classes(data_args.classes), train_args.seed)
+    feature = parse_classes(data_args.classes)
+    peft_model = attach(base, model_args, feature, train_args.seed)
     data = mine(data_args, tokenizer, peft_model)
     summary = train(peft_model, tokenizer, data, train_args, run_args)
     report = evaluate(peft_model, tokenizer, data, out, run_args)
-    results, table = rewrite(peft_model, tokenizer, data, out, rewrite_args, run_args)
+    results, _ = rewrite(peft_model, tokenizer, data, out, rewrite_args, run_args)
+    policy = next(iter(results))
+    best = results[policy].best
+    chosen = None if best is None else (best.feature_factor, best.lr)
+    held_out = held_out_report(peft_model, tokenizer, feature, data.neutral, chosen, data_args.control_rows, out)
+    benchmarks = bias_benchmarks(peft_model, tokenizer, chosen, out, batch_size=32,
+                                 max_items=16 if run_args.fast else None)
     lines = [
         "",
-        f"GRADIEND demo on {model_args.model}: feature {data_args.classes}, {data.counts} rows",
+        f"GRADIEND demo on {model_args.model}: feature {data_args.classes}, {data_args.training_rows} training rows "
+        f"{data.counts}",
         f"training: {training_line(summary)}",
         f"encoder on held-out rows: {report.summary()}",
         "",
-        "Before/after on held-out prompts (rewrites applied in place, chosen under the LMS and control guards):",
-        format_table(table),
+        f"Rewrite chosen by the {policy} policy on the search split (neutral-context rows, {len(data.control)} "
+        "control rows that may not lose accuracy, LMS >= 0.99 x base); measured on the held-out split (other "
+        "templates, occupations and control subjects):",
+        format_table(held_out),
+        *report_lines(held_out),
+        "",
+        "Gender bias benchmarks of the base model and the chosen rewrite (StereoSet gender, CrowS-Pairs, Wino):",
+        compare_reports(benchmarks),
         "",
         f"Everything is in {os.path.abspath(out)} (adapter/, metrics/, plots/).",
     ]
     print("\n".join(lines))
     maybe_merge(peft_model, tokenizer, results, rewrite_args, out)
-    return table
+    return {"held_out": held_out, "benchmarks": benchmarks}

@@ -14,6 +14,7 @@ import torch
 
 from ..atomic import atomic_files, atomic_write_json
 from ..hub import save_adapter
+from .debias import search_rows
 from ..data import Feature, context_controls, load_corpus, mine_neutral, mine_pairs, pronoun_classes
 
 logger = logging.getLogger(__name__)
@@ -121,15 +122,24 @@ def drop_unusable_rows(rows: Any, collator: Any, what: str = "rows", max_length:
 def prepare_feature_data(feature: Feature, *, corpus: str = "english", text_file: Optional[str] = None,
                          min_context_words: int = 5, max_rows_per_class: Optional[int] = None, max_test_rows: int = 200,
                          neutral_rows: int = 200, n_controls: int = 200, seed: int = 0,
-                         collator: Any = None, max_length: Optional[int] = None) -> FeatureData:
-    """Mines training rows, neutral texts and control rows for ``feature`` from a corpus or a text file.
+                         collator: Any = None, max_length: Optional[int] = None,
+                         training_rows: str = "corpus") -> FeatureData:
+    """Training rows (mined from a corpus or a text file, or for he/she the template rows of
+    `gradiend_peft.data.occupation_rows` / `name_rows`), neutral texts and control rows for ``feature``.
 
     With a ``collator``, rows it refuses (a causal-LM tokenizer splitting a target, e.g. a capitalised "He" at the
     start of a sentence) are dropped and reported (`drop_unusable_rows`).
     """
     texts: Any = text_file if text_file else load_corpus(corpus)
-    pairs = mine_pairs(texts, feature, seed=seed, min_context_words=min_context_words,
-                       max_rows_per_class=max_rows_per_class)
+    if training_rows == "corpus":
+        pairs = mine_pairs(texts, feature, seed=seed, min_context_words=min_context_words,
+                           max_rows_per_class=max_rows_per_class)
+    elif training_rows in ("occupations", "names"):
+        from ..data import name_rows, occupation_rows
+
+        pairs = (occupation_rows if training_rows == "occupations" else name_rows)(feature, seed=seed)
+    else:
+        raise ValueError(f"training_rows must be corpus, occupations or names, got {training_rows!r}.")
     if collator is not None:
         for split in list(pairs):
             pairs[split] = drop_unusable_rows(pairs[split], collator, f"{split} rows", max_length)
@@ -257,7 +267,7 @@ def mine(data_args, tokenizer, peft_model) -> FeatureData:
         min_context_words=data_args.min_context_words, max_rows_per_class=data_args.max_rows_per_class,
         max_test_rows=data_args.max_test_rows, neutral_rows=data_args.neutral_rows,
         n_controls=data_args.control_rows, seed=data_args.mining_seed, collator=collator_for(tokenizer, objective),
-        max_length=max_length,
+        max_length=max_length, training_rows=data_args.training_rows,
     )
 
 
@@ -299,26 +309,33 @@ def evaluate(peft_model, tokenizer, data: FeatureData, out: str, run) -> Any:
 
 
 def rewrite(peft_model, tokenizer, data: FeatureData, out: str, rewrite_args, run) -> tuple[dict[str, Any], list]:
-    """Runs the rewrite search for every policy; saves results and plots; returns them and the summary table."""
+    """Runs the rewrite search for every policy; saves results and plots; returns them and the summary table.
+
+    The ``debias`` policy of a he/she feature searches on the search split of the neutral-context rows (see
+    `gradiend_peft.cli.debias`); the other policies on the held-out mined rows."""
     from ..evaluation import search_rewrite
 
     classes = list(data.feature.pair)
     words = {c: "/".join(data.feature.classes[c]) for c in classes}
     results: dict[str, Any] = {}
     table: list[dict[str, Any]] = []
-    measurements: dict = {}  # candidates measured for one policy are scored, not measured again, for the next
+    measurements: dict[str, dict] = {}  # per row set: candidates measured for one policy are not measured again
     for policy in [p.strip() for p in rewrite_args.policies.split(",") if p.strip()]:
+        # debiasing balances rows whose context does not decide the class (the search split of the template rows);
+        # the other policies act on the held-out mined rows
+        neutral_rows = search_rows(data.feature) if policy == "debias" else None
+        rows_kind = "neutral-context" if neutral_rows is not None else "test"
         result = search_rewrite(
-            peft_model, data.pairs["test"], data.neutral, tokenizer=tokenizer, policy=policy,
-            control=data.control or None, lms_floor=rewrite_args.lms_floor, control_floor=rewrite_args.control_floor,
-            lrs=rewrite_args.lrs, feature_factors=rewrite_args.feature_factors, max_length=data.max_length,
-            refine_rounds=rewrite_args.refine_rounds, measurements=measurements,
+            peft_model, neutral_rows if neutral_rows is not None else data.pairs["test"], data.neutral,
+            tokenizer=tokenizer, policy=policy, control=data.control or None, lms_floor=rewrite_args.lms_floor,
+            control_floor=rewrite_args.control_floor, lrs=rewrite_args.lrs,
+            feature_factors=rewrite_args.feature_factors, max_length=data.max_length,
+            refine_rounds=rewrite_args.refine_rounds, measurements=measurements.setdefault(rows_kind, {}),
         )
         results[policy] = result
-        safe = policy.replace(":", "_")
-        result.save_json(os.path.join(out, "metrics", f"rewrite_{safe}.json"))
-        if not table:
-            table.append(summary_row("base", result.base.metrics, classes, words))
+        result.save_json(os.path.join(out, "metrics", f"rewrite_{format_safe_name(policy)}.json"))
+        if not any(row["model"] == f"base ({rows_kind} rows)" for row in table):
+            table.append(summary_row(f"base ({rows_kind} rows)", result.base.metrics, classes, words))
         if result.best is None:
             logger.warning("Policy %s: no candidate passed the guards; nothing to apply.", policy)
             table.append({"model": f"{policy} (none)"})
@@ -329,9 +346,9 @@ def rewrite(peft_model, tokenizer, data: FeatureData, out: str, rewrite_args, ru
         if run.plots:
             from ..plotting import plot_probability_shifts, plot_rewrite_grid
 
-            plot_rewrite_grid(result, os.path.join(out, "plots", f"rewrite_{safe}.png"))
+            plot_rewrite_grid(result, os.path.join(out, "plots", f"rewrite_{format_safe_name(policy)}.png"))
             if result.best is not None:
-                plot_probability_shifts(result, os.path.join(out, "plots", f"shifts_{safe}.png"))
+                plot_probability_shifts(result, os.path.join(out, "plots", f"shifts_{format_safe_name(policy)}.png"))
     save_outputs(out, "summary", table)
     return results, table
 
