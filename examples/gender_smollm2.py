@@ -54,12 +54,12 @@ def main() -> None:
     from peft import get_peft_model
 
     from gradiend_peft import GradiendConfig, evaluate_encoder, search_rewrite
-    from gradiend_peft.data import Feature, load_corpus, mine_neutral, mine_pairs
+    from gradiend_peft.data import (Feature, context_controls, load_corpus, mine_neutral, mine_pairs,
+                                    neutral_context_rows)
     from gradiend_peft.plotting import (plot_convergence, plot_encoder_distributions, plot_probability_shifts,
                                         plot_rewrite_grid)
     from gradiend_peft.pretrained import MissingModelPackageError, load_model_and_tokenizer
     from gradiend_peft.training import GradiendTrainer, GradiendTrainingArguments
-    from gradiend_peft.workflow import he_she_controls
 
     # 1. The model: SmolLM2-135M-Instruct (Apache-2.0), converted once from its GGUF and cached -----------------
     try:
@@ -76,9 +76,12 @@ def main() -> None:
     test = pairs["test"].shuffle(seed=0).select(range(min(16 if fast else 160, len(pairs["test"]))))
     neutral = mine_neutral(texts, feature, exclude_words=["him", "his", "her", "hers", "himself", "herself"],
                            min_words=6, max_words=25, max_rows=12 if fast else 64, progress=False)["text"]
-    control = he_she_controls(feature, count=8 if fast else 32)  # "My mother said that [MASK] would come." ...
+    # the search's rows: templates x occupations whose context leaves the pronoun open ("The nurse said that [MASK]
+    # would be late."); its controls: the same templates with a subject that decides ("My mother", "Linda")
+    search_rows = neutral_context_rows(feature, "search", max_rows=16 if fast else 96)
+    control = context_controls(feature, "search", count=16 if fast else 100)
     print(f"rows: train {len(pairs['train'])}, validation {len(validation)}, test {len(test)}; "
-          f"{len(neutral)} neutral texts; {len(control)} control rows")
+          f"{len(neutral)} neutral texts; {len(search_rows)} neutral-context rows; {len(control)} control rows")
 
     # 3. The adapter: q/k/v/o/gate/up/down of the last blocks ------------------------------------------------------
     blocks = "28|29" if fast else "2[0-9]"
@@ -109,18 +112,18 @@ def main() -> None:
     report.save_json(os.path.join(out, "metrics", "encoder.json"))
     plot_encoder_distributions(report, os.path.join(plots, "encoder.png"))
 
-    # 6. Debias: the balance policy, guarded by the language-modelling score and the control rows ---------------
-    # every candidate costs a forward pass over the rows, the neutral texts and the controls: 64 rows are plenty
+    # 6. Debias: the mean |P(he) - P(she)| on the neutral-context rows, guarded by the language-modelling score,
+    # the total pronoun probability (>= 0.9 x base) and the control rows (no control may flip: control_floor 1.0)
     result = search_rewrite(
-        model, test.select(range(min(64, len(test)))), neutral[:32], tokenizer=tokenizer, policy="balance",
-        control=control, feature_factors=[-1.0, 0.0, 1.0], lrs=FAST_LRS if fast else LRS, refine=not fast,
-        refine_rounds=1, progress=False,
+        model, search_rows, neutral[:32], tokenizer=tokenizer, policy="debias", control=control, control_floor=1.0,
+        feature_factors=[-1.0, 0.0, 1.0], lrs=FAST_LRS if fast else LRS, refine=not fast, refine_rounds=1,
+        progress=False,
     )
     print(result.summary())
-    result.save_json(os.path.join(out, "metrics", "rewrite_balance.json"))
-    plot_rewrite_grid(result, os.path.join(plots, "rewrite_balance.png"))
+    result.save_json(os.path.join(out, "metrics", "rewrite_debias.json"))
+    plot_rewrite_grid(result, os.path.join(plots, "rewrite_debias.png"))
     if result.best is not None:
-        plot_probability_shifts(result, os.path.join(plots, "shifts_balance.png"))
+        plot_probability_shifts(result, os.path.join(plots, "shifts_debias.png"))
 
     # 7. Steering at run time: the same base weights, the feature turned towards "she", then back -----------------
     prompts = ["The nurse said that", "The engineer said that", "My mother said that", "My father said that"]
