@@ -4,6 +4,8 @@
 # Models: a BERT of bert-base size (12 layers, 30,522 vocabulary) and SmolLM2-135M's architecture
 # (smollm2-135m-shape: 30 Llama layers, hidden 576, 49,152 tied embeddings, random weights); each in float32 and
 # bfloat16 (ours: bf16 base, fp32 adapter; the reference casts base and GRADIEND to bf16, having no mixed precision).
+# Then module-sharded training (benchmarks/sharded_gpu.py) of both models in both dtypes: one process, and one process
+# per device with adapter_shards = the device count (per-process peak memory, adapter + AdamW bytes, step time).
 #
 # Two steps, because the GPU machine reaches no package registry:
 #
@@ -73,6 +75,19 @@ for DTYPE in float32 bfloat16; do
     python3 "$HERE/run.py" $QUICK_FLAG --device cuda --dtype "$DTYPE" --threads 4 \
         --models bert-base,smollm2-135m-shape --work "$WORK" --skip-search --no-correlation --trainer-steps 0 \
         --out "$HERE/results/gpu-$DTYPE.json" 2>&1 | tee "$HERE/results/gpu-$DTYPE.txt" || STATUS=1
+done
+# Module-sharded training (adapter_shards = processes): one process, then one per device when there are several
+DEVICES="$(python3 -c 'import torch; print(torch.cuda.device_count())')"
+PROCESSES="1"
+if [ "$DEVICES" -gt 1 ]; then PROCESSES="1 $DEVICES"; fi
+for MODEL in bert-base smollm2-135m-shape; do
+    for DTYPE in float32 bfloat16; do
+        for P in $PROCESSES; do
+            python3 -m torch.distributed.run --standalone --nproc_per_node "$P" "$HERE/sharded_gpu.py" \
+                --model "$MODEL" --dtype "$DTYPE" --work "$WORK" \
+                --out "$HERE/results/gpu-sharded-$MODEL-$DTYPE-P$P.json" 2>&1 | tail -n 3 || STATUS=1
+        done
+    done
 done
 if [ -n "${OUT:-}" ]; then
     cp "$HERE"/results/gpu-* "$OUT"/ 2>/dev/null || true
