@@ -40,7 +40,7 @@ from .text import TextSource, counted, iter_sentences
 if TYPE_CHECKING:
     import datasets
 
-__all__ = ["SPLITS", "PAIR_COLUMNS", "MiningReport", "as_feature", "count_words", "mine_pairs"]
+__all__ = ["SPLITS", "PAIR_COLUMNS", "MiningReport", "as_feature", "check_split_ratios", "count_words", "mine_pairs"]
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +130,8 @@ def _held_out_map(held_out_words: Sequence[str] | Mapping[str, Sequence[str]] | 
     return result
 
 
-def _check_ratios(split_ratios: Sequence[float]) -> tuple[float, float, float]:
+def check_split_ratios(split_ratios: Sequence[float]) -> tuple[float, float, float]:
+    """``(train, validation, test)`` fractions as floats, or a ValueError naming what is wrong."""
     ratios = tuple(float(r) for r in split_ratios)
     if len(ratios) != 3 or any(r < 0 for r in ratios) or abs(sum(ratios) - 1.0) > 1e-6:
         raise ValueError(
@@ -271,7 +272,7 @@ def mine_pairs(
     import datasets
 
     feature = as_feature(feature)
-    ratios = _check_ratios(split_ratios)
+    ratios = check_split_ratios(split_ratios)
     if min_context_words < 0 or (max_words is not None and max_words < 1):
         raise ValueError("min_context_words must be >= 0 and max_words >= 1 (or None).")
     if max_rows_per_class is not None and max_rows_per_class < 1:

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .feature import Feature
-from .mining import PAIR_COLUMNS, SPLITS, as_feature
+from .mining import PAIR_COLUMNS, SPLITS, as_feature, check_split_ratios
 from .occupations import occupation_split
 from .templates import CONTROL_NAMES_PER_SPLIT, TRAIN_TEMPLATES, clear_names, fill, make_row, pronoun_classes, to_dataset
 
@@ -29,15 +29,6 @@ if TYPE_CHECKING:
     import datasets
 
 __all__ = ["name_rows", "occupation_rows"]
-
-
-def _check_ratios(split_ratios: Sequence[float]) -> tuple[float, float, float]:
-    ratios = tuple(float(r) for r in split_ratios)
-    if len(ratios) != 3 or any(r < 0 for r in ratios) or abs(sum(ratios) - 1.0) > 1e-6:
-        raise ValueError(
-            f"split_ratios must be three non-negative numbers (train, validation, test) that sum to 1; got {split_ratios!r}."
-        )
-    return ratios
 
 
 def _cut(items: list, ratios: tuple[float, float, float]) -> dict[str, list]:
@@ -93,7 +84,7 @@ def name_rows(
     """
     feature = as_feature(feature)
     classes = pronoun_classes(feature)
-    ratios = _check_ratios(split_ratios)
+    ratios = check_split_ratios(split_ratios)
     if not 1 <= rows_per_name <= len(TRAIN_TEMPLATES):
         raise ValueError(f"rows_per_name must be between 1 and {len(TRAIN_TEMPLATES)}; got {rows_per_name}.")
     pools = {kind: clear_names(kind)[2 * CONTROL_NAMES_PER_SPLIT :] for kind in ("female", "male")}
@@ -148,7 +139,7 @@ def occupation_rows(
     """
     feature = as_feature(feature)
     classes = pronoun_classes(feature)
-    ratios = _check_ratios(split_ratios)
+    ratios = check_split_ratios(split_ratios)
     rng = random.Random(seed)
     chosen = [o for o in occupation_split("search", split_seed=split_seed) if abs(o.pct_female - 50.0) >= min_margin]
     per_split: dict[str, dict[str, list[dict[str, Any]]]] = {s: {} for s in SPLITS}
