@@ -177,6 +177,8 @@ def _next_batch():
 
 
 def _one_step() -> float:
+    from gradiend_peft.objective.losses import reconstruction_loss
+
     tuner, optimizer = STATE["tuner"], STATE["optimizer"]
     batch = _next_batch()
     loss, _, n = reconstruction_loss(tuner, batch)
@@ -237,6 +239,8 @@ def encode(rows: int = 1000, batch_size: int = 64, limit: int | None = None) -> 
     """Per-row encodings of ``rows`` rows, ``batch_size`` rows per backward pass (collation included)."""
     import torch
 
+    from gradiend_peft.objective.encoding import encode_rows
+
     pool = _pool(rows)[: limit or rows]
     tuner, collate = STATE["tuner"], STATE["collate"]
 
@@ -253,6 +257,8 @@ def encode(rows: int = 1000, batch_size: int = 64, limit: int | None = None) -> 
 
 def test_encodings(batch_size: int = 64) -> dict:
     import torch
+
+    from gradiend_peft.objective.encoding import encode_rows
 
     rows = STATE["rows"]["test"]
     tuner, collate = STATE["tuner"], STATE["collate"]
