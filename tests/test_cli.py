@@ -54,6 +54,20 @@ def test_config_file_with_unknown_keys_is_refused(tmp_path, capsys):
     assert "Unknown keys" in err and "clases" in err and "--help" in err
 
 
+def test_demo_settings_adapt_to_another_model_unless_given():
+    from gradiend_peft.cli.demo import adapt_to_model
+
+    two_blocks = GPT2Config(n_layer=2)
+    _, model_args, _, rewrite_args, _ = parse_command("demo", ["--model", "folder"])
+    model_args, rewrite_args = adapt_to_model(model_args, rewrite_args, two_blocks)
+    assert model_args.layers is None and rewrite_args.lrs is None  # every block; the search's default grid
+    _, model_args, _, rewrite_args, _ = parse_command("demo", ["--model", "folder", "--layers", "0-1", "--lrs", "0.1", "1"])
+    model_args, rewrite_args = adapt_to_model(model_args, rewrite_args, two_blocks)
+    assert model_args.layers == "0-1" and rewrite_args.lrs == [0.1, 1.0]  # what the user gave stays
+    _, model_args, _, rewrite_args, _ = parse_command("demo", [])
+    assert adapt_to_model(model_args, rewrite_args, GPT2Config(n_layer=30)) == (model_args, rewrite_args)
+
+
 def test_config_file_sets_values_and_flags_win(tmp_path):
     config = tmp_path / "run.json"
     config.write_text(json.dumps({"model": "from-file", "classes": "A:he,B:she", "lms_floor": 0.5}))

@@ -62,11 +62,14 @@ class RewriteArguments:
     """The rewrite search and what to do with its choice."""
 
     policies: str = field(
-        default="balance", metadata={"help": "Comma-separated: balance, strengthen:<class>, weaken:<class>."}
+        default="balance",
+        metadata={"help": "Comma-separated: debias, balance, strengthen:<class>, weaken:<class>, favour:<class>."},
     )
     lms_floor: float = field(default=0.99, metadata={"help": "Keep LMS >= this x base LMS."})
     control_floor: float = field(default=0.95, metadata={"help": "Keep control accuracy >= this x base."})
-    lrs: Optional[list[float]] = field(default=None, metadata={"help": "Learning-rate grid (default: the reference's)."})
+    lrs: Optional[list[float]] = field(default=None, metadata={
+        "help": "Learning-rate grid (default: the reference's, 0.001-100; the demo's 1-300 suits SmolLM2-135M, and the "
+                "demo of another model uses the reference's: where edits act depends on the model)."})
     feature_factors: Optional[list[float]] = field(default=None, metadata={"help": "Feature factors (default: policy's)."})
     refine_rounds: int = field(
         default=2, metadata={"help": "Rounds of learning-rate refinement around where the edit acts and fails."}

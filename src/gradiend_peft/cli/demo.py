@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 
+from .arguments import DEMO_DEFAULTS
 from .debias import bias_benchmarks, held_out_report, report_lines
 from .steps import (
     attach,
@@ -30,6 +31,21 @@ from .steps import (
     training_line,
 )
 
+def adapt_to_model(model_args, rewrite_args, config) -> tuple:
+    """The demo's SmolLM2-135M settings left at their defaults, adapted to another model: its block range 20-29
+    becomes every block where the model has fewer blocks, and its learning-rate grid (1-300, where SmolLM2's edits
+    act) the search's default grid (the reference's, 0.001-100), since where edits act depends on the model."""
+    if model_args.model == "smollm2-135m":
+        return model_args, rewrite_args
+    if model_args.layers == "20-29":
+        blocks = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 0)
+        if blocks and max(parse_layers(model_args.layers)) >= blocks:
+            model_args = replace(model_args, layers=None)
+    if rewrite_args.lrs == DEMO_DEFAULTS["lrs"]:
+        rewrite_args = replace(rewrite_args, lrs=None)
+    return model_args, rewrite_args
+
+
 def run(run_args, model_args, data_args, rewrite_args, train_args) -> dict:
     """The whole workflow (see the module docstring); prints the tables and returns them."""
     from ..evaluation.bias import compare_reports
@@ -39,11 +55,7 @@ def run(run_args, model_args, data_args, rewrite_args, train_args) -> dict:
         data_args, train_args, rewrite_args = fast_mode(data_args, train_args, rewrite_args)
     out = train_args.output_dir
     base, tokenizer = load_base(model_args)
-    if model_args.model != "smollm2-135m" and model_args.layers == "20-29":
-        layers = parse_layers(model_args.layers)
-        blocks = getattr(base.config, "num_hidden_layers", None) or getattr(base.config, "n_layer", 0)
-        if blocks and max(layers) >= blocks:
-            model_args = replace(model_args, layers=None)  # the demo's block range does not exist here
+    model_args, rewrite_args = adapt_to_model(model_args, rewrite_args, base.config)
     feature = parse_classes(data_args.classes)
     peft_model = attach(base, model_args, feature, train_args.seed)
     data = mine(data_args, tokenizer, peft_model)
