@@ -136,8 +136,10 @@ def test_masked_lms_never_masks_special_tokens_and_masks_fifteen_percent():
     inputs = prepare_lms(texts, tok, "masked_lm", seed=3, batch_size=8)
     specials = set(tok.all_special_ids)
     masked_total = 0
-    (batch,) = inputs.batches
-    for ids, labels, attention in zip(batch["input_ids"], batch["labels"], batch["attention_mask"]):
+    rows = [row for batch in inputs.batches
+            for row in zip(batch["input_ids"], batch["labels"], batch["attention_mask"])]
+    assert len(rows) == len(texts)
+    for ids, labels, attention in rows:
         original = torch.where(labels != -100, labels, ids)[attention.bool()].tolist()
         maskable = [t for t in original[1:-1] if t not in specials]  # [CLS] ... [SEP] around the text
         chosen = (labels != -100).nonzero().flatten().tolist()
@@ -233,3 +235,17 @@ def test_evaluate_metric_scripts_load_offline(monkeypatch, tmp_path):
     assert masked.compute(predictions=[1, 2, 3, 4], references=[1, 2, 0, 0])["lms"] == 0.5
     with pytest.raises(ValueError, match="shipped metrics"):
         metric_path("pearsonr")
+
+
+def test_length_batches_bound_the_padding_and_keep_every_row_once():
+    from gradiend_peft.evaluation._common import length_batches
+
+    lengths = [14, 91, 15, 30, 16, 60, 44, 14, 29, 45]
+    got = length_batches(lengths, size=3, slack=1.5)
+    # by hand, sorted 14 14 15 16 29 30 44 45 60 91: the first batch is full at 15; 29 > 1.5 x 16; 44 > 1.5 x 29;
+    # 45 and 60 <= 1.5 x 44 fill that batch; 91 starts the last
+    assert [[lengths[i] for i in batch] for batch in got] == [[14, 14, 15], [16], [29, 30], [44, 45, 60], [91]]
+    assert sorted(i for batch in got for i in batch) == list(range(len(lengths)))
+    assert all(lengths[b[-1]] <= 1.5 * lengths[b[0]] for b in got)
+    with pytest.raises(ValueError, match="batch_size must be positive"):
+        length_batches(lengths, size=0)

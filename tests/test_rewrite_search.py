@@ -11,7 +11,7 @@ from peft import get_peft_model
 
 from gradiend_peft import GradiendConfig
 from gradiend_peft.data import collator_for
-from gradiend_peft.evaluation import REFERENCE_LEARNING_RATES, RewriteResult, prepare_lms, search_rewrite
+from gradiend_peft.evaluation import REFERENCE_LEARNING_RATES, RewriteResult, prepare_lms, prepare_slots, search_rewrite
 
 from batches import ROWS
 from test_evaluation_metrics import one_thread  # noqa: F401  (autouse fixture)
@@ -219,7 +219,9 @@ def test_policies_share_measurements_and_score_them_alike():
     weaken = search_rewrite(model, MINED, NEUTRAL, policy="weaken:F", measurements=shared, **kwargs)
     # weaken's grid (ff +-1) and base were all measured by balance: only its own refinement costs forward passes
     new = {(c.feature_factor, c.lr) for c in weaken.candidates} - {(c.feature_factor, c.lr) for c in balance.candidates}
-    assert new and len(calls) - first == 2 * len(new)  # one pass over the rows and one over the neutral texts each
+    # each costs one pass per batch of rows and of neutral texts (batched by length)
+    passes = len(prepare_slots(MINED, tok, "causal_lm").batches) + len(prepare_lms(NEUTRAL, tok, "causal_lm").batches)
+    assert new and len(calls) - first == passes * len(new)
     assert weaken.candidates == alone.candidates and weaken.best == alone.best and weaken.base == alone.base
     with pytest.raises(ValueError, match="other rows"):
         search_rewrite(model, MINED[:4], NEUTRAL, policy="balance", measurements=shared, **kwargs)

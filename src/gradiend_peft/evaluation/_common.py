@@ -82,6 +82,20 @@ def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
+def length_batches(lengths: Sequence[int], size: int, slack: float = 1.5) -> list[list[int]]:
+    """Indices into ``lengths`` in batches of similar length: sorted by length, at most ``size`` per batch, and a
+    new batch wherever a length exceeds ``slack`` times the batch's shortest, so that no row is padded beyond
+    ``slack`` times its length (rows of very different lengths no longer all pad to the longest)."""
+    if size <= 0:
+        raise ValueError(f"batch_size must be positive, got {size}.")
+    out: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda j: lengths[j]):
+        if not out or len(out[-1]) >= size or lengths[i] > slack * max(lengths[out[-1][0]], 1):
+            out.append([])
+        out[-1].append(i)
+    return out
+
+
 @contextlib.contextmanager
 def eval_mode(module: nn.Module) -> Iterator[None]:
     """Every submodule in eval mode for the duration; training flags restored after."""

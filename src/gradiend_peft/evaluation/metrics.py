@@ -35,7 +35,7 @@ from torch import nn
 from ..data.collators import CausalLMCollator, target_pieces
 from ..data.feature import MASK_PLACEHOLDER, copy_casing
 from ..objective.gradients import check_inputs_fit, head_at_positions, label_positions
-from ._common import batches, model_device
+from ._common import length_batches, model_device
 
 __all__ = [
     "LMSInputs",
@@ -183,11 +183,10 @@ def prepare_slots(
         if len(flat) != len(set(flat)):
             logger.warning("row %d: classes share a first token %s; its probability counts for each.", i, tokens)
         encoded.append((ids, position, tokens))
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
     width = max((len(ts) for _, _, tokens in encoded for ts in tokens), default=1)
     pad = _pad_id(tokenizer)
     prepared = []
-    for chunk in batches(order, batch_size):
+    for chunk in length_batches([len(e[0]) for e in encoded], batch_size):
         length = max(len(encoded[i][0]) for i in chunk)
         input_ids = torch.full((len(chunk), length), pad, dtype=torch.long)
         mask = torch.zeros((len(chunk), length), dtype=torch.long)
@@ -304,9 +303,8 @@ def prepare_lms(
     if not encoded:
         raise ValueError("No neutral text has a token to predict (texts too short?).")
     pad = _pad_id(tokenizer)
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
     prepared, n_tokens = [], 0
-    for chunk in batches(order, batch_size):
+    for chunk in length_batches([len(e[0]) for e in encoded], batch_size):
         length = max(len(encoded[i][0]) for i in chunk)
         input_ids = torch.full((len(chunk), length), pad, dtype=torch.long)
         mask = torch.zeros((len(chunk), length), dtype=torch.long)
