@@ -57,6 +57,19 @@ def test_resuming_from_a_folder_that_is_no_checkpoint_is_refused(tmp_path):
         trainer.train(resume_from_checkpoint=str(tmp_path))
 
 
+def test_resuming_a_finished_run_is_refused_and_leaves_its_adapter(tmp_path):
+    data = pairs("llama")["train"]
+    finished = _trainer(tmp_path, data, max_steps=2, save_strategy="steps", save_steps=2)
+    finished.train()
+    trained = {k: v.clone() for k, v in finished.model.state_dict().items() if "gradiend" in k}
+    again = _trainer(tmp_path, data, model=finished.model, max_steps=2, save_strategy="steps", save_steps=2)
+    # transformers' loop would train a third step before its stop check; the adapter must stay as it was
+    with pytest.raises(ValueError, match=r"already reached max_steps \(2 of 2\).*raise max_steps"):
+        again.train(resume_from_checkpoint=True)
+    assert all(torch.equal(v, trained[k]) for k, v in again.model.state_dict().items() if "gradiend" in k)
+    _trainer(tmp_path, data, model=finished.model, max_steps=3).train(resume_from_checkpoint=True)  # trains on
+
+
 # ----------------------------------------------------------------------------------- 6. over-long rows
 def test_an_over_long_training_row_is_refused_naming_it(tmp_path):
     train = _with_row(pairs("llama")["train"], text=LONG_TEXT)  # tiny Llama: 64 positions

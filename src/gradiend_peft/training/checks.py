@@ -77,6 +77,23 @@ def check_rows(dataset, what: str = "dataset", collator=None) -> None:
             raise ValueError(f"{what} row {index}{' ' if message.startswith('is ') else ': '}{message}") from err
 
 
+def check_checkpoint_unfinished(checkpoint: str, max_steps: int) -> None:
+    """Refuses to resume from a checkpoint that already reached ``max_steps``: transformers' loop would train one
+    step more (its stop check follows a step), changing a finished adapter."""
+    import json
+
+    path = os.path.join(checkpoint, "trainer_state.json")
+    if max_steps <= 0 or not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as handle:
+        step = int(json.load(handle).get("global_step", 0))
+    if step >= max_steps:
+        raise ValueError(
+            f"{checkpoint!r} already reached max_steps ({step} of {max_steps}): there is nothing left to train. Load "
+            "its adapter (gradiend_peft.load_gradiend_model), or raise max_steps to train on from it."
+        )
+
+
 def check_checkpoint_fits(checkpoint: str, config, adapter: str) -> None:
     """Refuses to resume from a checkpoint whose adapter is not this GRADIEND adapter (another PEFT method, other
     target modules, latent size or pruning), naming the mismatch, before any state is restored."""

@@ -57,6 +57,7 @@ from .checkpoints import last_complete_checkpoint
 from .checks import (
     adapter_parameters,
     check_checkpoint_fits,
+    check_checkpoint_unfinished,
     check_precision,
     check_rows,
     check_trainable,
@@ -452,6 +453,7 @@ class GradiendTrainer(ShardedTrainingMixin, Trainer):
         if resume_from_checkpoint is not None:
             check_checkpoint_fits(resume_from_checkpoint, self.tuner.peft_config[self.adapter_name],
                                   self.adapter_name)
+            check_checkpoint_unfinished(resume_from_checkpoint, self.args.max_steps)
         self.tuner.check_unmerged("Training")
         self._signs.reset()
         self._best.reset()
