@@ -28,14 +28,14 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import argparse  # noqa: E402
-import ctypes  # noqa: E402
-import gc  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
+
+from proc_memory import proc_status, trim  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -61,22 +61,6 @@ FILLER = ("the old man went home with a small dog and then the woman said that t
 
 
 # ------------------------------------------------------------------------------------------------- the worker
-def _status(field: str) -> int:
-    with open("/proc/self/status", encoding="ascii") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} missing from /proc/self/status (Linux only)")
-
-
-def _trim() -> None:
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def _rows(words: int, count: int, objective: str) -> list[dict[str, Any]]:
     """Rows of ``words`` filler words before the slot (masked LM: and a few after), alternating he/she."""
     rows = []
@@ -139,8 +123,8 @@ def worker(case: dict[str, Any], phase: str) -> dict[str, Any]:
     from gradiend_peft.training import GradiendTrainer, GradiendTrainingArguments
 
     torch.set_num_threads(1)
-    _trim()
-    baseline = _status("VmRSS")
+    trim()
+    baseline = proc_status("VmRSS")
     with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
         handle.write("5")
     started = time.perf_counter()
@@ -152,8 +136,8 @@ def worker(case: dict[str, Any], phase: str) -> dict[str, Any]:
     rows = _rows(case["words"], max(case["rows"] * 4, SEARCH_ROWS), objective)
     collator = collator_for(tokenizer, objective)
     seq_len = int(collator(rows[: case["rows"]])["input_ids"].shape[1])
-    _trim()
-    setup_peak = _status("VmHWM") - baseline  # loading the model, the adapter and the rows
+    trim()
+    setup_peak = proc_status("VmHWM") - baseline  # loading the model, the adapter and the rows
     adapter_bytes = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "gradiend_" in n)
     info: dict[str, Any] = {"seq_len": seq_len, "entries": tuner.num_entries(), "adapter_bytes": adapter_bytes}
     if phase == "training":
@@ -178,7 +162,7 @@ def worker(case: dict[str, Any], phase: str) -> dict[str, Any]:
         info["candidates"] = len(result.candidates)
         info["search_seq_len"] = max(int(t.shape[1]) for t in [collator(rows[:32])["input_ids"]] + [
             tokenizer(neutral, return_tensors="pt", padding=True)["input_ids"]])
-    peak = _status("VmHWM")
+    peak = proc_status("VmHWM")
     info.update({"baseline_rss": baseline, "peak_rss": peak, "measured": peak - baseline, "setup_peak": setup_peak,
                  "seconds": time.perf_counter() - started})
     return info

@@ -47,8 +47,6 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TOKE
     os.environ.setdefault(_var, "false" if _var == "TOKENIZERS_PARALLELISM" else "1")
 
 import argparse  # noqa: E402
-import ctypes  # noqa: E402
-import gc  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import resource  # noqa: E402
@@ -58,27 +56,19 @@ import time  # noqa: E402
 from typing import Any, Callable, Optional  # noqa: E402
 
 import torch  # noqa: E402
-from worker_common import reset_peak_rss  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from proc_memory import proc_status, trim  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from worker_common import reset_peak_rss  # noqa: E402
 
 MB = 1024 * 1024
 
 
-def _status(field: str) -> int:
-    """A ``/proc/self/status`` field in bytes (``VmRSS``, ``VmHWM``)."""
-    with open("/proc/self/status", encoding="ascii") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status (this script needs Linux).")
-
-
 def rss() -> int:
-    return _status("VmRSS")
+    return proc_status("VmRSS")
 
 
 def rss_parts() -> dict[str, int]:
     """Anonymous and file-backed resident bytes (RssAnon, RssFile)."""
-    return {"anon": _status("RssAnon"), "file": _status("RssFile")}
+    return {"anon": proc_status("RssAnon"), "file": proc_status("RssFile")}
 
 
 _MAXRSS = [0]
@@ -94,15 +84,6 @@ def reset_hwm() -> bool:
     """Resets VmHWM (and with it ``ru_maxrss``) to the current RSS (Linux >= 4.0); False where it cannot."""
     max_rss_so_far()
     return reset_peak_rss()
-
-
-def trim() -> None:
-    """Collects garbage and returns the allocator's free heap to the OS, so that RSS reflects live memory."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 class RssSampler:
@@ -146,7 +127,7 @@ def measure_phase(sampler: RssSampler, name: str, fn: Callable[[], Any]) -> tupl
     result = fn()
     seconds = time.perf_counter() - started
     sampled, samples = sampler.peak, sampler.samples
-    hwm = _status("VmHWM") if hwm_ok else None
+    hwm = proc_status("VmHWM") if hwm_ok else None
     end, end_parts = rss(), rss_parts()
     peak = max(sampled, hwm or 0)
     print(f"{name}: {seconds:.1f} s, start {start / MB:,.0f} MB, peak {peak / MB:,.0f} MB "
