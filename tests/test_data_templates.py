@@ -22,6 +22,7 @@ from gradiend_peft.data import (
     Feature,
     collator_for,
     context_controls,
+    definitional_rows,
     load_names,
     load_occupations,
     mine_pairs,
@@ -42,11 +43,19 @@ GENDERED_WORDS = set(
     "gentleman sir madam mr mrs ms miss actress waitress bride groom girlfriend boyfriend grandmother "
     "grandfather stepmother stepfather duke duchess nun monk landlady landlord chairman chairwoman".split()
 )
-FEMALE_NOUNS = set("mother sister aunt grandmother wife daughter niece mom girlfriend stepmother queen princess "
-                   "actress waitress girl woman lady bride duchess nun policewoman businesswoman landlady "
-                   "headmistress".split())
-MALE_NOUNS = set("father brother uncle grandfather husband son nephew dad boyfriend stepfather king prince actor "
-                 "waiter boy man gentleman groom duke monk policeman businessman landlord headmaster".split())
+# Written here too: every word that may decide a control's pronoun, by gender (a definitional noun's two forms).
+FEMALE_NOUNS = set("mother mom sister wife daughter grandmother aunt girlfriend grandma niece granddaughter stepmother "
+                   "stepdaughter stepsister godmother goddaughter queen princess duchess empress tsarina priestess "
+                   "baroness abbess Mrs. actress waitress policewoman businesswoman chairwoman spokeswoman hostess "
+                   "heroine landlady headmistress congresswoman stewardess saleswoman sportswoman councilwoman "
+                   "camerawoman horsewoman fisherwoman woman girl lady bride widow nun schoolgirl housewife witch "
+                   "cowgirl heiress sorceress".split())
+MALE_NOUNS = set("father dad brother husband son grandfather uncle boyfriend grandpa nephew grandson stepfather "
+                 "stepson stepbrother godfather godson king prince duke emperor tsar priest baron abbot Mr. actor "
+                 "waiter policeman businessman chairman spokesman host hero landlord headmaster congressman steward "
+                 "salesman sportsman councilman cameraman horseman fisherman man boy gentleman groom widower monk "
+                 "schoolboy househusband wizard cowboy heir sorcerer".split())
+NOUN_KINDS = {"kinship", "title", "role", "person"}
 
 
 def read_table():
@@ -165,17 +174,30 @@ def test_controls_are_balanced_per_split_and_their_subject_decides_the_class(con
             assert row["text"].count("[MASK]") == 1
             female = row["factual_class"] == "F"
             assert row["factual"].lower() == ("she" if female else "he")
-            if row["cue_kind"] == "noun":
+            if row["cue_kind"] in NOUN_KINDS:
                 side = FEMALE_NOUNS if female else MALE_NOUNS
-                assert row["cue"] in side and row["cue"] in context(row), row
+                assert row["cue"] in side and re.search(rf"(^|\s){re.escape(row['cue'])}\s", row["text"]), row
             else:
+                assert row["cue_kind"] == "name"
                 kind, other = ("female", "male") if female else ("male", "female")
                 assert re.search(rf"\b{row['cue']}\b", row["text"]) and row["cue"] in load_names(kind)
                 assert shares[kind][row["cue"]] >= 20 * shares[other].get(row["cue"], 0.0), row["cue"]
     cues = {s: {r["cue"] for r in rows} for s, rows in controls.items()}
     assert not cues["search"] & cues["report"]
-    everything = context_controls(GENDER, "report", count=None)
-    assert len(everything) >= 1000 and Counter(everything["cue_kind"])["noun"] >= 200
+    for split in ("search", "report"):
+        everything = context_controls(GENDER, split, count=None)
+        kinds = Counter(everything["cue_kind"])
+        assert sum(kinds[k] for k in NOUN_KINDS) >= 200 and all(kinds[k] > 0 for k in NOUN_KINDS), kinds
+        nouns_only = context_controls(GENDER, split, count=200, names_share=0.0)
+        assert len(nouns_only) == 200 and set(nouns_only["cue_kind"]) <= NOUN_KINDS
+        assert Counter(controls[split][i]["cue_kind"] == "name" for i in range(len(controls[split])))[True] == 50
+    # no control noun is in the training pool (definitional_rows), nor in both evaluation splits
+    every = {s: set(context_controls(GENDER, s, count=None)["cue"]) for s in ("search", "report")}
+    train_rows = definitional_rows(GENDER, names_per_class=0)
+    train_cues = {w for r in train_rows["train"] for w in r["text"].replace(",", " ").split()
+                  if w in FEMALE_NOUNS | MALE_NOUNS}
+    assert train_cues and not train_cues & (every["search"] | every["report"])
+    assert not every["search"] & every["report"]
 
 
 def test_name_rows_have_the_mined_columns_held_out_names_and_labels_by_pair_order():
@@ -267,8 +289,8 @@ def test_rows_go_through_the_causal_and_masked_lm_collators_of_the_tiny_tokenize
     gpt2 = word_tokenizer("gpt2")
     # the tiny vocabulary has "nurse", "mother", "father"...; a capitalised "She" is several tokens there
     rows = [r for r in neutral["search"] if r["noun"] == "nurse" and r["factual"] == "she"]
-    rows += [r for r in controls["search"] if r["cue"] in ("mother", "father", "sister", "brother", "son", "daughter")
-             and r["factual"].islower()][:6]
+    rows += [r for r in context_controls(GENDER, "report", count=None)
+             if r["cue"] in ("mother", "father", "sister", "brother", "son", "daughter") and r["factual"].islower()][:6]
     assert len(rows) >= 8
     batch = collator_for(gpt2, "causal_lm")(rows)
     for i, row in enumerate(rows):

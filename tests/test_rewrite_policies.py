@@ -8,6 +8,7 @@ from gradiend_peft.evaluation import (
     Balance,
     Candidate,
     CandidateMetrics,
+    Debias,
     Favour,
     Strengthen,
     Weaken,
@@ -18,14 +19,15 @@ from gradiend_peft.evaluation import (
 )
 
 
-def metrics(ff, lr, *, f_on_m=0.1, f_on_f=0.5, m_on_m=0.5, m_on_f=0.1, lms=1.0, control=None, bpi=0.5, fpi=0.3):
+def metrics(ff, lr, *, f_on_m=0.1, f_on_f=0.5, m_on_m=0.5, m_on_f=0.1, lms=1.0, control=None, bpi=0.5, fpi=0.3,
+            gap=0.1, margin=None):
     """Two classes F and M with 10 rows each; probs_by_class[row class][class]."""
     return CandidateMetrics(
         feature_factor=ff, lr=lr, lms=lms,
         class_probs={"F": (f_on_m + f_on_f) / 2, "M": (m_on_m + m_on_f) / 2},
         probs_by_class={"F": {"F": f_on_f, "M": m_on_f}, "M": {"F": f_on_m, "M": m_on_m}},
-        row_counts={"F": 10, "M": 10}, bpi=bpi, favour={"F": fpi, "M": 0.2}, mean_abs_gap=0.1,
-        control_accuracy=control,
+        row_counts={"F": 10, "M": 10}, bpi=bpi, favour={"F": fpi, "M": 0.2}, mean_abs_gap=gap,
+        control_accuracy=control, control_margin=margin,
     )
 
 
@@ -140,3 +142,50 @@ def test_refinement_adds_geometric_points_around_the_best_the_onset_and_the_fail
     assert refinement_lrs([(0.1, False, 0.0, False), (0.2, False, 0.0, False)]) == []
     with pytest.raises(ValueError, match="positive"):
         refinement_lrs([(0.0, True, 0.0, False), (1.0, True, 0.0, False)])
+
+
+def test_debias_minimises_the_gap_within_the_mass_margin_control_and_lms_guards():
+    # base: P(F) = (0.1 + 0.5) / 2 = 0.3 and P(M) = 0.3, total 0.6; gap 0.2; control margin 2.0
+    base = metrics(0, 0, gap=0.2, control=1.0, margin=2.0)
+    table = [
+        metrics(0, 10, gap=0.10, control=1.0, margin=1.9),  # feasible
+        metrics(0, 20, gap=0.06, control=1.0, margin=1.81),  # feasible, the smallest feasible gap: chosen
+        metrics(0, 30, gap=0.05, f_on_f=0.3, m_on_m=0.3, control=1.0, margin=1.9),  # total 0.4 < 0.9 x 0.6
+        metrics(0, 40, gap=0.04, control=1.0, margin=1.79),  # margin below 0.9 x 2.0 = 1.8
+        metrics(0, 50, gap=0.03, control=0.99, margin=1.9),  # one control flipped (control_floor=1.0)
+        metrics(0, 60, gap=0.02, lms=0.98, control=1.0, margin=1.9),  # LMS below 0.99 x base
+    ]
+    best, scored = choose(Debias(), table, base, control_floor=1.0)
+    assert (best.lr, best.score) == (20, pytest.approx(-0.06))
+    assert [c.feasible for c in scored] == [True, True, False, False, False, False]
+    assert "total probability" in scored[2].reasons[0] and "control margin" in scored[3].reasons[0]
+    assert "control accuracy" in scored[4].reasons[0] and "LMS" in scored[5].reasons[0]
+    # a looser margin floor admits lr 40 (1.79 >= 0.8 x 2.0), which then wins with the smaller gap
+    best, _ = choose(Debias(margin_floor=0.8), table, base, control_floor=1.0)
+    assert best.lr == 40
+    # without control rows the margin guard is off
+    plain = [metrics(0, 40, gap=0.04)]
+    assert score_candidates(Debias(), plain, metrics(0, 0, gap=0.2))[0].feasible
+
+
+def test_debias_parses_from_its_name_and_round_trips_its_floors():
+    policy = parse_policy("debias")
+    assert isinstance(policy, Debias) and (policy.mass_floor, policy.margin_floor) == (0.9, 0.9)
+    assert policy.to_dict() == {"name": "debias", "mass_floor": 0.9, "margin_floor": 0.9}
+    with pytest.raises(ValueError, match="Unknown policy"):
+        parse_policy("debias:F")
+
+
+def test_control_scores_count_the_rows_their_own_class_wins_and_average_the_log_odds():
+    import torch
+
+    from gradiend_peft.evaluation.measure import LOG_FLOOR, control_scores, log_odds
+
+    probs = torch.tensor([[0.6, 0.2], [0.1, 0.3], [0.5, 0.25], [0.0, 0.4]], dtype=torch.float64)
+    rows = ["M", "F", "F", "M"]  # columns: M, F
+    expected = [math.log(0.6 / 0.2), math.log(0.3 / 0.1), math.log(0.25 / 0.5), math.log(LOG_FLOOR / 0.4)]
+    assert log_odds(probs, rows, ("M", "F")).tolist() == pytest.approx(expected)
+    accuracy, margin = control_scores(probs, rows, ("M", "F"))
+    assert accuracy == 0.5 and margin == pytest.approx(sum(expected) / 4)
+    with pytest.raises(ValueError, match="two classes"):
+        log_odds(torch.ones(1, 3), ["A"], ("A", "B", "C"))

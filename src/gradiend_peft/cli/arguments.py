@@ -43,7 +43,8 @@ class DataArguments:
     training_rows: str = field(
         default="corpus",
         metadata={"help": "Training rows: corpus (mined from --corpus/--text_file), or for he/she: occupations "
-                          "(stereotyped occupations with the stereotypical pronoun), names (first names)."},
+                          "(stereotyped occupations with the stereotypical pronoun), names (first names), definitional "
+                          "(nouns and names whose meaning decides the pronoun)."},
     )
     corpus: str = field(default="english", metadata={"help": "Embedded corpus: english or german."})
     text_file: Optional[str] = field(default=None, metadata={"help": "A text file to mine instead of the corpus."})

@@ -119,6 +119,11 @@ def drop_unusable_rows(rows: Any, collator: Any, what: str = "rows", max_length:
     return rows
 
 
+TEMPLATE_ROWS = {"occupations": "occupation_rows", "names": "name_rows", "definitional": "definitional_rows",
+                 "attributes": "attribute_rows"}
+"""``--training_rows`` values other than ``corpus``: the he/she template rows of `gradiend_peft.data` they name."""
+
+
 def prepare_feature_data(feature: Feature, *, corpus: str = "english", text_file: Optional[str] = None,
                          min_context_words: int = 5, max_rows_per_class: Optional[int] = None, max_test_rows: int = 200,
                          neutral_rows: int = 200, n_controls: int = 200, seed: int = 0,
@@ -134,12 +139,13 @@ def prepare_feature_data(feature: Feature, *, corpus: str = "english", text_file
     if training_rows == "corpus":
         pairs = mine_pairs(texts, feature, seed=seed, min_context_words=min_context_words,
                            max_rows_per_class=max_rows_per_class)
-    elif training_rows in ("occupations", "names"):
-        from ..data import name_rows, occupation_rows
+    elif training_rows in TEMPLATE_ROWS:
+        from .. import data as template_data
 
-        pairs = (occupation_rows if training_rows == "occupations" else name_rows)(feature, seed=seed)
+        make = getattr(template_data, TEMPLATE_ROWS[training_rows])
+        pairs = make(feature, seed=seed)
     else:
-        raise ValueError(f"training_rows must be corpus, occupations or names, got {training_rows!r}.")
+        raise ValueError(f"training_rows must be one of {['corpus', *TEMPLATE_ROWS]}, got {training_rows!r}.")
     if collator is not None:
         for split in list(pairs):
             pairs[split] = drop_unusable_rows(pairs[split], collator, f"{split} rows", max_length)

@@ -20,14 +20,15 @@ Typical use::
 Nothing here loads a model or touches the network unless a Hub dataset id is given as the source.
 """
 
+from .attributes import ATTRIBUTE_FRAMES, ATTRIBUTE_WORDS, attribute_evaluation_rows, attribute_rows, attribute_words
 from .collators import OBJECTIVES, CausalLMCollator, MaskedLMCollator, check_single_token, collator_for
 from .corpora import available_corpora, corpus_info, load_corpus, load_names
 from .feature import MASK_PLACEHOLDER, Feature, copy_casing
 from .mining import PAIR_COLUMNS, SPLITS, MiningReport, mine_pairs
 from .neutral import PRONOUN_FORMS, mine_neutral, related_forms
 from .occupations import EVALUATION_SPLITS, Occupation, load_occupations, occupation_split
+from .definitional import DEFINITIONAL_NOUNS, DefinitionalNoun, definitional_nouns
 from .templates import (
-    GENDERED_NOUNS,
     REPORT_TEMPLATES,
     SEARCH_TEMPLATES,
     TRAIN_TEMPLATES,
@@ -37,12 +38,14 @@ from .templates import (
     pronoun_classes,
 )
 from .text import iter_sentences, split_sentences
-from .training_rows import name_rows, occupation_rows
+from .training_rows import definitional_rows, name_rows, occupation_rows
 
 __all__ = [
+    "ATTRIBUTE_FRAMES",
+    "ATTRIBUTE_WORDS",
     "PRONOUN_FORMS",
     "EVALUATION_SPLITS",
-    "GENDERED_NOUNS",
+    "DEFINITIONAL_NOUNS",
     "MASK_PLACEHOLDER",
     "OBJECTIVES",
     "PAIR_COLUMNS",
@@ -51,16 +54,22 @@ __all__ = [
     "SPLITS",
     "TRAIN_TEMPLATES",
     "CausalLMCollator",
+    "DefinitionalNoun",
     "Feature",
     "MaskedLMCollator",
     "MiningReport",
     "Occupation",
+    "attribute_evaluation_rows",
+    "attribute_rows",
+    "attribute_words",
     "available_corpora",
     "check_single_token",
     "clear_names",
     "collator_for",
     "context_controls",
     "copy_casing",
+    "definitional_nouns",
+    "definitional_rows",
     "corpus_info",
     "iter_sentences",
     "load_corpus",

@@ -38,6 +38,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .corpora import _folder, _manifest
+from .definitional import SURNAMES, definitional_nouns
 from .feature import MASK_PLACEHOLDER, Feature, normalize_word
 from .mining import PAIR_COLUMNS, as_feature
 from .occupations import check_evaluation_split, occupation_split
@@ -46,7 +47,6 @@ if TYPE_CHECKING:
     import datasets
 
 __all__ = [
-    "GENDERED_NOUNS",
     "REPORT_TEMPLATES",
     "SEARCH_TEMPLATES",
     "TRAIN_TEMPLATES",
@@ -111,34 +111,6 @@ TRAIN_TEMPLATES: Mapping[str, str] = {
     "train-24": "Once again, {subject} was sleepy, so [MASK] made some tea.",
 }
 """Frames for training rows (:func:`~gradiend_peft.data.name_rows`, :func:`~gradiend_peft.data.occupation_rows`)."""
-
-GENDERED_NOUNS: tuple[tuple[str, str, str], ...] = (
-    ("mother", "father", "my"),
-    ("sister", "brother", "my"),
-    ("aunt", "uncle", "my"),
-    ("grandmother", "grandfather", "my"),
-    ("wife", "husband", "my"),
-    ("daughter", "son", "my"),
-    ("niece", "nephew", "my"),
-    ("mom", "dad", "my"),
-    ("girlfriend", "boyfriend", "my"),
-    ("stepmother", "stepfather", "my"),
-    ("queen", "king", "the"),
-    ("princess", "prince", "the"),
-    ("actress", "actor", "the"),
-    ("waitress", "waiter", "the"),
-    ("girl", "boy", "the"),
-    ("woman", "man", "the"),
-    ("lady", "gentleman", "the"),
-    ("bride", "groom", "the"),
-    ("duchess", "duke", "the"),
-    ("nun", "monk", "the"),
-    ("policewoman", "policeman", "the"),
-    ("businesswoman", "businessman", "the"),
-    ("landlady", "landlord", "the"),
-    ("headmistress", "headmaster", "the"),
-)
-"""``(female noun, male noun, determiner)``: the subjects of the controls; each pair goes to one split."""
 
 NAME_DOMINANCE = 20.0
 """A first name on both census lists counts as one gender when its share there is at least this many times
@@ -345,71 +317,68 @@ def control_names(kind: str, split: str, split_seed: int = 0) -> list[str]:
     return sorted(pool[:half] if split == "search" else pool[half:])
 
 
-def control_nouns(split: str, split_seed: int = 0) -> list[tuple[str, str, str]]:
-    """The :data:`GENDERED_NOUNS` pairs that the controls of ``split`` use (half of them; disjoint across splits)."""
-    check_evaluation_split(split)
-    pairs = list(GENDERED_NOUNS)
-    random.Random(f"nouns-{split_seed}").shuffle(pairs)
-    half = len(pairs) // 2
-    return pairs[:half] if split == "search" else pairs[half:]
-
-
 def context_controls(
     feature: Feature | Mapping[str, Sequence[str]],
     split: str = "search",
     *,
     count: int | None = 200,
+    names_share: float = 0.25,
     seed: int = 0,
     split_seed: int = 0,
 ) -> datasets.Dataset:
-    """Rows whose subject decides the pronoun (gendered nouns and first names), for the control guard.
+    """Rows whose subject decides the pronoun (definitional nouns and first names), for the control guard.
 
-    The frames are the split's neutral templates, so a control differs from a neutral row only in its subject.
-    Per split: 12 pairs of :data:`GENDERED_NOUNS` and 50 first names per gender (:func:`clear_names`), none
-    shared with the other split. Half of each class's rows have a noun subject, half a first name.
+    The frames are the split's neutral templates (those of :func:`neutral_context_rows`), so a control differs from
+    a neutral-context row only in its subject: "On Sunday, my father was bored, so [MASK] read a book." beside "On
+    Sunday, the nurse was bored, so [MASK] read a book.". The subjects are the split's pool of
+    :data:`~gradiend_peft.data.definitional.DEFINITIONAL_NOUNS` (kinship nouns, titles, gendered role nouns and
+    person nouns; :func:`~gradiend_peft.data.definitional.definitional_nouns`) and 50 first names per gender
+    (:func:`clear_names`); no noun and no name is in both splits, nor in the nouns of the ``"train"`` pool.
 
     Args:
         feature: a feature whose paired classes hold ``he`` and ``she``.
         split (`str`, *optional*, defaults to ``"search"``): ``"search"`` or ``"report"``.
         count (`int`, *optional*, defaults to ``200``): the number of rows, half per class (an odd count is
-            rounded down); ``None``: every subject in every template (1,240 rows).
-        seed (`int`, *optional*, defaults to ``0``): draws the (subject, template) combinations and the order.
+            rounded down); ``None``: every subject in every template.
+        names_share (`float`, *optional*, defaults to ``0.25``): the share of each class's rows with a first name
+            as the subject (the rest have a definitional noun); with ``count=None`` every name is used.
+        seed (`int`, *optional*, defaults to ``0``): draws the (subject, template) combinations, the surnames of the
+            titles that take one, and the order.
         split_seed (`int`, *optional*, defaults to ``0``): fixes which nouns and names belong to which split.
 
     Returns:
         A :class:`datasets.Dataset` with the columns of :data:`~gradiend_peft.data.PAIR_COLUMNS` plus ``template``
         (id), ``cue`` (the word that decides the class, e.g. ``"mother"`` or ``"Linda"``) and ``cue_kind``
-        (``"noun"`` or ``"name"``).
+        (``"kinship"``, ``"title"``, ``"role"``, ``"person"`` or ``"name"``).
 
     Raises:
-        ValueError: for a feature without ``he`` and ``she``, an unknown split, or a ``count`` below 2 or
-            above what the split holds.
+        ValueError: for a feature without ``he`` and ``she``, an unknown split, a ``count`` below 2 or above what
+            the split holds, or a ``names_share`` outside [0, 1].
     """
     feature = as_feature(feature)
     classes = pronoun_classes(feature)
+    if not 0.0 <= names_share <= 1.0:
+        raise ValueError(f"names_share must be between 0 and 1; got {names_share}.")
     rng = random.Random(seed)
     templates = _templates(split)
-    nouns = control_nouns(split, split_seed)
-    subjects = {
-        "female": ([(f"{det} {fem}", fem) for fem, _, det in nouns], [(n, n) for n in control_names("female", split, split_seed)]),
-        "male": ([(f"{det} {mal}", mal) for _, mal, det in nouns], [(n, n) for n in control_names("male", split, split_seed)]),
-    }
-    available = sum(len(s) for s in subjects["female"]) * len(templates)
-    if count is not None and not 2 <= count <= 2 * available:
-        raise ValueError(f"count must be between 2 and {2 * available} (what the {split!r} split holds) or None; got {count}.")
+    nouns = definitional_nouns(check_evaluation_split(split), split_seed)
     rows = []
-    for gender, (noun_subjects, name_subjects) in subjects.items():
-        for kind, group in (("noun", noun_subjects), ("name", name_subjects)):
-            combos = [(s, cue, t) for s, cue in group for t in templates]
-            rng.shuffle(combos)
-            if count is not None:
-                per_class = count // 2
-                n_noun = min(len(noun_subjects) * len(templates), per_class - per_class // 2)
-                keep = n_noun if kind == "noun" else per_class - n_noun
-                combos = combos[:keep]
-            for subject, cue, template_id in combos:
-                row = make_row(feature, classes, fill(templates[template_id], subject), gender, split)
-                row.update(template=template_id, cue=cue, cue_kind=kind)
-                rows.append(row)
+    for gender in ("female", "male"):
+        noun_combos = [(noun.subject(gender, rng.choice(SURNAMES)), getattr(noun, gender), noun.kind, t)
+                       for noun in nouns for t in templates]
+        name_combos = [(name, name, "name", t) for name in control_names(gender, split, split_seed) for t in templates]
+        rng.shuffle(noun_combos)
+        rng.shuffle(name_combos)
+        if count is not None:
+            per_class = count // 2
+            n_names = round(per_class * names_share)
+            if per_class < 1 or n_names > len(name_combos) or per_class - n_names > len(noun_combos):
+                raise ValueError(f"count must be between 2 and {2 * len(noun_combos) + 2 * len(name_combos)} with "
+                                 f"names_share={names_share} (what the {split!r} split holds) or None; got {count}.")
+            noun_combos, name_combos = noun_combos[: per_class - n_names], name_combos[:n_names]
+        for subject, cue, kind, template_id in noun_combos + name_combos:
+            row = make_row(feature, classes, fill(templates[template_id], subject), gender, split)
+            row.update(template=template_id, cue=cue, cue_kind=kind)
+            rows.append(row)
     rng.shuffle(rows)
     return to_dataset(rows, ROW_COLUMNS + ("cue", "cue_kind"))

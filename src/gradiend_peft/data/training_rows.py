@@ -28,7 +28,7 @@ from .templates import CONTROL_NAMES_PER_SPLIT, TRAIN_TEMPLATES, clear_names, fi
 if TYPE_CHECKING:
     import datasets
 
-__all__ = ["name_rows", "occupation_rows"]
+__all__ = ["definitional_rows", "name_rows", "occupation_rows"]
 
 
 def _cut(items: list, ratios: tuple[float, float, float]) -> dict[str, list]:
@@ -163,6 +163,78 @@ def occupation_rows(
         for rows in by_gender.values():
             rng.shuffle(rows)
             kept.extend(rows[:n])
+        rng.shuffle(kept)
+        by_split[split] = kept
+    return _dataset_dict(by_split)
+
+
+def definitional_rows(
+    feature: Feature | Mapping[str, Sequence[str]],
+    *,
+    names_per_class: int = 100,
+    rows_per_name: int = 4,
+    split_ratios: Sequence[float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    split_seed: int = 0,
+) -> datasets.DatasetDict:
+    """Training rows whose subject's meaning decides the pronoun: the ``"train"`` pool of definitional nouns
+    ("my grandfather", "the waiter", "the king"; :func:`~gradiend_peft.data.definitional.definitional_nouns`) in
+    every training template, and first names in ``rows_per_name`` templates each.
+
+    The nouns and names are those no control uses (the controls take the ``"search"`` and ``"report"`` pools and the
+    100 most frequent names of each gender), so an adapter trained on these rows, e.g. to keep its directions out of a
+    debiasing edit (`gradiend_peft.editing.project_out`), never saw a control's subject.
+
+    Args:
+        feature: a feature whose paired classes hold ``he`` and ``she``.
+        names_per_class (`int`, *optional*, defaults to ``100``): first names per gender (0: nouns only), the most
+            frequent after the 100 the controls use.
+        rows_per_name (`int`, *optional*, defaults to ``4``): rows per name, each in a different training template.
+        split_ratios (`Sequence[float]`, *optional*, defaults to ``(0.8, 0.1, 0.1)``): the fractions of subjects
+            (per gender and kind) in train, validation and test; a subject's rows all go to one split.
+        seed (`int`, *optional*, defaults to ``0``): draws the subject split, the templates and the order.
+        split_seed (`int`, *optional*, defaults to ``0``): the deal of the definitional nouns into pools.
+
+    Returns:
+        A :class:`datasets.DatasetDict` with ``"train"``, ``"validation"`` and ``"test"`` in the columns of
+        :data:`~gradiend_peft.data.PAIR_COLUMNS`, as many rows per class in each split.
+
+    Raises:
+        ValueError: for a feature without ``he`` and ``she``, too many names, or ``rows_per_name`` outside
+            1..24.
+    """
+    from .definitional import SURNAMES, definitional_nouns
+
+    feature = as_feature(feature)
+    classes = pronoun_classes(feature)
+    ratios = check_split_ratios(split_ratios)
+    if not 1 <= rows_per_name <= len(TRAIN_TEMPLATES):
+        raise ValueError(f"rows_per_name must be between 1 and {len(TRAIN_TEMPLATES)}; got {rows_per_name}.")
+    pools = {kind: clear_names(kind)[2 * CONTROL_NAMES_PER_SPLIT :] for kind in ("female", "male")}
+    limit = min(len(p) for p in pools.values())
+    if not 0 <= names_per_class <= limit:
+        raise ValueError(f"names_per_class must be between 0 and {limit}; got {names_per_class}.")
+    rng = random.Random(seed)
+    nouns = definitional_nouns("train", split_seed)
+    rng.shuffle(nouns)  # a pair's two forms go to the same split
+    per_split: dict[str, dict[str, list[dict[str, Any]]]] = {s: {"female": [], "male": []} for s in SPLITS}
+    for gender in ("female", "male"):
+        for split, group in _cut(nouns, ratios).items():
+            for noun in group:
+                for template in TRAIN_TEMPLATES.values():
+                    subject = noun.subject(gender, rng.choice(SURNAMES))
+                    per_split[split][gender].append(make_row(feature, classes, fill(template, subject), gender, split))
+        names = pools[gender][:names_per_class]
+        rng.shuffle(names)
+        for split, chosen in _cut(names, ratios).items() if names else ():
+            for name in chosen:
+                for template_id in rng.sample(sorted(TRAIN_TEMPLATES), rows_per_name):
+                    per_split[split][gender].append(
+                        make_row(feature, classes, fill(TRAIN_TEMPLATES[template_id], name), gender, split))
+    by_split = {}
+    for split, by_gender in per_split.items():
+        n = min(len(rows) for rows in by_gender.values())
+        kept = [row for rows in by_gender.values() for row in rows[:n]]
         rng.shuffle(kept)
         by_split[split] = kept
     return _dataset_dict(by_split)

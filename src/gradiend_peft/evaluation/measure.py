@@ -62,9 +62,34 @@ def preference(probs: torch.Tensor, row_classes: Sequence[Optional[str]], classe
     return float((own_p > others.max(dim=1).values).double().mean())
 
 
+LOG_FLOOR = float(torch.finfo(torch.float32).tiny)
+"""Probabilities come from float32 softmaxes: below this one they are 0 or subnormal, so logs are taken of at least
+this much (a margin is then bounded instead of infinite)."""
+
+
+def log_odds(probs: torch.Tensor, row_classes: Sequence[Optional[str]], classes: Sequence[str]) -> torch.Tensor:
+    """Each row's ``log P(own class) - log P(other class)`` (two classes), ``(N,)`` float64: positive where the row's
+    own class is the more probable; probabilities are floored at `LOG_FLOOR` before the log."""
+    if len(classes) != 2:
+        raise ValueError(f"log-odds compare two classes; got {list(classes)}.")
+    own = torch.tensor([classes.index(c) for c in row_classes])
+    logs = probs.double().clamp_min(LOG_FLOOR).log()
+    rows = torch.arange(len(own))
+    return logs[rows, own] - logs[rows, 1 - own]
+
+
+def control_scores(probs: torch.Tensor, row_classes: Sequence[Optional[str]],
+                   classes: Sequence[str]) -> tuple[float, float]:
+    """``(accuracy, margin)`` of control rows: the share whose own class is the more probable (`preference`) and the
+    mean of `log_odds`, ``mean_i log P_i(right) / P_i(wrong)``: how much evidence for the right class is left, which
+    accuracy alone hides until a row flips."""
+    return preference(probs, row_classes, classes), float(log_odds(probs, row_classes, classes).mean())
+
+
 def candidate_metrics(probs: torch.Tensor, base_probs: Optional[torch.Tensor], row_classes, classes, ff: float,
-                      lr: float, lms, control: Optional[float], stage: str) -> CandidateMetrics:
-    """`CandidateMetrics` from a candidate's per-row class probabilities, its LMS and control accuracy."""
+                      lr: float, lms, control: Optional[tuple[float, float]], stage: str) -> CandidateMetrics:
+    """`CandidateMetrics` from a candidate's per-row class probabilities, its LMS and its control scores
+    (`control_scores`: accuracy and margin, ``None`` without control rows)."""
     by_class, counts = {}, {}
     for d in classes:
         rows = torch.tensor([c == d for c in row_classes])
@@ -76,7 +101,9 @@ def candidate_metrics(probs: torch.Tensor, base_probs: Optional[torch.Tensor], r
         feature_factor=float(ff), lr=float(lr), lms=lms.lms,
         class_probs={c: float(probs[:, j].mean()) for j, c in enumerate(classes)}, probs_by_class=by_class,
         row_counts=counts, bpi=indices["bpi"], favour=indices["favour"], mean_abs_gap=indices["mean_abs_gap"],
-        control_accuracy=control, perplexity=lms.perplexity, mean_abs_shift=shift, stage=stage,
+        control_accuracy=None if control is None else control[0],
+        control_margin=None if control is None else control[1],
+        perplexity=lms.perplexity, mean_abs_shift=shift, stage=stage,
     )
 
 
@@ -146,8 +173,9 @@ class RewriteInputs:
         logger.info("Skipping blocks 0-%d in every candidate (they are not edited).", skip.first - 1)
         return skip, hidden
 
-    def measure(self, feature_factor: float, lr: float) -> tuple[torch.Tensor, Any, Optional[float]]:
-        """``(row probabilities (N, 2), LMSResult, control accuracy or None)`` of one rewrite, forward passes only."""
+    def measure(self, feature_factor: float, lr: float) -> tuple[torch.Tensor, Any, Optional[tuple[float, float]]]:
+        """``(row probabilities (N, 2), LMSResult, control scores or None)`` of one rewrite, forward passes only
+        (control scores: `control_scores`, accuracy and margin)."""
         with eval_mode(self.model), torch.no_grad(), applied(self.tuner, self.name, feature_factor, lr, self.apply), \
                 self.skip.skipping() if self.skip else contextlib.nullcontext():
             probs = slot_probabilities(self.model, self.slots, self.hidden.get("rows"))
@@ -155,7 +183,7 @@ class RewriteInputs:
             control = None
             if self.control_slots is not None:
                 control_probs = slot_probabilities(self.model, self.control_slots, self.hidden.get("control"))
-                control = preference(control_probs, self.control_slots.row_classes, self.classes)
+                control = control_scores(control_probs, self.control_slots.row_classes, self.classes)
         return probs, lms, control
 
 
@@ -177,9 +205,9 @@ def measure_rewrites(model: nn.Module, rows: Any, neutral: Any, rewrites: Sequen
     inputs = RewriteInputs(model, rows, neutral, tokenizer=tokenizer, control=control, classes=classes, **options)
     results, first = [], None
     for ff, lr in rewrites:
-        probs, lms, control_accuracy = inputs.measure(ff, lr)
+        probs, lms, control = inputs.measure(ff, lr)
         metrics = candidate_metrics(probs, first, inputs.slots.row_classes, inputs.classes, ff, lr, lms,
-                                    control_accuracy, "base" if lr == 0 else "measured")
+                                    control, "base" if lr == 0 else "measured")
         first = probs if first is None else first
         results.append((metrics, probs))
     return results

@@ -52,6 +52,8 @@ class CandidateMetrics:
         mean_abs_gap: ``mean_i |P_i(A) - P_i(B)|``.
         control_accuracy: on the control rows, the share with ``P(own class)`` above the others' (``None``: no
             control rows).
+        control_margin: on the control rows, ``mean_i log P_i(own class) / P_i(other class)``: the evidence for the
+            right class that is left (``None``: no control rows).
         perplexity: on neutral text (causal LM only).
         mean_abs_shift: ``mean_{i,C} |P_i(C) - P^base_i(C)|``: how much the edit acts.
         stage: ``base``, ``grid`` or ``refine``.
@@ -67,6 +69,7 @@ class CandidateMetrics:
     favour: dict[str, float]
     mean_abs_gap: float
     control_accuracy: Optional[float] = None
+    control_margin: Optional[float] = None
     perplexity: Optional[float] = None
     mean_abs_shift: float = 0.0
     stage: str = "grid"
@@ -145,16 +148,22 @@ class Balance(Policy):
 @dataclass(frozen=True)
 class Debias(Policy):
     """Debias rows whose context does not decide the class ("The nurse said that [MASK] ..."): ``score =
-    -mean_i |P_i(A) - P_i(B)|`` (a smaller per-row gap is better), with one guard of its own: the total probability
-    of both classes, ``mean_i (P_i(A) + P_i(B))``, must stay at least ``mass_floor`` times the base model's, so that
-    an edit cannot close the gap by making both words unlikely. Unlike `Balance` (the papers' BPI) it does not reward
-    raising one class's probability.
+    -mean_i |P_i(A) - P_i(B)|`` (a smaller per-row gap is better), with two guards of its own:
 
-    Use it on neutral-context rows (`gradiend_peft.data.neutral_context_rows`), with control rows whose context
+    - the total probability of both classes, ``mean_i (P_i(A) + P_i(B))``, must stay at least ``mass_floor`` times
+      the base model's, so that an edit cannot close the gap by making both words unlikely;
+    - with control rows, their margin, ``mean_i log P_i(right) / P_i(wrong)`` (`CandidateMetrics.control_margin`),
+      must stay at least ``margin_floor`` times the base model's: an edit may not erase the evidence that decides a
+      control's class even where no control flips yet (the control accuracy guard of `score_candidates` counts the
+      flips).
+
+    Unlike `Balance` (the papers' BPI) it does not reward raising one class's probability. Use it on neutral-context
+    rows (`gradiend_peft.data.neutral_context_rows`), with control rows written in the same frames whose subject
     decides the class (`gradiend_peft.data.context_controls`) and a ``control_floor`` of 1.0.
     """
 
     mass_floor: float = 0.9
+    margin_floor: float = 0.9
     name = "debias"
     default_feature_factors = (-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0)
 
@@ -162,10 +171,17 @@ class Debias(Policy):
         return -metrics.mean_abs_gap
 
     def guard(self, metrics: CandidateMetrics, base: CandidateMetrics) -> list[str]:
+        reasons = []
         total, floor = sum(metrics.class_probs.values()), self.mass_floor * sum(base.class_probs.values())
-        if total >= floor:
-            return []
-        return [f"total probability {total:.4f} < {self.mass_floor} x base {floor / self.mass_floor:.4f}"]
+        if not total >= floor:
+            reasons.append(f"total probability {total:.4f} < {self.mass_floor} x base {floor / self.mass_floor:.4f}")
+        if base.control_margin is not None:
+            # a base margin at or below 0 (the controls not understood) can only be asked not to fall further
+            needed = self.margin_floor * base.control_margin if base.control_margin > 0 else base.control_margin
+            if metrics.control_margin is None or not metrics.control_margin >= needed:
+                reasons.append(f"control margin {metrics.control_margin} < {self.margin_floor} x base "
+                               f"{base.control_margin:.4f}")
+        return reasons
 
 
 @dataclass(frozen=True)

@@ -97,7 +97,8 @@ class RewriteResult:
         for c in (self.base, *self.candidates):
             m = c.metrics
             row = {"feature_factor": m.feature_factor, "lr": m.lr, "stage": m.stage, "score": c.score,
-                   "feasible": c.feasible, "lms": m.lms, "control_accuracy": m.control_accuracy, "bpi": m.bpi,
+                   "feasible": c.feasible, "lms": m.lms, "control_accuracy": m.control_accuracy,
+                   "control_margin": m.control_margin, "bpi": m.bpi,
                    "mean_abs_gap": m.mean_abs_gap, "mean_abs_shift": m.mean_abs_shift}
             row.update({f"P({k})": v for k, v in m.class_probs.items()})
             table.append(row)
@@ -122,7 +123,8 @@ class RewriteResult:
         def line(tag: str, c: Candidate) -> str:
             m = c.metrics
             probs = "  ".join(f"P({k})={v:.4f}" for k, v in m.class_probs.items())
-            control = "" if m.control_accuracy is None else f"  control={m.control_accuracy:.3f}"
+            control = "" if m.control_accuracy is None else (f"  control accuracy={m.control_accuracy:.3f} "
+                                                             f"margin={m.control_margin:.3f}")
             return (f"{tag:<6} ff={m.feature_factor:+.3g} lr={m.lr:.4g}  score={c.score:.4f}  LMS={m.lms:.4f}"
                     f"{control}  gap={m.mean_abs_gap:.4f}  {probs}")
 

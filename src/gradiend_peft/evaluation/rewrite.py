@@ -190,9 +190,9 @@ def search_rewrite(
         key = (float(ff), float(lr))
         if key not in cache:
             cache[key] = inputs.measure(ff, lr)
-        probs, lms, control_acc = cache[key]
+        probs, lms, control = cache[key]
         probs_of[(ff, lr)] = probs
-        return candidate_metrics(probs, base_probs, slots.row_classes, names, ff, lr, lms, control_acc, stage)
+        return candidate_metrics(probs, base_probs, slots.row_classes, names, ff, lr, lms, control, stage)
 
     bar = tqdm(total=len(ffs) * len(grid_lrs) + 1, desc=f"rewrite ({policy})", unit="cand",
                disable=None if progress is None else not progress)
@@ -205,8 +205,8 @@ def search_rewrite(
         def guards_pass(m: CandidateMetrics) -> bool:
             return score_candidates(policy, [m], base_metrics, lms_floor=lms_floor, control_floor=control_floor)[0].feasible
 
-        logger.info("base: LMS %.4f, P %s, control %s", base_metrics.lms, base_metrics.class_probs,
-                    base_metrics.control_accuracy)
+        logger.info("base: LMS %.4f, P %s, control accuracy %s, margin %s", base_metrics.lms,
+                    base_metrics.class_probs, base_metrics.control_accuracy, base_metrics.control_margin)
         for ff in ffs:
             failures = 0
             for i, lr in enumerate(grid_lrs):
