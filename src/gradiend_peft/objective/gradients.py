@@ -28,12 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..tuner.constants import IGNORE_INDEX
 from ..tuner.numerics import linear_per_example_dot
 
 if TYPE_CHECKING:
     from ..tuner.model import GradiendModel
 
-IGNORE_INDEX = -100
 KIND_TO_LABEL_KEY = {"factual": "factual_labels", "alternative": "alternative_labels"}
 
 

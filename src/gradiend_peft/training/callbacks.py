@@ -42,26 +42,17 @@ SIGN_FLIP_KEY = "gradiend_sign_flip"
 
 
 # ----------------------------------------------------------------------------------------- adapter snapshots
-def _adapter_tensors(tuner, adapter_name: str) -> dict[str, torch.Tensor]:
-    """Every parameter and buffer of one adapter (layer slices, encoder bias, gradient scale, kept indices)."""
-    tensors = {}
-    for name, tensor in list(tuner.named_parameters()) + list(tuner.named_buffers()):
-        parts = name.split(".")
-        if len(parts) >= 2 and parts[-1] == adapter_name and parts[-2].startswith("gradiend_"):
-            tensors[name] = tensor
-    return tensors
-
-
 def adapter_snapshot(tuner, adapter_name: str) -> dict[str, torch.Tensor]:
-    """A CPU copy of one adapter's tensors (3n + k floats), restorable with `restore_adapter_snapshot`."""
-    tensors = _adapter_tensors(tuner, adapter_name)
+    """A CPU copy of one adapter's tensors held by ``tuner`` (`GradiendModel.adapter_state_dict`: layer slices,
+    encoder bias, gradient scale, kept indices; 3n + k floats), restorable with `restore_adapter_snapshot`."""
+    tensors = tuner.adapter_state_dict(adapter_name)
     return {name: t.detach().to("cpu", copy=True).contiguous() for name, t in tensors.items()}
 
 
 @torch.no_grad()
 def restore_adapter_snapshot(tuner, adapter_name: str, snapshot: Mapping[str, torch.Tensor]) -> None:
     """Copies a snapshot back into the adapter's tensors, in place (the optimizer keeps its references)."""
-    tensors = _adapter_tensors(tuner, adapter_name)
+    tensors = tuner.adapter_state_dict(adapter_name)
     missing = sorted(set(tensors) - set(snapshot))
     extra = sorted(set(snapshot) - set(tensors))
     if missing or extra:

@@ -88,7 +88,7 @@ class GradiendConfig(PeftConfig):
     class_signs: Optional[dict[str, float]] = field(
         default=None, metadata={"help": "Encoding sign per class; default +1 for the first class, -1 for the second."}
     )
-    objective: str = field(default="auto", metadata={"help": f"One of {OBJECTIVES}."})
+    objective: str = field(default="auto", metadata={"help": f"One of {('auto', *OBJECTIVES)}."})
     normalize_gradients: bool = field(
         default=True, metadata={"help": "Bring gradients to unit RMS (scale calibrated once, saved)."}
     )
@@ -105,6 +105,12 @@ class GradiendConfig(PeftConfig):
         default=None,
         metadata={"help": "Unsupported by GRADIEND (its objective would never train them); must stay None."},
     )
+
+    def module_entries(self) -> dict[str, int]:
+        """Target module -> its input entries ``n_m`` (``kept_entries`` when pruned, else the weight's size), from
+        ``target_shapes``: the whole adapter's, whichever modules a model holds (module sharding)."""
+        kept = self.kept_entries or {}
+        return {m: int(kept[m]) if m in kept else math.prod(shape) for m, shape in (self.target_shapes or {}).items()}
 
     @classmethod
     def check_kwargs(cls, **kwargs):
@@ -134,8 +140,8 @@ class GradiendConfig(PeftConfig):
                 raise ValueError(
                     f"Unknown {name} {getattr(self, name)!r}; choose one of {list(GRADIENT_KINDS)}."
                 )
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"Unknown objective {self.objective!r}; choose one of {list(OBJECTIVES)}.")
+        if self.objective not in ("auto", *OBJECTIVES):
+            raise ValueError(f"Unknown objective {self.objective!r}; choose one of {['auto', *OBJECTIVES]}.")
         if self.target_parameters:
             raise ValueError("GRADIEND targets modules, not bare parameters: leave target_parameters=None.")
         check_modules_to_save(self.modules_to_save)
