@@ -117,7 +117,11 @@ def test_a_shard_refuses_merging_steering_and_encoding():
     for what, call in [("Merging", lambda: model.merge_and_unload(feature_factor=1.0, lr=1.0)),
                        ("Steering", lambda: tuner.set_steering(1.0, 1.0)),
                        ("Decoding", lambda: tuner.decode(1.0)),
-                       ("reset_adapter", lambda: tuner.reset_adapter())]:
+                       ("reset_adapter", lambda: tuner.reset_adapter()),
+                       # the objective without a shard computes over the whole adapter: it refuses a share of it
+                       ("Encoding rows", lambda: encode_rows(tuner, masked_lm_batch())),
+                       ("The GRADIEND loss", lambda: reconstruction_loss(tuner, masked_lm_batch())),
+                       ("The per-example GRADIEND loss", lambda: per_example_reconstruction_loss(tuner, masked_lm_batch()))]:
         with pytest.raises(RuntimeError, match=f"{what}.*holds 6 of its 12 target modules.*load_gradiend_model"):
             call()
 

@@ -7,7 +7,8 @@
 2. `BestAdapterCallback`: keep the adapter of the evaluation with the highest ``|correlation|`` and restore it at
    the end (persisted into every checkpoint, so a resumed run restores the same adapter);
 3. `ConvergenceCallback`: at the end, the convergence verdict (METHOD.md) goes into ``trainer.training_summary``
-   and, with the training history, into a JSON file in ``output_dir``.
+   and, with the training history, into a JSON file in ``output_dir``;
+4. `ResumePointsCallback`: what a resumed run restores beyond the Trainer's own state.
 
 The callbacks find the model, the optimizer and the metrics in the keyword arguments the Trainer passes.
 """
@@ -382,3 +383,20 @@ class ConvergenceCallback(TrainerCallback):
         history_file = getattr(args, "history_file", None)
         if history_file and state.is_world_process_zero and args.output_dir:
             atomic_write_json(os.path.join(args.output_dir, history_file), {**history, "summary": summary})
+
+
+# ---------------------------------------------------------------------------------------------------- resuming
+class ResumePointsCallback(TrainerCallback):
+    """What a resumed run restores beyond the Trainer's own state, for a `GradiendTrainer`: before each epoch's
+    iterator is made, the training sampler's epoch, ``global_step // updates per epoch`` (the Trainer's own count), so
+    that a resumed run continues the interrupted epoch's group order."""
+
+    def __init__(self, trainer: Any) -> None:
+        self.trainer = trainer
+
+    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        sampler = self.trainer._train_sampler
+        if sampler is None or train_dataloader is None:
+            return
+        updates = max(1, len(train_dataloader) // args.gradient_accumulation_steps)
+        sampler.set_epoch(state.global_step // updates)
