@@ -387,12 +387,17 @@ class ConvergenceCallback(TrainerCallback):
 
 # ---------------------------------------------------------------------------------------------------- resuming
 class ResumePointsCallback(TrainerCallback):
-    """What a resumed run restores beyond the Trainer's own state, for a `GradiendTrainer`: before each epoch's
-    iterator is made, the training sampler's epoch, ``global_step // updates per epoch`` (the Trainer's own count), so
-    that a resumed run continues the interrupted epoch's group order."""
+    """What a resumed run restores beyond the Trainer's own state, for a `GradiendTrainer`: at the start of training,
+    a half-precision adapter's float32 masters from the checkpoint (after the Trainer loaded the rounded adapter;
+    ``trainer._restore_masters``); before each epoch's iterator is made, the training sampler's epoch,
+    ``global_step // updates per epoch`` (the Trainer's own count), so that a resumed run continues the interrupted
+    epoch's group order."""
 
     def __init__(self, trainer: Any) -> None:
         self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer._restore_masters()
 
     def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
         sampler = self.trainer._train_sampler

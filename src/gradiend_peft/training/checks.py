@@ -1,17 +1,21 @@
 """Checks `GradiendTrainer` runs before training: its arguments, the rows, the adapter's classes, trainability,
-precision and the checkpoint to resume from. Each refuses what cannot work with a message naming the fix."""
+precision, the checkpoint to resume from and the output folder of a new run. Each refuses what cannot work with a
+message naming the fix."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import shutil
 from typing import Any, Optional
 
 import torch
 
 from ..loading import INDEX_NAME
+from ..tuner.config import FUNCTION_FIELDS
 from .arguments import GradiendTrainingArguments, bf16_supported
+from .checkpoints import checkpoint_folders
 
 logger = logging.getLogger(__name__)
 
@@ -125,9 +129,10 @@ def check_checkpoint_unfinished(checkpoint: str, max_steps: int) -> None:
 
 
 def check_checkpoint_fits(checkpoint: str, config, adapter: str, shards: int = 1) -> dict[str, Any]:
-    """Refuses to resume from a checkpoint whose adapter is not this GRADIEND adapter (another PEFT method, other
-    target modules, latent size or pruning) or that another number of ``adapter_shards`` wrote, naming the mismatch,
-    before any state is restored. Returns the checkpoint's saved config."""
+    """Refuses to resume from a checkpoint whose adapter is not this GRADIEND adapter (another PEFT method, or any
+    config field that changes what the adapter computes, `gradiend_peft.tuner.config.FUNCTION_FIELDS`: the fields are
+    named) or that another number of ``adapter_shards`` wrote, before any state is restored. Returns the checkpoint's
+    saved config."""
     if not os.path.isdir(checkpoint):
         raise ValueError(f"resume_from_checkpoint={checkpoint!r} is not a folder. Pass a checkpoint-<step> folder of "
                          "output_dir, or True for the last one.")
@@ -143,7 +148,7 @@ def check_checkpoint_fits(checkpoint: str, config, adapter: str, shards: int = 1
         kind = saved.get("peft_type") if isinstance(saved, dict) else None
         problems.append(f"it holds a {kind} adapter, not a GRADIEND one")
     else:
-        for key in ("target_shapes", "latent_dim", "kept_entries", "decoder_bias", "source", "target"):
+        for key in FUNCTION_FIELDS:
             ours, theirs = getattr(config, key), saved.get(key)
             if theirs == ours:
                 continue
@@ -163,6 +168,31 @@ def check_checkpoint_fits(checkpoint: str, config, adapter: str, shards: int = 1
             "GRADIEND configuration (or start a new run in another output_dir)."
         )
     return saved
+
+
+def claim_output_dir(args: GradiendTrainingArguments) -> bool:
+    """Refuses a new run into an ``output_dir`` that holds another run's ``checkpoint-<step>`` folders: the new run
+    would overwrite them one by one, the Trainer's rotation (``save_total_limit``) would delete either run's, and
+    ``resume_from_checkpoint=True`` would pick the other run's newest. With ``overwrite_output_dir=True`` those folders
+    are deleted first (by the saving process). Returns whether any were deleted.
+    """
+    folders = checkpoint_folders(args.output_dir)
+    if not folders:
+        return False
+    names = [os.path.basename(f) for f in folders]
+    if not args.overwrite_output_dir:
+        raise ValueError(
+            f"output_dir {args.output_dir!r} already holds checkpoints of another run ({', '.join(names[:3])}"
+            f"{', ...' if len(names) > 3 else ''}); a new run would overwrite them. Resume that run with "
+            "trainer.train(resume_from_checkpoint=True), or start over with GradiendTrainingArguments("
+            "overwrite_output_dir=True), which deletes them (or choose another output_dir)."
+        )
+    if args.should_save:
+        logger.warning("overwrite_output_dir=True: deleting the checkpoints of another run in %s: %s.",
+                       args.output_dir, names)
+        for folder in folders:
+            shutil.rmtree(folder)
+    return True
 
 
 def _infer_class_pair(dataset) -> Optional[tuple[str, str]]:

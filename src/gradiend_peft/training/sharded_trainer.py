@@ -93,6 +93,8 @@ class ShardedTraining:
     """`GradiendTrainer`'s module-sharding behaviour (see the module docstring); a base class of
     `ShardedGradiendTrainer` only."""
 
+    _checkpoints_hold_masters = True  # a shard file holds the live (float32 master) tensors
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._setup_sharding()

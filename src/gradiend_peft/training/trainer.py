@@ -28,7 +28,8 @@ through a public hook of the Trainer:
   encodings in dataset order.
 - **Mixed precision**: the adapter trains in float32; ``bf16=True`` autocasts only the base model's forward pass (and so
   its backward), never the adapter's sums over millions of entries. A bf16-stored base works as well; a bf16/fp16-stored
-  adapter trains as float32 masters, rounded back once at the end (`gradiend_peft.training.precision`).
+  adapter trains as float32 masters, rounded back once at the end; checkpoints carry the masters beside the rounded
+  adapter, so resuming is exact (`gradiend_peft.training.precision`).
 - **Callbacks**: sign normalisation, best adapter, convergence verdict and history (see `callbacks`), then the
   user's callbacks.
 - **Module sharding** (``adapter_shards=P > 1``): ``GradiendTrainer(...)`` builds a `ShardedGradiendTrainer`, where
@@ -41,6 +42,7 @@ through a public hook of the Trainer:
 from __future__ import annotations
 
 import logging
+import os
 import re
 from typing import Any, Optional
 
@@ -48,7 +50,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from transformers import EvalPrediction, Trainer
-from transformers.trainer_utils import PredictionOutput
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, PredictionOutput
 
 from ..objective import (
     NonFiniteGradientError,
@@ -71,11 +73,12 @@ from .checks import (
     check_rows,
     check_trainable,
     check_trainer_arguments,
+    claim_output_dir,
     first_dataset,
     prepare_feature_classes,
 )
 from .distributed import average_gradients, end_distributed_training
-from .precision import float32_masters, storage_state_dict
+from .precision import float32_masters, load_masters, save_masters, stored_precision
 from .sampler import ROW_INDEX, ClassGroupedBatchSampler, IndexedCollator, each_row_once, row_classes
 from .sharded_trainer import ShardedTraining
 
@@ -106,6 +109,7 @@ class GradiendTrainer(Trainer):
     """
 
     _shard = None  # the objective's shard (`gradiend_peft.objective.sharded.Shard`): None, the whole adapter here
+    _checkpoints_hold_masters = False  # a checkpoint's adapter file holds the rounded half-precision values
 
     def __new__(cls, *args: Any, **kwargs: Any) -> "GradiendTrainer":
         arguments = kwargs.get("args", args[1] if len(args) > 1 else None)
@@ -158,6 +162,8 @@ class GradiendTrainer(Trainer):
         self._class_cache: dict[int, list] = {}
         self._metric_rows = None  # the rows of the evaluation in progress (compute_metrics reads their classes)
         self.training_summary: Optional[dict] = None  # the convergence verdict of the last train()
+        self._storage_dtypes: dict[str, torch.dtype] = {}  # while training a half-precision adapter's masters
+        self._resuming: Optional[str] = None  # the checkpoint train() resumes from
 
     # ----------------------------------------------------------------------------------------- accessors
     @property
@@ -409,9 +415,14 @@ class GradiendTrainer(Trainer):
 
         Args:
             resume_from_checkpoint (`str` or `bool`, *optional*): A checkpoint folder, or ``True`` for the last one
-                in ``output_dir``: training continues exactly where it stopped (adapter, optimizer, data order,
-                best adapter so far). A checkpoint of another adapter, or of another ``adapter_shards``, is refused,
-                naming the mismatch.
+                in ``output_dir``: training continues exactly where it stopped (adapter, a half-precision adapter's
+                float32 masters, optimizer, data order, best adapter so far, class signs).
+
+        Raises:
+            `ValueError`: resuming from a checkpoint of another adapter (another PEFT method, or a GRADIEND
+                configuration that computes otherwise: the field is named) or of another ``adapter_shards``; starting
+                a new run into an ``output_dir`` that holds another run's checkpoints (resume it, or
+                ``overwrite_output_dir=True``).
         """
         if resume_from_checkpoint is False:
             resume_from_checkpoint = None
@@ -419,10 +430,13 @@ class GradiendTrainer(Trainer):
             resume_from_checkpoint = self._agreed_checkpoint(lambda: last_complete_checkpoint(self.args.output_dir))
             if resume_from_checkpoint is None:
                 raise ValueError(f"No checkpoint found in output_dir ({self.args.output_dir}) to resume from.")
+        config = self.tuner.peft_config[self.adapter_name]
         if resume_from_checkpoint is not None:
-            check_checkpoint_fits(resume_from_checkpoint, self.tuner.peft_config[self.adapter_name],
-                                  self.adapter_name, self.args.adapter_shards)
+            saved = check_checkpoint_fits(resume_from_checkpoint, config, self.adapter_name, self.args.adapter_shards)
             check_checkpoint_unfinished(resume_from_checkpoint, self.args.max_steps)
+            config.class_signs = saved.get("class_signs") or config.class_signs  # as sign normalisation left them
+        elif claim_output_dir(self.args) and self.args.world_size > 1:
+            self.accelerator.wait_for_everyone()  # process 0 removed the old checkpoints
         self.tuner.check_unmerged("Training")
         self._signs.reset()
         self._best.reset()
@@ -434,20 +448,38 @@ class GradiendTrainer(Trainer):
         eval_on_start = self.args.eval_on_start
         if resume_from_checkpoint is not None:
             self.args.eval_on_start = False
+        self._resuming = resume_from_checkpoint
         try:
             with float32_masters(self.model, self.adapter_name, self.args.seed) as self._storage_dtypes:
                 output = super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
                                        ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
         finally:
             self.args.eval_on_start = eval_on_start
+            self._resuming, self._storage_dtypes = None, {}
         self.training_summary = self._convergence.summary
         return output
 
+    def _restore_masters(self) -> None:
+        """At the start of a resumed run (after the Trainer loaded the checkpoint's rounded adapter): a half-precision
+        adapter's float32 masters from the checkpoint."""
+        if self._resuming is None or not self._storage_dtypes or self._checkpoints_hold_masters:
+            return
+        if not load_masters(self.model, self.adapter_name, self._storage_dtypes, self._resuming):
+            logger.warning("Checkpoint %s holds no float32 masters of the half-precision adapter (an older version wrote "
+                           "it): training continues from its rounded values, not exactly where it stopped.",
+                           self._resuming)
+
     def _save(self, output_dir: Optional[str] = None, state_dict=None) -> None:
-        """The Trainer's save; a half-precision adapter training as float32 masters is saved in its storage dtype."""
-        if state_dict is None and getattr(self, "_storage_dtypes", None):
-            state_dict = storage_state_dict(self.model, self._storage_dtypes, self.args.seed)
-        super()._save(output_dir, state_dict=state_dict)
+        """The Trainer's save; a half-precision adapter training as float32 masters is saved in its storage dtype, and
+        a checkpoint also gets the masters (`gradiend_peft.training.precision.save_masters`)."""
+        if state_dict is not None or not self._storage_dtypes:
+            return super()._save(output_dir, state_dict=state_dict)
+        with stored_precision(self.model, self.adapter_name, self._storage_dtypes, self.args.seed):
+            super()._save(output_dir)
+        folder = output_dir if output_dir is not None else self.args.output_dir
+        if self.args.should_save and os.path.basename(os.path.normpath(folder)) == \
+                f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}":
+            save_masters(self.model, self.adapter_name, self._storage_dtypes, folder)
 
     def end_training(self) -> bool:
         """Ends a multi-process run: waits for every process, releases the DDP wrapper and destroys the process group.

@@ -194,6 +194,14 @@ class GradiendConfig(PeftConfig):
                 raise ValueError(f"kept_entries must map module names to non-negative integers, got {bad!r}.")
 
 
+FUNCTION_FIELDS = ("target_shapes", "kept_entries", "latent_dim", "activation", "decoder_bias", "source", "target",
+                   "objective", "normalize_gradients", "feature_classes")
+"""The config fields that change what an adapter computes from a gradient, or what its training optimises (a resumed
+training refuses a checkpoint that differs in any of them). The others are metadata: merge defaults (``feature_factor``,
+``lr``), ``init_seed``, ``class_signs`` (sign normalisation flips them during training), the base model's name, and
+the target patterns (``target_shapes`` records what they matched)."""
+
+
 def check_modules_to_save(modules_to_save) -> None:
     """Refuses peft's ``modules_to_save`` for GRADIEND.
 
