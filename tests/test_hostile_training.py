@@ -103,6 +103,11 @@ def test_resuming_refuses_every_config_change_that_changes_what_the_adapter_comp
             trainer.train(resume_from_checkpoint=str(other))
         after = _adapter_values(trainer.model)
         assert all(torch.equal(after[k], v) for k, v in before.items()), field
+    sharded = tmp_path / "sharded"  # a module-sharded run's checkpoint (an index beside the shard files)
+    shutil.copytree(checkpoint, sharded)
+    (sharded / "adapter_model.safetensors.index.json").write_text('{"metadata": {}, "weight_map": {}}')
+    with pytest.raises(ValueError, match=r"written by a run with adapter_shards > 1, and this trainer runs without"):
+        _trainer(tmp_path / "run", data, family="bert", max_steps=4).train(resume_from_checkpoint=str(sharded))
     # class signs are the training's state (sign normalisation negates them): a resumed run takes the checkpoint's
     flipped = tmp_path / "flipped"
     shutil.copytree(checkpoint, flipped)

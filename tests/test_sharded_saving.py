@@ -121,7 +121,8 @@ def test_a_shard_refuses_merging_steering_and_encoding():
                        # the objective without a shard computes over the whole adapter: it refuses a share of it
                        ("Encoding rows", lambda: encode_rows(tuner, masked_lm_batch())),
                        ("The GRADIEND loss", lambda: reconstruction_loss(tuner, masked_lm_batch())),
-                       ("The per-example GRADIEND loss", lambda: per_example_reconstruction_loss(tuner, masked_lm_batch()))]:
+                       ("The per-example GRADIEND loss",
+                        lambda: per_example_reconstruction_loss(tuner, masked_lm_batch()))]:
         with pytest.raises(RuntimeError, match=f"{what}.*holds 6 of its 12 target modules.*load_gradiend_model"):
             call()
 

@@ -17,10 +17,10 @@ for its modules ``M_p`` only, and a copy of ``b_e`` and ``s``), each process com
 The objective's functions take ``shard=Shard(group)`` and compute each process's partial sums over its own
 modules; `Shard.sum` all-reduces them. Backward: ``all_reduce`` is differentiable (`all_reduce_sum`); its backward
 is again a sum over the processes, so ``dloss/dh = sum_p dloss_p/dh`` reaches every process and each ``E_m`` gets its
-exact gradient. ``D_m`` and ``c_m`` appear in ``loss_p`` only. The replicated ``b_e`` gets ``dloss_p/db_e`` on process ``p``; its gradient is the sum
-over the processes (`all_reduce_encoder_bias_grad`, once per optimizer step). The gradient scale ``s`` is
-``1 / RMS`` over all ``n`` entries: each process sums the squares and counts the entries of its modules and one
-all-reduce of those two numbers gives the totals (`moments_reducer`, `Shard.calibrate`).
+exact gradient. ``D_m`` and ``c_m`` appear in ``loss_p`` only. The replicated ``b_e`` gets ``dloss_p/db_e`` on
+process ``p``; its gradient is the sum over the processes (`all_reduce_encoder_bias_grad`, once per optimizer step).
+The gradient scale ``s`` is ``1 / RMS`` over all ``n`` entries: each process sums the squares and counts the entries
+of its modules and one all-reduce of those two numbers gives the totals (`moments_reducer`, `Shard.calibrate`).
 
 Per step: one all-reduce of ``k`` numbers forward, one of ``k`` backward, one of ``k + 1`` for the encoder bias'
 gradient (and the summed loss, so that every process agrees on a non-finite one). A process whose base-model

@@ -159,9 +159,10 @@ def check_checkpoint_fits(checkpoint: str, config, adapter: str, shards: int = 1
                 problems.append(f"its {key} is {theirs!r}, this adapter's is {ours!r}")
         sharded = os.path.isfile(os.path.join(folder, INDEX_NAME))
         if sharded != (shards > 1):
-            problems.append(f"it was written by a run {'with' if sharded else 'without'} adapter_shards > 1, and this "
-                            f"trainer runs {'with' if shards > 1 else 'without'} (resume with the adapter_shards it was "
-                            "trained with; load_gradiend_model loads either kind as one adapter)")
+            problems.append(
+                f"it was written by a run {'with' if sharded else 'without'} adapter_shards > 1, and this trainer runs "
+                f"{'with' if shards > 1 else 'without'} (resume with the adapter_shards it was trained with; "
+                "load_gradiend_model loads either kind as one adapter)")
     if problems:
         raise ValueError(
             f"Cannot resume from {checkpoint!r}: {'; '.join(problems)}. Resume only from checkpoints of the same "

@@ -87,7 +87,7 @@ def rounding_generator(seed: int, device: Union[str, torch.device] = "cpu") -> t
 
 
 def _is_encoder_weight(name: str) -> bool:
-    """``...gradiend_encoder`` (`GradiendModel.adapter_state_dict`) or ``...gradiend_encoder.<adapter>`` (the model's)."""
+    """``...gradiend_encoder`` (`GradiendModel.adapter_state_dict`'s name) or ``...gradiend_encoder.<adapter>``."""
     return ".gradiend_encoder." in f"{name}."
 
 

@@ -16,10 +16,9 @@ through a public hook of the Trainer:
   squared error, which is comparable across model sizes.
 - **Gradient accumulation**: every row group is one sample, so accumulated steps average the groups' losses
   (``model_accepts_loss_kwargs = False``: the Trainer divides by the number of accumulated groups).
-- **Several processes** (`training_step`): the GRADIEND objective is not a forward pass of the model, so it is not
-  routed through DDP's forward; instead, at the end of each accumulation cycle the adapter's gradients are averaged
-  over the processes (one all-reduce per step), which is what DDP would do. ``N`` processes equal one process with
-  ``N`` times the accumulation.
+- **Several processes** (`training_step`): the objective is not a forward pass of the model, so DDP's forward does
+  not apply; at the end of each accumulation cycle the adapter's gradients are averaged over the processes (one
+  all-reduce per step), as DDP would. ``N`` processes equal one process with ``N`` times the accumulation.
 - **Evaluation** (`prediction_step`, `compute_metrics`): the Trainer's own loop. Each row is encoded on its own (one
   backward pass per row group, under ``torch.enable_grad()``); the predictions are the encodings (and the group's
   reconstruction MSE with ``compute_eval_loss``), the label ids the rows' indices; the metrics are
@@ -149,7 +148,8 @@ class GradiendTrainer(Trainer):
         self._signs = SignNormalizationCallback(threshold=args.sign_flip_below, metric_prefix=prefix)
         self._best = BestAdapterCallback(metric_prefix=prefix, restore=args.restore_best_adapter)
         self._convergence = ConvergenceCallback(self._best, list(config.feature_classes or []), metric_prefix=prefix)
-        own = ([self._signs] if args.sign_normalization else []) + [self._best, self._convergence, ResumePointsCallback(self)]
+        own = [self._signs] if args.sign_normalization else []
+        own += [self._best, self._convergence, ResumePointsCallback(self)]
         self.user_callbacks = list(callbacks or [])
         self.init_kwargs = dict(kwargs)
         super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
@@ -354,7 +354,7 @@ class GradiendTrainer(Trainer):
         torch.distributed.broadcast_object_list(answer, src=0)
         return answer[0]
 
-    def _load_best_record(self, checkpoint: str) -> bool:
+    def _load_best_record(self, checkpoint: str) -> bool:  # sharded: every shard's record, or none
         return self._best.load(checkpoint)
 
     def _last_checkpoint_hint(self) -> str:
@@ -465,8 +465,8 @@ class GradiendTrainer(Trainer):
         if self._resuming is None or not self._storage_dtypes or self._checkpoints_hold_masters:
             return
         if not load_masters(self.model, self.adapter_name, self._storage_dtypes, self._resuming):
-            logger.warning("Checkpoint %s holds no float32 masters of the half-precision adapter (an older version wrote "
-                           "it): training continues from its rounded values, not exactly where it stopped.",
+            logger.warning("Checkpoint %s holds no float32 masters of the half-precision adapter (an older version "
+                           "wrote it): training continues from its rounded values, not exactly where it stopped.",
                            self._resuming)
 
     def _save(self, output_dir: Optional[str] = None, state_dict=None) -> None:
