@@ -26,7 +26,9 @@ class GradiendConfig(PeftConfig):
     Args:
         target_modules (`list[str]` or `str`, *optional*):
             Module names (suffix match), a regular expression (full match), or ``"all-linear"``. ``None`` takes the
-            per-architecture default (every attention and MLP projection of every block).
+            per-architecture default (every attention and MLP projection of every block). A regular expression whose
+            matching could backtrack for minutes is refused (`check_pattern_cost`). With ``target_shapes`` (every
+            saved adapter's config) exactly the recorded modules are targeted and no pattern is matched.
         exclude_modules (`list[str]` or `str`, *optional*): Modules never targeted.
         layers_to_transform (`list[int]` or `int`, *optional*): Only these block indices (with list targets).
         layers_pattern (`list[str]` or `str`, *optional*): The name of the block list, e.g. ``"layers"``.
@@ -155,8 +157,13 @@ class GradiendConfig(PeftConfig):
                         f"{name}={value!r} is not a valid regular expression ({err}). A string is matched with "
                         "re.fullmatch against full module names; pass a list of names for suffix matching instead."
                     ) from err
+                if self.target_shapes is None:  # a saved adapter's modules are its target_shapes (no matching)
+                    check_pattern_cost(name, value)
             elif value is not None and not isinstance(value, str):
                 raise ValueError(f"{name} must be a list of module names, a regular expression or None, got {value!r}.")
+        if self.target_shapes is None and self.layers_pattern is not None:
+            for pattern in [self.layers_pattern] if isinstance(self.layers_pattern, str) else self.layers_pattern:
+                check_pattern_cost("layers_pattern", str(pattern))
         if self.feature_classes is not None:
             classes = list(self.feature_classes)
             if len(classes) != 2 or len(set(classes)) != 2 or not all(isinstance(c, str) and c for c in classes):
@@ -186,6 +193,79 @@ class GradiendConfig(PeftConfig):
             bad = {k: v for k, v in self.kept_entries.items() if isinstance(v, bool) or not isinstance(v, int) or v < 0}
             if bad:
                 raise ValueError(f"kept_entries must map module names to non-negative integers, got {bad!r}.")
+
+
+MAX_VARIABLE_REPEATS = 3
+"""The most variable-length repeats (``*``, ``+``, ``{m,}``, ``{m,n}``) a module-name regex may hold: peft matches it
+against every module name, and the worst case of ``k`` repeats grows like ``len(name) ** k``."""
+
+
+def check_pattern_cost(name: str, pattern: str) -> None:
+    """Refuses a module-name regex whose matching can take exponential or high-polynomial time.
+
+    peft matches ``target_modules`` and ``exclude_modules`` with ``re.fullmatch`` against every module name of the
+    model (``layers_pattern`` is placed inside such a regex), and Python's backtracking matcher can take longer than
+    any user would wait: ``"(.*)*X"`` kept a load busy past 90 s. Refused are a repeat inside a repeat (nested
+    quantifiers such as ``(.*)*`` or ``(\\w+\\.)*``), a repeated alternation of multi-character branches
+    (``(a|aa)*``), and more than `MAX_VARIABLE_REPEATS` variable-length repeats in all.
+
+    Raises:
+        `ValueError`: naming the argument, what makes the pattern slow and the fix.
+    """
+    try:
+        from re import _parser as sre_parse  # Python >= 3.11
+    except ImportError:  # pragma: no cover - Python 3.10
+        import sre_parse
+
+    repeats = {sre_parse.MAX_REPEAT, sre_parse.MIN_REPEAT, getattr(sre_parse, "POSSESSIVE_REPEAT", None)}
+
+    def variable(args) -> bool:
+        low, high, _ = args
+        return high != low and (high == sre_parse.MAXREPEAT or high > 1)
+
+    def children(op, args) -> list:
+        if op in repeats:
+            return [args[2]]
+        if op == sre_parse.SUBPATTERN:
+            return [args[3]]
+        if op == sre_parse.BRANCH:
+            return list(args[1])
+        if op in (sre_parse.ASSERT, sre_parse.ASSERT_NOT):
+            return [args[1]]
+        if op == sre_parse.GROUPREF_EXISTS:
+            return [branch for branch in args[1:] if branch is not None]
+        if op == getattr(sre_parse, "ATOMIC_GROUP", None):
+            return [args]
+        return []
+
+    def walk(parsed, inside_repeat: bool) -> int:
+        count = 0
+        for op, args in parsed:
+            repeated = op in repeats and args[1] > 1  # its body may be matched more than once
+            if inside_repeat and op in repeats and variable(args):
+                problem = "a repeat inside a repeat (nested quantifiers)"
+            elif inside_repeat and op == sre_parse.BRANCH:
+                problem = "a repeated alternation"
+            else:
+                problem = None
+            if problem:
+                raise ValueError(
+                    f"{name}={pattern!r} holds {problem}: matching it against the model's module names can take "
+                    "exponential time (catastrophic backtracking). Write it without nesting, e.g. '.*' for any "
+                    "dotted prefix, or pass a list of module names (suffix match, no regular expression)."
+                )
+            count += op in repeats and variable(args)
+            for child in children(op, args):
+                count += walk(child, inside_repeat or repeated)
+        return count
+
+    count = walk(sre_parse.parse(pattern), False)
+    if count > MAX_VARIABLE_REPEATS:
+        raise ValueError(
+            f"{name}={pattern!r} holds {count} variable-length repeats (*, +, {{m,n}}); more than "
+            f"{MAX_VARIABLE_REPEATS} can make matching it against every module name take very long. Simplify it, or "
+            "pass a list of module names (suffix match, no regular expression)."
+        )
 
 
 def check_modules_to_save(modules_to_save) -> None:

@@ -11,7 +11,7 @@ from peft.tuners._buffer_dict import BufferDict
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
-from .config import GradiendConfig, check_modules_to_save
+from .config import GradiendConfig, check_modules_to_save, check_pattern_cost
 from .constants import ADAPTER_PREFIX
 from .constants import MASKED_LM_MODEL_TYPES, TRANSFORMERS_MODELS_TO_GRADIEND_TARGET_MODULES_MAPPING
 from .layer import Embedding, GradiendLayer, layer_class_for
@@ -73,11 +73,20 @@ class GradiendModel(MergingMixin, BaseTuner):
                     f"{sorted(self.target_module_mapping)}."
                 )
             peft_config.target_modules = default
+        if peft_config.target_shapes is None:  # the patterns will be matched: refuse those that would take forever
+            for name in ("target_modules", "exclude_modules"):
+                value = getattr(peft_config, name)
+                if isinstance(value, str) and value != "all-linear":
+                    check_pattern_cost(name, value)
         if peft_config.objective == "auto":
             peft_config.objective = _infer_objective(self.model, model_config)
         return peft_config
 
     def _check_target_module_exists(self, peft_config: GradiendConfig, key: str) -> Any:
+        if peft_config.target_shapes is not None:
+            # a saved (or copied) adapter targets exactly the modules it recorded: no pattern is matched, so a
+            # crafted target_modules regex cannot stall loading
+            return key in peft_config.target_shapes
         if peft_config.include_embeddings:
             if self.__dict__.get("_embedding_target") is None:
                 self.__dict__["_embedding_target"] = self._embedding_name()
@@ -116,6 +125,13 @@ class GradiendModel(MergingMixin, BaseTuner):
             if "not found in the base model" not in str(err) and "No modules were targeted" not in str(err):
                 raise
             candidates = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if layer_class_for(m)})
+            if loading:
+                raise type(err)(
+                    f"This GRADIEND adapter ({_origin(config)}) does not fit this model: it targets modules "
+                    f"{sorted(config.target_shapes)[:5]} (its target_shapes), and this model has none of them (its "
+                    f"Linear/Conv1D/Embedding module names end in {candidates}). Load it onto the base model it was "
+                    "trained on."
+                ) from err
             raise type(err)(
                 f"{err} GRADIEND found no module matching target_modules={config.target_modules!r}. The model's "
                 f"Linear/Conv1D/Embedding module names end in: {candidates}. Pass some of these, a regular expression "
@@ -432,7 +448,7 @@ def _infer_objective(model: nn.Module, model_config: dict) -> str:
 def _check_shapes(config: GradiendConfig, shapes: dict[str, list[int]]) -> None:
     """Refuses an adapter whose recorded target shapes differ from this model's (checked in module order)."""
     expected = {name: list(shape) for name, shape in (config.target_shapes or {}).items()}
-    origin = f"made for {config.base_model_name_or_path!r}" if config.base_model_name_or_path else "made for another model"
+    origin = _origin(config)
     missing = [name for name in expected if name not in shapes]
     extra = [name for name in shapes if name not in expected]
     if missing or extra:
@@ -447,3 +463,8 @@ def _check_shapes(config: GradiendConfig, shapes: dict[str, list[int]]) -> None:
                 f"Module {name!r} has weight shape {tuple(shape)} in this model but {tuple(expected[name])} in the "
                 f"GRADIEND adapter ({origin}). Load it onto the base model it was trained on."
             )
+
+
+def _origin(config: GradiendConfig) -> str:
+    """Where an adapter comes from, for messages refusing it on another model."""
+    return f"made for {config.base_model_name_or_path!r}" if config.base_model_name_or_path else "made for another model"
