@@ -55,9 +55,19 @@ def parse_layers(spec: Optional[str]) -> Optional[list[int]]:
 
 
 def layer_targets(model: torch.nn.Module, layers: Sequence[int], target_modules: Optional[Sequence[str]] = None) -> str:
-    """A regular expression selecting the default (or given) target modules of the given blocks only."""
+    """A regular expression selecting the default (or given) target modules of the given blocks only.
+
+    Raises:
+        `ValueError`: for blocks the model does not have, naming its block count.
+    """
+    from ..planning.meta import block_list
     from ..tuner.constants import TRANSFORMERS_MODELS_TO_GRADIEND_TARGET_MODULES_MAPPING as DEFAULTS
 
+    _, blocks = block_list(model)
+    missing = sorted(i for i in set(layers) if i >= blocks)
+    if blocks and missing:
+        raise ValueError(f"--layers: blocks {missing} do not exist: the model has {blocks} blocks (0-{blocks - 1}). "
+                         f"Pass blocks in that range, e.g. --layers {max(0, blocks - 2)}-{blocks - 1}.")
     block_index = "|".join(str(i) for i in layers)
     if target_modules:
         names = "|".join(re.escape(t) for t in target_modules)

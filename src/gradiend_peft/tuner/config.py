@@ -189,6 +189,12 @@ class GradiendConfig(PeftConfig):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
                 raise ValueError(f"{name} must be a finite number (int or float), got {value!r}, e.g. {name}=1.0.")
             setattr(self, name, float(value))
+        seed = self.init_seed
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not -2**63 <= seed < 2**64):
+            raise ValueError(  # the range torch.Generator.manual_seed takes
+                f"init_seed must be an integer (or None), got {seed!r} ({type(seed).__name__}); e.g. init_seed=7, a "
+                "number, not a string."
+            )
         if self.kept_entries is not None:
             bad = {k: v for k, v in self.kept_entries.items() if isinstance(v, bool) or not isinstance(v, int) or v < 0}
             if bad:
