@@ -122,6 +122,24 @@ class GradiendConfig(PeftConfig):
             self.target_modules = sorted(self.target_modules)
         self._validate()
 
+    def check_patterns(self) -> None:
+        """Refuses module-name patterns (``target_modules``, ``exclude_modules``, ``layers_pattern``) whose matching
+        could backtrack for minutes (`check_pattern_cost`). A config with ``target_shapes`` (a saved adapter's)
+        matches no pattern, so nothing is checked then.
+
+        Raises:
+            `ValueError`: naming the pattern, the problem and the fix.
+        """
+        if self.target_shapes is not None:
+            return
+        for name in ("target_modules", "exclude_modules"):
+            value = getattr(self, name)
+            if isinstance(value, str) and value != "all-linear":
+                check_pattern_cost(name, value)
+        layers = self.layers_pattern
+        for pattern in [layers] if isinstance(layers, str) else (layers or []):
+            check_pattern_cost("layers_pattern", str(pattern))
+
     def _validate(self) -> None:
         if (isinstance(self.latent_dim, bool) or not isinstance(self.latent_dim, int)
                 or not 0 < self.latent_dim <= MAX_LATENT_DIM):
@@ -157,13 +175,9 @@ class GradiendConfig(PeftConfig):
                         f"{name}={value!r} is not a valid regular expression ({err}). A string is matched with "
                         "re.fullmatch against full module names; pass a list of names for suffix matching instead."
                     ) from err
-                if self.target_shapes is None:  # a saved adapter's modules are its target_shapes (no matching)
-                    check_pattern_cost(name, value)
             elif value is not None and not isinstance(value, str):
                 raise ValueError(f"{name} must be a list of module names, a regular expression or None, got {value!r}.")
-        if self.target_shapes is None and self.layers_pattern is not None:
-            for pattern in [self.layers_pattern] if isinstance(self.layers_pattern, str) else self.layers_pattern:
-                check_pattern_cost("layers_pattern", str(pattern))
+        self.check_patterns()
         if self.feature_classes is not None:
             classes = list(self.feature_classes)
             if len(classes) != 2 or len(set(classes)) != 2 or not all(isinstance(c, str) and c for c in classes):
@@ -265,7 +279,11 @@ def check_pattern_cost(name: str, pattern: str) -> None:
                 count += walk(child, inside_repeat or repeated)
         return count
 
-    count = walk(sre_parse.parse(pattern), False)
+    try:
+        parsed = sre_parse.parse(pattern)
+    except re.error as err:
+        raise ValueError(f"{name}={pattern!r} is not a valid regular expression ({err}).") from err
+    count = walk(parsed, False)
     if count > MAX_VARIABLE_REPEATS:
         raise ValueError(
             f"{name}={pattern!r} holds {count} variable-length repeats (*, +, {{m,n}}); more than "

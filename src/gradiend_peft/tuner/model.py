@@ -11,7 +11,7 @@ from peft.tuners._buffer_dict import BufferDict
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
-from .config import GradiendConfig, check_modules_to_save, check_pattern_cost
+from .config import GradiendConfig, check_modules_to_save
 from .constants import ADAPTER_PREFIX
 from .constants import MASKED_LM_MODEL_TYPES, TRANSFORMERS_MODELS_TO_GRADIEND_TARGET_MODULES_MAPPING
 from .layer import Embedding, GradiendLayer, layer_class_for
@@ -73,11 +73,7 @@ class GradiendModel(MergingMixin, BaseTuner):
                     f"{sorted(self.target_module_mapping)}."
                 )
             peft_config.target_modules = default
-        if peft_config.target_shapes is None:  # the patterns will be matched: refuse those that would take forever
-            for name in ("target_modules", "exclude_modules"):
-                value = getattr(peft_config, name)
-                if isinstance(value, str) and value != "all-linear":
-                    check_pattern_cost(name, value)
+        peft_config.check_patterns()  # again: a pattern may have been set after the config was made
         if peft_config.objective == "auto":
             peft_config.objective = _infer_objective(self.model, model_config)
         return peft_config
