@@ -14,22 +14,22 @@ SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 
 # Which of the package's parts each part may import (a part is a top-level module or subpackage). The layers:
 # tuner (weight-space maths) <- objective (gradients from rows) <- training / evaluation / pruning <- cli.
 ALLOWED = {
-    "__init__": {"registration", "tuner", "atomic", "hub", "loading", "pruning", "training", "evaluation"},
+    "__init__": {"registration", "tuner", "atomic", "saving", "loading", "pruning", "training", "evaluation"},
     "registration": {"tuner"},
-    "tuner": set(),
+    "tuner": {"atomic"},
     "editing": {"tuner"},
     "atomic": set(),
     "data": {"atomic"},
     "objective": {"tuner"},
-    "hub": {"atomic", "loading", "tuner"},
+    "saving": {"atomic", "tuner"},
     "loading": {"atomic", "registration", "tuner"},
     "pruning": {"objective", "tuner"},
-    "training": {"atomic", "data", "hub", "loading", "objective", "tuner"},
+    "training": {"atomic", "data", "saving", "loading", "objective", "tuner"},
     "evaluation": {"atomic", "data", "objective", "tuner"},
     "plotting": {"atomic"},
     "pretrained": {"atomic"},
     "planning": {"objective", "pretrained", "tuner"},
-    "cli": {"atomic", "data", "evaluation", "hub", "loading", "planning", "plotting", "pretrained", "training", "tuner"},
+    "cli": {"atomic", "data", "evaluation", "saving", "loading", "planning", "plotting", "pretrained", "training", "tuner"},
 }
 
 

@@ -52,6 +52,9 @@ class GradiendConfig(PeftConfig):
             used to refuse an adapter loaded onto a base model of other shapes.
         modules_to_save (`list[str]`, *optional*): Refused (must stay ``None``): GRADIEND's objective trains only its
             encoder-decoder, so a module saved beside it would never be trained (see `check_modules_to_save`).
+        weights_digest (`str`, *optional*): Set by saving (``sha256:`` and 64 hex digits): the digest of the weights
+            saved beside this config. Loading refuses weights with another digest (the files of two saves) and then
+            clears it; leave it ``None``.
 
     Dtypes are chosen where the adapter is created or loaded, by peft's ``autocast_adapter_dtype`` argument of
     ``get_peft_model`` / ``add_adapter`` / ``PeftModel.from_pretrained`` / ``load_adapter``: ``True`` (default)
@@ -105,6 +108,37 @@ class GradiendConfig(PeftConfig):
         default=None,
         metadata={"help": "Unsupported by GRADIEND (its objective would never train them); must stay None."},
     )
+    weights_digest: Optional[str] = field(
+        default=None,
+        metadata={"help": "Set by saving: the digest of the weights saved with this config; a load refuses others."},
+    )
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs):
+        """Reads the config of a saved adapter (a folder or a Hub repository), after checking the folder: what
+        ``PeftModel.from_pretrained`` and ``load_adapter`` call first (`gradiend_peft.tuner.persistence` lists the
+        checks; the weights' tensors are checked when peft loads them).
+
+        Raises:
+            `gradiend_peft.UntrustedAdapterError`: for a malformed, inconsistent or unsafe folder (the message names
+                the problem and the fix).
+            `ValueError`: for a module-sharded adapter, naming `gradiend_peft.load_gradiend_model`, which loads it.
+            `FileNotFoundError`: if there is no such folder or Hub repository.
+        """
+        from .persistence import config_from_pretrained
+
+        return config_from_pretrained(cls, pretrained_model_name_or_path, subfolder, **kwargs)
+
+    def save_pretrained(self, save_directory: str, **kwargs) -> None:
+        """Writes ``adapter_config.json`` atomically, with the digest of the weights in ``save_directory`` (what
+        ``PeftModel.save_pretrained`` calls after writing them; see `gradiend_peft.tuner.persistence.save_config`).
+
+        Raises:
+            `ValueError`: if the weights beside it were pickled (``safe_serialization=False``); nothing is written.
+        """
+        from .persistence import save_config
+
+        save_config(self, save_directory, kwargs.pop("auto_mapping_dict", None))
 
     @classmethod
     def check_kwargs(cls, **kwargs):
@@ -182,6 +216,8 @@ class GradiendConfig(PeftConfig):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
                 raise ValueError(f"{name} must be a finite number (int or float), got {value!r}, e.g. {name}=1.0.")
             setattr(self, name, float(value))
+        if self.weights_digest is not None and not isinstance(self.weights_digest, str):
+            raise ValueError(f"weights_digest is set by saving and must be a string, got {self.weights_digest!r}.")
         if self.kept_entries is not None:
             bad = {k: v for k, v in self.kept_entries.items() if isinstance(v, bool) or not isinstance(v, int) or v < 0}
             if bad:

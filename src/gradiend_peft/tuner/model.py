@@ -291,6 +291,25 @@ class GradiendModel(MergingMixin, BaseTuner):
                     state[f"base_model.model.{module}.{container}"] = tensors[name]
         return state
 
+    # ------------------------------------------------------------------------ peft's state-dict hooks (files)
+    @classmethod
+    def _get_adapter_state_dict(cls, model, config, adapter_name, state_dict, unwanted_adapter_names):
+        selected = super()._get_adapter_state_dict(model, config, adapter_name, state_dict, unwanted_adapter_names)
+        meta = sorted(key for key, tensor in selected.items() if getattr(tensor, "is_meta", False))
+        if meta:
+            raise RuntimeError(_never_loaded(adapter_name, "Saving", meta))
+        return selected
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
+        # peft's loaders (load_adapter, set_peft_model_state_dict) pass every tensor they read through here before any
+        # is loaded: the untrusted-file checks and the config's weights digest (gradiend_peft.tuner.persistence)
+        from .persistence import check_state_dict
+
+        check_state_dict(model, config, adapter_name, state_dict)
+        return super()._remap_adapter_state_dict_for_load(model=model, config=config, adapter_name=adapter_name,
+                                                          state_dict=state_dict)
+
     def resolve_adapter(self, adapter_name: Optional[str]) -> str:
         name = adapter_name or self.active_adapters[0]
         if name not in self.peft_config:
@@ -386,6 +405,9 @@ class GradiendModel(MergingMixin, BaseTuner):
         """
         recorded = self.peft_config[adapter_name].target_shapes
         held = self.gradiend_layers(adapter_name)
+        meta = [name for name, layer in held.items() if any(t.is_meta for t in layer.adapter_tensors(adapter_name))]
+        if meta or self.gradiend_encoder_bias[adapter_name].is_meta:
+            raise RuntimeError(_never_loaded(adapter_name, what, meta))
         if recorded is not None and len(held) < len(recorded):
             raise RuntimeError(
                 f"{what} needs the whole adapter {adapter_name!r}, but this model holds {len(held)} of its "
@@ -421,6 +443,13 @@ class GradiendModel(MergingMixin, BaseTuner):
         sign = config.class_signs[class_name]
         factor = sign if config.source == "alternative" else -sign
         return factor if strengthen else -factor
+
+def _never_loaded(adapter_name: str, what: str, where: Sequence[str]) -> str:
+    return (f"{what} needs the values of adapter {adapter_name!r}, but its tensors are still on the meta device "
+            f"({list(where)[:3]}...): it was created with low_cpu_mem_usage=True and never loaded. Load its weights "
+            "first (PeftModel.from_pretrained / model.load_adapter(folder, adapter_name, low_cpu_mem_usage=True)), or "
+            "create it without low_cpu_mem_usage to train it from a fresh initialisation.")
+
 
 def _infer_objective(model: nn.Module, model_config: dict) -> str:
     architectures = model_config.get("architectures") or [type(model).__name__]
