@@ -5,6 +5,7 @@ Every save here is recognisable: its config's ``lr`` is a number that every floa
 load that returns one save's config with another's weights is seen at once.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import time
 import pytest
 import torch
 from peft import PeftModel
+from safetensors.torch import load_file
 
 import gradiend_peft
 from gradiend_peft import UntrustedAdapterError
@@ -124,7 +126,8 @@ def _kill_when(process: subprocess.Popen, line: str, log) -> None:
 
 def _assert_every_reader_refuses(folder, match):
     for read in (lambda: gradiend_peft.load_gradiend_model(tiny_llama(), folder),
-                 lambda: PeftModel.from_pretrained(tiny_llama(), folder)):
+                 lambda: PeftModel.from_pretrained(tiny_llama(), folder),
+                 lambda: _marked(5).load_adapter(folder, adapter_name="loaded")):
         with pytest.raises(UntrustedAdapterError, match=match):
             read()
 
@@ -144,6 +147,9 @@ def test_a_kill_between_the_moves_of_a_commit_is_refused_until_a_save_finishes_i
     """ % folder, tmp_path / "child.log")
     _kill_when(child, "moved", tmp_path / "child.log")
     assert any(name.startswith(".gradiend-commit-") for name in os.listdir(folder))
+    with open(os.path.join(folder, "adapter_config.json")) as handle:  # the commit moves the config first
+        assert json.load(handle)["lr"] == 2.0
+    assert set(load_file(os.path.join(folder, "adapter_model.safetensors"))["base_model.gradiend_encoder_bias"].tolist()) == {1.0}
     _assert_every_reader_refuses(folder, "a save into this folder was interrupted")
     gradiend_peft.saving.finish_interrupted_save(folder)
     assert _which_save(gradiend_peft.load_gradiend_model(tiny_llama(), folder)) == 2.0

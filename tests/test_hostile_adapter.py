@@ -454,6 +454,22 @@ def test_a_real_interrupted_save_is_refused_by_loads_and_finished_by_the_next_sa
         assert torch.equal(loaded.base_model.adapter_state_dict()[key], value), key
 
 
+def test_peft_save_pretrained_discards_a_real_interrupted_save_and_its_own_files_load(tmp_path, read_adapter):
+    """peft's save has written its weights in place before GRADIEND's config hook runs: finishing the old commit would
+    move older files over them, so the hook discards it (after checking the journal)."""
+    folder = tmp_path / "adapter"
+    save_adapter(_model(init_seed=1), str(folder))
+    (folder / ".gradiend-staging-cut").mkdir()
+    (folder / ".gradiend-staging-cut" / "adapter_model.safetensors").write_bytes(b"older weights")
+    _write_journal(folder, ".gradiend-staging-cut", files=["adapter_config.json", "adapter_model.safetensors"])
+    new = _model(init_seed=2)
+    new.save_pretrained(folder)
+    assert not [name for name in os.listdir(folder) if name.startswith(".gradiend")]
+    loaded = read_adapter(tiny_llama(), folder)
+    for key, value in new.base_model.adapter_state_dict().items():
+        assert torch.equal(loaded.base_model.adapter_state_dict()[key], value), key
+
+
 def test_links_in_an_adapter_folder_are_not_followed(tmp_path, read_adapter):
     """A config or weights file that is a link could make a load read anything: refused."""
     home = tmp_path / "home"

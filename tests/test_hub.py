@@ -40,6 +40,8 @@ print("ROUND_TRIP_OK")
 def hub():
     with HubServer() as server:
         yield server
+        assert server.errors == [], "\n".join(server.errors)
+        assert server.unhandled == [], server.unhandled  # the fake answered every request these tests made
 
 
 def test_push_adapter_to_hub_and_load_back(hub):

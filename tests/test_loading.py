@@ -184,6 +184,21 @@ def test_weights_of_another_save_beside_the_config_are_refused(saved, tmp_path_f
         read_adapter(MODEL_BUILDERS["bert"](), path)
 
 
+def test_weights_loaded_without_reading_the_config_are_still_checked(saved, tmp_path_factory):
+    """``load_adapter`` into an existing adapter and ``from_pretrained(config=...)`` read only the weights: the
+    state-dict hook checks them (values; and the digest of a config read from that folder)."""
+    model, path = saved
+    config = GradiendConfig.from_pretrained(str(path))
+    other = tmp_path_factory.mktemp("other")
+    get_peft_model(MODEL_BUILDERS["bert"](), GradiendConfig(init_seed=1, feature_classes=["M", "F"])).save_pretrained(other)
+    shutil.copy(other / "adapter_model.safetensors", path / "adapter_model.safetensors")
+    with pytest.raises(UntrustedAdapterError, match="come from two saves"):
+        PeftModel.from_pretrained(MODEL_BUILDERS["bert"](), str(path), config=config)
+    _edit_tensors(path, lambda t: t["base_model.gradiend_encoder_bias"].fill_(float("nan")))
+    with pytest.raises(UntrustedAdapterError, match="base_model.gradiend_encoder_bias.*NaN"):
+        model.load_adapter(str(path), adapter_name="default")
+
+
 def test_the_digest_is_that_of_the_tensors_in_the_file(saved):
     from gradiend_peft.tuner.untrusted import weights_digest
 
