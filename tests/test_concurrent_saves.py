@@ -14,7 +14,6 @@ import textwrap
 import time
 
 import pytest
-import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 
@@ -85,7 +84,7 @@ def test_two_savers_and_a_loader_never_mix_two_saves(tmp_path):
     try:
         for saver, log in zip(savers, logs):
             _wait_for(saver, "saving", log)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 12
         while time.monotonic() < deadline:
             for name in seen:
                 try:

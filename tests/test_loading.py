@@ -258,7 +258,7 @@ def test_a_sharded_adapter_with_a_missing_shard_file_is_refused(saved):
     _, path = saved
     _shard(path)
     (path / "adapter_model-00002-of-00002.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match="adapter_model-00002-of-00002"):
+    with pytest.raises(UntrustedAdapterError, match="lacks its shard file 'adapter_model-00002-of-00002"):
         load_gradiend_model(MODEL_BUILDERS["bert"](), str(path))
 
 

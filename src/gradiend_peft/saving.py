@@ -211,8 +211,10 @@ def _superseded(folder: str, staged: list[str]) -> list[str]:
 
 
 def _commit(folder: str, staging: str) -> None:
-    """Commits an adapter's staged files into ``folder``: the config first (a reader that reads the config first and
-    the weights later has the smallest window to see a mix; its weights digest catches it anyway)."""
+    """Commits an adapter's staged files into ``folder``, the config first. A reader without the lock that reads the
+    config first and the weights later (peft's) then gets a mix only if its config read falls before the first move
+    and its weights read after the last (weights first would add the moves in between to that window); the weights
+    digest refuses the mix either way."""
     commit_staging(folder, staging, _ADAPTER_FILES.fullmatch, _WEIGHT_FILES.fullmatch, _superseded, first=(CONFIG_NAME,))
 
 
@@ -241,8 +243,9 @@ def save_adapter(model: PeftModel, directory: str, training_summary: Optional[di
 
     Each adapter's files (``adapter_config.json``, ``adapter_model.safetensors``, the card ``README.md`` and, with
     ``training_summary`` (``trainer.training_summary``), ``gradiend_training_summary.json``) are staged and committed
-    as one set (a non-default adapter into ``directory/<name>``, as peft lays them out): a kill at any moment leaves
-    the old adapter or the new one, and the next save finishes an interrupted commit. Anything else in ``directory``
+    as one set (a non-default adapter into ``directory/<name>``, as peft lays them out): a kill before the commit
+    leaves the old adapter; a kill during it leaves a journal, and loads refuse the folder until the next save (or
+    `finish_interrupted_save`) completes the commit to the new adapter. Anything else in ``directory``
     stays as it was; a ``README.md`` that is not a GRADIEND card is kept. A sharded adapter saved there before (the
     index and the shard files a valid GRADIEND index names) is removed by the same commit, so that the folder holds
     one adapter.

@@ -236,7 +236,13 @@ def _checked_headers(source: AdapterFolder, base_model: Optional[nn.Module]) -> 
         try:
             headers = {}
             for file in index or [WEIGHTS_NAME]:
-                opened.append(source.open(fd, file))
+                try:
+                    opened.append(source.open(fd, file))
+                except FileNotFoundError:
+                    if index is None:
+                        raise
+                    raise UntrustedAdapterError(f"The sharded adapter in {source.path!r} lacks its shard file {file!r}: "
+                                                "an incomplete copy. Copy or download the whole folder again.") from None
                 headers[file] = SafetensorsHeader(opened[-1], os.path.join(source.path, file))
             if index is not None:
                 check_shard_headers(headers, index, source.path)

@@ -288,7 +288,7 @@ class SafetensorsHeader:
 
     def read(self, names: Optional[set[str]] = None) -> dict[str, torch.Tensor]:
         """The tensors (all, or those in ``names``), each copied from the file once (no mapping of the file)."""
-        if sys.byteorder != "little":  # pragma: no cover - no platform torch ships for is big-endian
+        if sys.byteorder != "little":  # pragma: no cover - torch ships for no big-endian platform
             raise RuntimeError("gradiend_peft reads safetensors files (little-endian) on little-endian hosts only.")
         tensors = {}
         for name, (dtype, shape, begin, end) in self.entries.items():
@@ -312,11 +312,14 @@ class SafetensorsHeader:
 
 
 def _no_duplicate_keys(where: str):
+    """A ``json`` object hook refusing a key that appears twice in one object (JSON text allows it; the last would win)."""
     def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        keys = [key for key, _ in pairs]
-        twice = sorted({key for key in keys if keys.count(key) > 1})
-        _expect(not twice, f"{where} lists {twice[:5]} more than once.")
-        return dict(pairs)
+        result = dict(pairs)
+        if len(result) < len(pairs):
+            seen: set[str] = set()
+            twice = sorted({key for key, _ in pairs if key in seen or seen.add(key)})
+            _expect(False, f"{where} lists {twice[:5]} more than once.")
+        return result
     return hook
 
 
