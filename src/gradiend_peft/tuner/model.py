@@ -444,6 +444,7 @@ class GradiendModel(MergingMixin, BaseTuner):
         factor = sign if config.source == "alternative" else -sign
         return factor if strengthen else -factor
 
+
 def _never_loaded(adapter_name: str, what: str, where: Sequence[str]) -> str:
     return (f"{what} needs the values of adapter {adapter_name!r}, but its tensors are still on the meta device "
             f"({list(where)[:3]}...): it was created with low_cpu_mem_usage=True and never loaded. Load its weights "
