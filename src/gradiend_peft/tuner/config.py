@@ -91,7 +91,7 @@ class GradiendConfig(PeftConfig):
     class_signs: Optional[dict[str, float]] = field(
         default=None, metadata={"help": "Encoding sign per class; default +1 for the first class, -1 for the second."}
     )
-    objective: str = field(default="auto", metadata={"help": f"One of {OBJECTIVES}."})
+    objective: str = field(default="auto", metadata={"help": f"One of {('auto', *OBJECTIVES)}."})
     normalize_gradients: bool = field(
         default=True, metadata={"help": "Bring gradients to unit RMS (scale calibrated once, saved)."}
     )
@@ -140,6 +140,12 @@ class GradiendConfig(PeftConfig):
 
         save_config(self, save_directory, kwargs.pop("auto_mapping_dict", None))
 
+    def module_entries(self) -> dict[str, int]:
+        """Target module -> its input entries ``n_m`` (``kept_entries`` when pruned, else the weight's size), from
+        ``target_shapes``: the whole adapter's, whichever modules a model holds (module sharding)."""
+        kept = self.kept_entries or {}
+        return {m: int(kept[m]) if m in kept else math.prod(shape) for m, shape in (self.target_shapes or {}).items()}
+
     @classmethod
     def check_kwargs(cls, **kwargs):
         """peft's hook before a saved config is built: drops ``training_summary``, which adapters saved by
@@ -168,8 +174,8 @@ class GradiendConfig(PeftConfig):
                 raise ValueError(
                     f"Unknown {name} {getattr(self, name)!r}; choose one of {list(GRADIENT_KINDS)}."
                 )
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"Unknown objective {self.objective!r}; choose one of {list(OBJECTIVES)}.")
+        if self.objective not in ("auto", *OBJECTIVES):
+            raise ValueError(f"Unknown objective {self.objective!r}; choose one of {['auto', *OBJECTIVES]}.")
         if self.target_parameters:
             raise ValueError("GRADIEND targets modules, not bare parameters: leave target_parameters=None.")
         check_modules_to_save(self.modules_to_save)
@@ -222,6 +228,14 @@ class GradiendConfig(PeftConfig):
             bad = {k: v for k, v in self.kept_entries.items() if isinstance(v, bool) or not isinstance(v, int) or v < 0}
             if bad:
                 raise ValueError(f"kept_entries must map module names to non-negative integers, got {bad!r}.")
+
+
+FUNCTION_FIELDS = ("target_shapes", "kept_entries", "latent_dim", "activation", "decoder_bias", "source", "target",
+                   "objective", "normalize_gradients", "feature_classes")
+"""The config fields that change what an adapter computes from a gradient, or what its training optimises (a resumed
+training refuses a checkpoint that differs in any of them). The others are metadata: merge defaults (``feature_factor``,
+``lr``), ``init_seed``, ``class_signs`` (sign normalisation flips them during training), the base model's name, and
+the target patterns (``target_shapes`` records what they matched)."""
 
 
 def check_modules_to_save(modules_to_save) -> None:
