@@ -223,27 +223,15 @@ def load_model_and_tokenizer(
 
 
 def _auto_class_for(config) -> type:
-    """``AutoModelForCausalLM`` or ``AutoModelForMaskedLM`` for a config (architectures first)."""
+    """``AutoModelForCausalLM`` or ``AutoModelForMaskedLM`` for a config (`tuner.constants.infer_objective`)."""
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
-    )
 
-    for arch in getattr(config, "architectures", None) or []:
-        if arch.endswith("ForMaskedLM"):
-            return AutoModelForMaskedLM
-        if arch.endswith(("ForCausalLM", "LMHeadModel")):
-            return AutoModelForCausalLM
+    from .tuner.constants import infer_objective
+
+    objective = infer_objective(config, default=None)
+    if objective is not None:
+        return AutoModelForMaskedLM if objective == "masked_lm" else AutoModelForCausalLM
     model_type = getattr(config, "model_type", None)
-    causal = model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-    masked = model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
-    if causal and masked:
-        return AutoModelForCausalLM if getattr(config, "is_decoder", False) else AutoModelForMaskedLM
-    if causal:
-        return AutoModelForCausalLM
-    if masked:
-        return AutoModelForMaskedLM
     raise ValueError(
         f"Model type {model_type!r} (architectures {getattr(config, 'architectures', None)}) is neither a causal "
         "nor a masked language model; gradiend_peft needs one of the two."

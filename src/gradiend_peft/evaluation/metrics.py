@@ -35,6 +35,7 @@ from torch import nn
 from ..data.collators import CausalLMCollator, target_pieces
 from ..data.feature import MASK_PLACEHOLDER, copy_casing
 from ..objective.gradients import check_inputs_fit, head_at_positions, label_positions
+from ..tuner.constants import IGNORE_INDEX, OBJECTIVES
 from ._common import length_batches, model_device
 
 __all__ = [
@@ -52,8 +53,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-IGNORE_INDEX = -100
-OBJECTIVES = ("masked_lm", "causal_lm")
 
 
 def _check_objective(objective: str) -> None:

@@ -91,6 +91,9 @@ class GradiendTrainingArguments(TrainingArguments):
             process holds the whole adapter). Each process then holds about ``1/P`` of the adapter and of its
             optimizer state; ``W`` launched processes train ``P`` shards times ``W / P`` data-parallel replicas.
             See docs/guides/sharding.md.
+        overwrite_output_dir (`bool`): Start a new run in an ``output_dir`` that holds another run's
+            ``checkpoint-<step>`` folders, deleting them first. Without it (the default) such a run is refused, since
+            it would overwrite them one by one; resuming (``train(resume_from_checkpoint=...)``) needs neither.
     """
 
     # ----------------------------------------------------------------------------------- GRADIEND options
@@ -139,6 +142,11 @@ class GradiendTrainingArguments(TrainingArguments):
         default=1,
         metadata={"help": "Split the adapter's target modules over this many processes (1: no sharding); the launched "
                           "processes must be a multiple of it (shards x data-parallel replicas)."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start a new run in an output_dir that holds another run's checkpoints, deleting them "
+                          "(without it such a run is refused; resuming needs neither)."},
     )
 
     # ------------------------------------------------------------------- TrainingArguments, new defaults

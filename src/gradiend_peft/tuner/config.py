@@ -54,6 +54,9 @@ class GradiendConfig(PeftConfig):
             used to refuse an adapter loaded onto a base model of other shapes.
         modules_to_save (`list[str]`, *optional*): Refused (must stay ``None``): GRADIEND's objective trains only its
             encoder-decoder, so a module saved beside it would never be trained (see `check_modules_to_save`).
+        weights_digest (`str`, *optional*): Set by saving (``sha256:`` and 64 hex digits): the digest of the weights
+            saved beside this config. Loading refuses weights with another digest (the files of two saves) and then
+            clears it; leave it ``None``.
 
     Dtypes are chosen where the adapter is created or loaded, by peft's ``autocast_adapter_dtype`` argument of
     ``get_peft_model`` / ``add_adapter`` / ``PeftModel.from_pretrained`` / ``load_adapter``: ``True`` (default)
@@ -90,7 +93,7 @@ class GradiendConfig(PeftConfig):
     class_signs: Optional[dict[str, float]] = field(
         default=None, metadata={"help": "Encoding sign per class; default +1 for the first class, -1 for the second."}
     )
-    objective: str = field(default="auto", metadata={"help": f"One of {OBJECTIVES}."})
+    objective: str = field(default="auto", metadata={"help": f"One of {('auto', *OBJECTIVES)}."})
     normalize_gradients: bool = field(
         default=True, metadata={"help": "Bring gradients to unit RMS (scale calibrated once, saved)."}
     )
@@ -107,6 +110,43 @@ class GradiendConfig(PeftConfig):
         default=None,
         metadata={"help": "Unsupported by GRADIEND (its objective would never train them); must stay None."},
     )
+    weights_digest: Optional[str] = field(
+        default=None,
+        metadata={"help": "Set by saving: the digest of the weights saved with this config; a load refuses others."},
+    )
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs):
+        """Reads the config of a saved adapter (a folder or a Hub repository), after checking the folder: what
+        ``PeftModel.from_pretrained`` and ``load_adapter`` call first (`gradiend_peft.tuner.persistence` lists the
+        checks; the weights' tensors are checked when peft loads them).
+
+        Raises:
+            `gradiend_peft.UntrustedAdapterError`: for a malformed, inconsistent or unsafe folder (the message names
+                the problem and the fix).
+            `ValueError`: for a module-sharded adapter, naming `gradiend_peft.load_gradiend_model`, which loads it.
+            `FileNotFoundError`: if there is no such folder or Hub repository.
+        """
+        from .persistence import config_from_pretrained
+
+        return config_from_pretrained(cls, pretrained_model_name_or_path, subfolder, **kwargs)
+
+    def save_pretrained(self, save_directory: str, **kwargs) -> None:
+        """Writes ``adapter_config.json`` atomically, with the digest of the weights in ``save_directory`` (what
+        ``PeftModel.save_pretrained`` calls after writing them; see `gradiend_peft.tuner.persistence.save_config`).
+
+        Raises:
+            `ValueError`: if the weights beside it were pickled (``safe_serialization=False``); nothing is written.
+        """
+        from .persistence import save_config
+
+        save_config(self, save_directory, kwargs.pop("auto_mapping_dict", None))
+
+    def module_entries(self) -> dict[str, int]:
+        """Target module -> its input entries ``n_m`` (``kept_entries`` when pruned, else the weight's size), from
+        ``target_shapes``: the whole adapter's, whichever modules a model holds (module sharding)."""
+        kept = self.kept_entries or {}
+        return {m: int(kept[m]) if m in kept else math.prod(shape) for m, shape in (self.target_shapes or {}).items()}
 
     @classmethod
     def check_kwargs(cls, **kwargs):
@@ -154,8 +194,8 @@ class GradiendConfig(PeftConfig):
                 raise ValueError(
                     f"Unknown {name} {getattr(self, name)!r}; choose one of {list(GRADIENT_KINDS)}."
                 )
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"Unknown objective {self.objective!r}; choose one of {list(OBJECTIVES)}.")
+        if self.objective not in ("auto", *OBJECTIVES):
+            raise ValueError(f"Unknown objective {self.objective!r}; choose one of {['auto', *OBJECTIVES]}.")
         if self.target_parameters:
             raise ValueError("GRADIEND targets modules, not bare parameters: leave target_parameters=None.")
         check_modules_to_save(self.modules_to_save)
@@ -209,10 +249,20 @@ class GradiendConfig(PeftConfig):
                 f"init_seed must be an integer (or None), got {seed!r} ({type(seed).__name__}); e.g. init_seed=7, a "
                 "number, not a string."
             )
+        if self.weights_digest is not None and not isinstance(self.weights_digest, str):
+            raise ValueError(f"weights_digest is set by saving and must be a string, got {self.weights_digest!r}.")
         if self.kept_entries is not None:
             bad = {k: v for k, v in self.kept_entries.items() if isinstance(v, bool) or not isinstance(v, int) or v < 0}
             if bad:
                 raise ValueError(f"kept_entries must map module names to non-negative integers, got {bad!r}.")
+
+
+FUNCTION_FIELDS = ("target_shapes", "kept_entries", "latent_dim", "activation", "decoder_bias", "source", "target",
+                   "objective", "normalize_gradients", "feature_classes")
+"""The config fields that change what an adapter computes from a gradient, or what its training optimises (a resumed
+training refuses a checkpoint that differs in any of them). The others are metadata: merge defaults (``feature_factor``,
+``lr``), ``init_seed``, ``class_signs`` (sign normalisation flips them during training), the base model's name, and
+the target patterns (``target_shapes`` records what they matched)."""
 
 
 MAX_VARIABLE_REPEATS = 3

@@ -36,6 +36,7 @@ from .numerics import (
     as_factor,
     compute_dtype,
     dtype_name,
+    embedding_per_example_dot,
     index_dtype,
     linear_per_example_dot,
 )
@@ -86,9 +87,8 @@ class GradiendLayer(LayerMerging, BaseTunerLayer):
         entry_shape = self.weight_shape if kept_entries is None else (int(kept_entries),)
         if kept_entries is not None:
             if not 0 <= kept_entries <= weight.numel():
-                raise ValueError(
-                    f"kept_entries={kept_entries} is out of range for a weight of {weight.numel()} entries."
-                )
+                raise ValueError(f"kept_entries={kept_entries} is out of range for a weight of {weight.numel()} "
+                                 "entries.")
             # placeholder indices; the real ones come from pruning or from the loaded state dict
             self.gradiend_kept_indices[adapter_name] = torch.arange(
                 kept_entries, dtype=index_dtype(weight.numel()), device=weight.device
@@ -101,19 +101,44 @@ class GradiendLayer(LayerMerging, BaseTunerLayer):
             self.gradiend_decoder_bias[adapter_name] = nn.Parameter(torch.zeros(*entry_shape, **like))
         self.set_adapter(self.active_adapters)
 
+    # ----------------------------------------------------------- the adapter's tensors: list, restrict, drop
+    def named_adapter_tensors(self, adapter_name: str) -> dict[str, torch.Tensor]:
+        """Container name -> this module's live tensor of the adapter: ``gradiend_encoder``, ``gradiend_decoder``,
+        ``gradiend_decoder_bias`` (if any), ``gradiend_kept_indices`` (if pruned): the one listing of them."""
+        containers = self.adapter_layer_names + self.other_param_names
+        return {name: getattr(self, name)[adapter_name] for name in containers if adapter_name in getattr(self, name)}
+
     def adapter_tensors(self, adapter_name: str) -> list[nn.Parameter]:
         """The adapter's floating-point parameters in this layer: ``E``, ``D`` and (if present) ``c``."""
-        return [container[adapter_name] for container in (self.gradiend_encoder, self.gradiend_decoder,
-                                                          self.gradiend_decoder_bias) if adapter_name in container]
+        return [t for name, t in self.named_adapter_tensors(adapter_name).items() if name in self.adapter_layer_names]
+
+    @torch.no_grad()
+    def restrict(self, adapter_name: str, local: torch.Tensor) -> None:
+        """Keeps only the entries at ``local`` (positions among the current ones): ``E``, ``D``, ``c`` become new
+        parameters over them (``requires_grad`` kept) and their indices into ``W.flatten()`` are recorded (pruning)."""
+        local = local.to(self.gradiend_decoder[adapter_name].device)
+        kept = self.gradiend_kept_indices[adapter_name][local] if self.is_pruned(adapter_name) else local
+        for name, old in self.named_adapter_tensors(adapter_name).items():
+            if name in self.adapter_layer_names:
+                rows = old.detach().reshape(-1 if name == "gradiend_decoder_bias" else (old.shape[0], -1))[..., local]
+                getattr(self, name)[adapter_name] = nn.Parameter(rows.clone(), requires_grad=old.requires_grad)
+        self.gradiend_kept_indices[adapter_name] = kept.to(index_dtype(math.prod(self.weight_shape))).clone()
+
+    def drop(self, adapter_name: str) -> int:
+        """Frees this module's tensors of the adapter (another process holds it: module sharding); returns the bytes."""
+        freed = 0
+        for name, tensor in self.named_adapter_tensors(adapter_name).items():
+            freed += tensor.numel() * tensor.element_size()
+            del getattr(self, name)[adapter_name]
+        return freed
 
     def cast_adapter(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> torch.dtype:
         """Stores the adapter's ``E``, ``D``, ``c`` in `adapter_dtype` of the base weight (keeping each parameter's
         ``requires_grad``); returns that dtype. Kept-entry indices stay integers."""
         dtype = adapter_dtype(self.get_base_layer().weight.dtype, autocast_adapter_dtype)
-        for container in (self.gradiend_encoder, self.gradiend_decoder, self.gradiend_decoder_bias):
-            param = container.get(adapter_name)
-            if param is not None and param.dtype != dtype:
-                container[adapter_name] = nn.Parameter(param.detach().to(dtype), requires_grad=param.requires_grad)
+        for name, param in self.named_adapter_tensors(adapter_name).items():
+            if name in self.adapter_layer_names and param.dtype != dtype:
+                getattr(self, name)[adapter_name] = nn.Parameter(param.detach().to(dtype), param.requires_grad)
         return dtype
 
     def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: Optional[torch.device] = None) -> None:
@@ -123,13 +148,11 @@ class GradiendLayer(LayerMerging, BaseTunerLayer):
         target = device if device is not None else self.get_base_layer().weight.device
         if target.type == "meta":
             return
-        for container in (self.gradiend_encoder, self.gradiend_decoder, self.gradiend_decoder_bias):
-            param = container.get(adapter_name)
-            if param is not None and not param.is_meta and param.device != target:
-                container[adapter_name] = nn.Parameter(param.detach().to(target), requires_grad=param.requires_grad)
-        indices = self.gradiend_kept_indices[adapter_name] if adapter_name in self.gradiend_kept_indices else None
-        if indices is not None and not indices.is_meta and indices.device != target:
-            self.gradiend_kept_indices[adapter_name] = indices.to(target)
+        for name, tensor in self.named_adapter_tensors(adapter_name).items():
+            if not tensor.is_meta and tensor.device != target:
+                moved = tensor.detach().to(target)
+                getattr(self, name)[adapter_name] = (nn.Parameter(moved, requires_grad=tensor.requires_grad)
+                                                     if isinstance(tensor, nn.Parameter) else moved)
 
     def is_pruned(self, adapter_name: str) -> bool:
         return adapter_name in self.gradiend_kept_indices
@@ -392,15 +415,8 @@ class Embedding(_GradiendModule):
 
     def per_example_dot(self, probe: torch.Tensor, inputs: torch.Tensor, output_grad: torch.Tensor) -> torch.Tensor:
         """``<P_j, G_i>`` for an embedding lookup: ``scale * sum_t P_j[token_it] . delta_it``."""
-        encoder = probe
-        compute = compute_dtype(encoder.dtype)
-        base = self.get_base_layer()
-        ids = inputs.reshape(inputs.shape[0], -1)
-        delta = output_grad.reshape(ids.shape[0], ids.shape[1], -1).to(compute)
-        if base.padding_idx is not None:  # autograd gives the padding row no gradient
-            delta = delta * (ids != base.padding_idx).unsqueeze(-1).to(delta.dtype)
-        gathered = encoder[:, ids].to(compute)  # (k, B, T, d)
-        return torch.einsum("kbtd,btd->bk", gathered, delta) * self._embed_scale_value()
+        padding = self.get_base_layer().padding_idx
+        return embedding_per_example_dot(probe, inputs, output_grad, padding, self._embed_scale_value())
 
 
 def layer_class_for(module: nn.Module) -> Optional[type[GradiendLayer]]:

@@ -4,7 +4,7 @@ of a linear layer."""
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -97,3 +97,16 @@ def linear_per_example_dot(
         projected = x @ encoder.permute(1, 0, 2).reshape(encoder.shape[1], k * out_features)
     projected = projected.reshape(batch, x.shape[1], k, out_features)
     return torch.einsum("btko,bto->bk", projected, delta)
+
+
+def embedding_per_example_dot(encoder: torch.Tensor, ids: torch.Tensor, output_grad: torch.Tensor,
+                              padding_idx: Optional[int], scale: float) -> torch.Tensor:
+    """``<E_j, G_i>`` per example ``i`` for an embedding lookup ``y = scale * W[ids]``:
+    ``scale * sum_t E_j[id_it] . delta_it`` (the padding row gets no gradient, as in autograd)."""
+    compute = compute_dtype(encoder.dtype)
+    ids = ids.reshape(ids.shape[0], -1)
+    delta = output_grad.reshape(ids.shape[0], ids.shape[1], -1).to(compute)
+    if padding_idx is not None:
+        delta = delta * (ids != padding_idx).unsqueeze(-1).to(delta.dtype)
+    gathered = encoder[:, ids].to(compute)  # (k, B, T, d)
+    return torch.einsum("kbtd,btd->bk", gathered, delta) * scale

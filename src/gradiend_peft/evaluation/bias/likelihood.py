@@ -33,7 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ...objective.gradients import max_positions
-from ...tuner.constants import MASKED_LM_MODEL_TYPES
+from ...tuner.constants import OBJECTIVES, infer_objective
 from .._common import batches, eval_mode, model_device
 from ..metrics import _pad_id, logits_of
 from .datasets import MASK
@@ -50,7 +50,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-OBJECTIVES = ("causal_lm", "masked_lm")
 Spans = Optional[Sequence[Optional[Sequence[tuple[int, int]]]]]
 
 
@@ -70,18 +69,6 @@ class SentenceScore:
     def mean(self) -> float:
         """The mean log-probability per scored token."""
         return self.total / self.n_tokens
-
-
-def infer_objective(model: nn.Module) -> str:
-    """``masked_lm`` for a model whose class name (or whose base model's, under peft) contains ``MaskedLM`` or
-    whose ``config.model_type`` is a known encoder (bert, roberta, distilbert, electra, albert, xlm-roberta,
-    deberta-v2); else ``causal_lm``."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    names = {type(model).__name__, type(inner).__name__}
-    model_type = getattr(getattr(inner, "config", None), "model_type", None)
-    if any("MaskedLM" in name for name in names) or model_type in MASKED_LM_MODEL_TYPES:
-        return "masked_lm"
-    return "causal_lm"
 
 
 def _check_objective(model: nn.Module, objective: Optional[str]) -> str:
