@@ -360,3 +360,33 @@ def check_modules_to_save(modules_to_save) -> None:
             "GRADIEND, add it to target_modules; to train a task head, fine-tune it (e.g. with LoRA) and merge or save "
             "it with the base model first, then attach GRADIEND to that model. Leave modules_to_save=None."
         )
+
+
+def check_target_shapes(config: GradiendConfig, shapes: dict[str, list[int]]) -> None:
+    """Refuses an adapter whose recorded ``target_shapes`` differ from ``shapes``, this model's target weights
+    (checked in module order).
+
+    Raises:
+        `ValueError`: naming the modules or the module and both shapes.
+    """
+    expected = {name: list(shape) for name, shape in (config.target_shapes or {}).items()}
+    origin = adapter_origin(config)
+    missing = [name for name in expected if name not in shapes]
+    extra = [name for name in shapes if name not in expected]
+    if missing or extra:
+        raise ValueError(
+            f"This GRADIEND adapter ({origin}) does not fit this model: modules missing here: {missing[:5]}, "
+            f"modules matched here but absent from the adapter: {extra[:5]}. Load it onto the base model it was "
+            "trained on."
+        )
+    for name, shape in shapes.items():
+        if expected[name] != shape:
+            raise ValueError(
+                f"Module {name!r} has weight shape {tuple(shape)} in this model but {tuple(expected[name])} in the "
+                f"GRADIEND adapter ({origin}). Load it onto the base model it was trained on."
+            )
+
+
+def adapter_origin(config: GradiendConfig) -> str:
+    """Where an adapter comes from, for messages refusing it on another model."""
+    return f"made for {config.base_model_name_or_path!r}" if config.base_model_name_or_path else "made for another model"

@@ -11,7 +11,7 @@ from peft.tuners._buffer_dict import BufferDict
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
-from .config import GradiendConfig, check_modules_to_save
+from .config import GradiendConfig, adapter_origin, check_modules_to_save, check_target_shapes
 from .constants import ADAPTER_PREFIX, TRANSFORMERS_MODELS_TO_GRADIEND_TARGET_MODULES_MAPPING, infer_objective
 from .layer import Embedding, GradiendLayer, layer_class_for
 from .file_hooks import PeftFileHooks, never_loaded
@@ -123,7 +123,7 @@ class GradiendModel(MergingMixin, PeftFileHooks, BaseTuner):
             candidates = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if layer_class_for(m)})
             if loading:
                 raise type(err)(
-                    f"This GRADIEND adapter ({_origin(config)}) does not fit this model: it targets modules "
+                    f"This GRADIEND adapter ({adapter_origin(config)}) does not fit this model: it targets modules "
                     f"{sorted(config.target_shapes)[:5]} (its target_shapes), and this model has none of them (its "
                     f"Linear/Conv1D/Embedding module names end in {candidates}). Load it onto the base model it was "
                     "trained on."
@@ -143,7 +143,7 @@ class GradiendModel(MergingMixin, PeftFileHooks, BaseTuner):
                 "records only targeted modules; remove these entries or add the modules to target_modules."
             )
         if loading:
-            _check_shapes(config, shapes)
+            check_target_shapes(config, shapes)
         else:
             config.target_shapes = shapes
         self._cast_adapter_dtype(adapter_name, autocast_adapter_dtype)  # the encoder bias joins its layers' dtype
@@ -488,27 +488,3 @@ def tuner_of(model: Any) -> GradiendModel:
         )
     return tuner
 
-
-def _check_shapes(config: GradiendConfig, shapes: dict[str, list[int]]) -> None:
-    """Refuses an adapter whose recorded target shapes differ from this model's (checked in module order)."""
-    expected = {name: list(shape) for name, shape in (config.target_shapes or {}).items()}
-    origin = _origin(config)
-    missing = [name for name in expected if name not in shapes]
-    extra = [name for name in shapes if name not in expected]
-    if missing or extra:
-        raise ValueError(
-            f"This GRADIEND adapter ({origin}) does not fit this model: modules missing here: {missing[:5]}, "
-            f"modules matched here but absent from the adapter: {extra[:5]}. Load it onto the base model it was "
-            "trained on."
-        )
-    for name, shape in shapes.items():
-        if expected[name] != shape:
-            raise ValueError(
-                f"Module {name!r} has weight shape {tuple(shape)} in this model but {tuple(expected[name])} in the "
-                f"GRADIEND adapter ({origin}). Load it onto the base model it was trained on."
-            )
-
-
-def _origin(config: GradiendConfig) -> str:
-    """Where an adapter comes from, for messages refusing it on another model."""
-    return f"made for {config.base_model_name_or_path!r}" if config.base_model_name_or_path else "made for another model"
