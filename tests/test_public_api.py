@@ -15,22 +15,22 @@ SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 
 # tuner (weight-space maths) <- objective (gradients from rows) <- training / evaluation / pruning <- cli. The tuner
 # also holds the package's constants and the masked/causal rule (tuner.constants), which data and pretrained read.
 ALLOWED = {
-    "__init__": {"registration", "tuner", "atomic", "hub", "loading", "pruning", "training", "evaluation"},
+    "__init__": {"registration", "tuner", "atomic", "saving", "loading", "pruning", "training", "evaluation"},
     "registration": {"tuner"},
-    "tuner": set(),
+    "tuner": {"atomic"},
     "editing": {"tuner"},
     "atomic": set(),
     "data": {"atomic", "tuner"},
     "objective": {"tuner"},
-    "hub": {"atomic", "loading", "tuner"},
+    "saving": {"atomic", "tuner"},
     "loading": {"atomic", "registration", "tuner"},
     "pruning": {"objective", "tuner"},
-    "training": {"atomic", "data", "hub", "loading", "objective", "tuner"},
+    "training": {"atomic", "data", "saving", "loading", "objective", "tuner"},
     "evaluation": {"atomic", "data", "objective", "tuner"},
     "plotting": {"atomic"},
     "pretrained": {"atomic", "tuner"},
     "planning": {"objective", "pretrained", "tuner"},
-    "cli": {"atomic", "data", "evaluation", "hub", "loading", "planning", "plotting", "pretrained", "training", "tuner"},
+    "cli": {"atomic", "data", "evaluation", "saving", "loading", "planning", "plotting", "pretrained", "training", "tuner"},
 }
 
 
