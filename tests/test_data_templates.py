@@ -190,6 +190,8 @@ def test_controls_are_balanced_per_split_and_their_subject_decides_the_class(con
         assert sum(kinds[k] for k in NOUN_KINDS) >= 200 and all(kinds[k] > 0 for k in NOUN_KINDS), kinds
         nouns_only = context_controls(GENDER, split, count=200, names_share=0.0)
         assert len(nouns_only) == 200 and set(nouns_only["cue_kind"]) <= NOUN_KINDS
+        every_noun = context_controls(GENDER, split, count=None, names_share=0.0)
+        assert set(every_noun["cue_kind"]) <= NOUN_KINDS and len(every_noun) == sum(kinds[k] for k in NOUN_KINDS)
         assert Counter(controls[split][i]["cue_kind"] == "name" for i in range(len(controls[split])))[True] == 50
     # no control noun is in the training pool (definitional_rows), nor in both evaluation splits
     every = {s: set(context_controls(GENDER, s, count=None)["cue"]) for s in ("search", "report")}

@@ -341,7 +341,8 @@ def context_controls(
         count (`int`, *optional*, defaults to ``200``): the number of rows, half per class (an odd count is
             rounded down); ``None``: every subject in every template.
         names_share (`float`, *optional*, defaults to ``0.25``): the share of each class's rows with a first name
-            as the subject (the rest have a definitional noun); with ``count=None`` every name is used.
+            as the subject (the rest have a definitional noun); with ``count=None`` every name is used, unless
+            ``names_share`` is 0 (nouns only).
         seed (`int`, *optional*, defaults to ``0``): draws the (subject, template) combinations, the surnames of the
             titles that take one, and the order.
         split_seed (`int`, *optional*, defaults to ``0``): fixes which nouns and names belong to which split.
@@ -369,6 +370,8 @@ def context_controls(
         name_combos = [(name, name, "name", t) for name in control_names(gender, split, split_seed) for t in templates]
         rng.shuffle(noun_combos)
         rng.shuffle(name_combos)
+        if count is None and names_share == 0.0:
+            name_combos = []
         if count is not None:
             per_class = count // 2
             n_names = round(per_class * names_share)
