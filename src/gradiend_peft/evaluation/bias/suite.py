@@ -29,7 +29,7 @@ from .datasets import (
     load_stereoset,
     load_wino,
 )
-from .likelihood import (
+from ..scoring.likelihood import (
     _check_objective,
     conditional_log_likelihoods,
     masked_word_log_probs,
@@ -46,8 +46,9 @@ BENCHMARKS = ("stereoset", "crows_pairs", "wino")
 
 _CONVENTIONS = {
     "causal_lm": {
-        "scoring": "natural-log token probabilities from float32 (or wider) logits; the tokenizer's BOS is prepended "
-                   "when it has one (the first token is then scored), else the first token is not scored; no EOS",
+        "scoring": "natural-log token probabilities from float32 (or wider) logits; the tokenizer's own leading "
+                   "special tokens, else its BOS, before the text (the first token is then scored; with neither it "
+                   "is not scored); no EOS",
         "stereoset_intrasentence": "mean token log-probability of the whole sentence",
         "stereoset_intersentence": "mean token log-probability of the continuation given 'context + \" \"'",
         "crows_pairs": "total log-likelihood of each sentence (mask1 vs mask2 filled in)",
