@@ -242,7 +242,6 @@ def test_item_values_and_margins_by_hand():
     assert items.margins == pytest.approx((1.0, -1.0, 1.0, 0.1))
     assert items.stereotype_chosen == (True, False, True, True)
     assert ItemScores.from_dict(json.loads(json.dumps(items.to_dict()))) == items
-    assert (items + items).ids == items.ids * 2
     with pytest.raises(ValueError, match="ids"):
         ItemScores(ids=("1",), scores=((0.0, 1.0), (1.0, 0.0)))
 

@@ -118,9 +118,6 @@ class ItemScores:
         """Per item, whether the stereotypical version scores higher (ties: not chosen)."""
         return tuple(s[0] > s[1] for s in self.scores)
 
-    def __add__(self, other: "ItemScores") -> "ItemScores":
-        return ItemScores(ids=self.ids + other.ids, scores=self.scores + other.scores)
-
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: ids, scores, and (derived, for readers) margins and choices."""
         return {"ids": list(self.ids), "scores": [list(s) for s in self.scores], "margin": list(self.margins),

@@ -18,7 +18,7 @@ from torch import nn
 
 from ...data.collators import IGNORE_INDEX, CausalLMCollator
 from ...objective.gradients import check_inputs_fit
-from .._common import length_batches
+from .._common import length_batches, model_device
 
 __all__ = [
     "causal_lead_ids",
@@ -31,6 +31,8 @@ __all__ = [
     "text_token_ids",
 ]
 
+Spans = Optional[Sequence[Optional[Sequence[tuple[int, int]]]]]
+"""Per text, the ``(start, end)`` character spans whose tokens are scored (``None``: every token)."""
 _NLL_CHUNK = 256
 """Positions per cross-entropy call in `causal_token_nll` (bounds its vocabulary-sized temporaries)."""
 
@@ -92,7 +94,7 @@ def causal_lead_ids(tokenizer: Any, first_predicted: int) -> list[int]:
     return lead
 
 
-def causal_text_ids(tokenizer: Any, texts: Sequence[str], spans: Optional[Sequence[Optional[Sequence[tuple[int, int]]]]] = None,
+def causal_text_ids(tokenizer: Any, texts: Sequence[str], spans: Spans = None,
                     max_length: Optional[int] = None) -> list[tuple[list[int], list[int]]]:
     """Per text, ``(input ids, scored positions)`` of the whole text under the causal convention: every token of
     the text (or, with spans for it, every token overlapping them) is predicted from the tokens before it; a
@@ -145,7 +147,7 @@ def causal_token_nll(model: nn.Module, batch: dict[str, torch.Tensor],
     ``-log p(labels[t] | input_ids[:t])`` (float64, CPU; from float32 logits at least), in row-major order.
 
     The logits at ``t - 1`` predict position ``t``; position 0 is never predicted. ``hidden``: see `logits_of`."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     logits = logits_of(model, batch["input_ids"].to(device), batch["attention_mask"].to(device), hidden)
     targets = batch["labels"].to(logits.device)[:, 1:]
     rows, positions = torch.nonzero(targets != IGNORE_INDEX, as_tuple=True)

@@ -36,7 +36,16 @@ from ...data.collators import OBJECTIVES
 from ...data.feature import MASK_PLACEHOLDER as MASK
 from ...tuner.constants import MASKED_LM_MODEL_TYPES
 from .._common import batches, eval_mode, model_device
-from .forward import causal_text_ids, causal_token_nll, float_logits, label_batches, logits_of, pad_id, text_token_ids
+from .forward import (
+    Spans,
+    causal_text_ids,
+    causal_token_nll,
+    float_logits,
+    label_batches,
+    logits_of,
+    pad_id,
+    text_token_ids,
+)
 
 __all__ = [
     "SentenceScore",
@@ -50,7 +59,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-Spans = Optional[Sequence[Optional[Sequence[tuple[int, int]]]]]
 
 
 @dataclass(frozen=True)

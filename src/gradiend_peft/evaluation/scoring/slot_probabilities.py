@@ -3,11 +3,11 @@ stands, and the papers' bias indices over them.
 
 For a row ``text = prefix [MASK] suffix`` and a class ``C`` with words ``w_1..w_m``, ``P(C) = sum_{t in T_C}
 softmax(z)_t`` where ``z`` are the logits that predict the slot and ``T_C`` is the set of the *first* tokens of the
-words ``w_j`` written with the row's casing (``"She"`` gives ``"He"``) and tokenised in context (after the row's
-prefix). Masked LM: ``z`` at one mask token that replaces the slot. Causal LM: the input is the prefix alone (with
-the lead of the causal convention, `gradiend_peft.evaluation.scoring`: the tokenizer's own leading special tokens,
-and its BOS when the slot starts the text) and ``z`` are the logits at its last token (they predict the next
-token), exactly where the causal collator puts the labels.
+words ``w_j`` written with the casing of the row's ``factual`` word (`gradiend_peft.data.copy_casing`) and
+tokenised in context (after the row's prefix). Masked LM: ``z`` at one mask token that replaces the slot. Causal LM:
+the input is the prefix alone (with the lead of the causal convention, `gradiend_peft.evaluation.scoring`: the
+tokenizer's own leading special tokens, and its BOS when the slot starts the text) and ``z`` are the logits at its
+last token (they predict the next token), exactly where the causal collator puts the labels.
 
 Rows are prepared once (`prepare_slots`: tokenised, batched) and measured as often as needed with forward passes
 only (`slot_probabilities`): the rewrite search measures the same prepared rows for every candidate.
@@ -53,7 +53,7 @@ def class_words_from_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[s
                 bucket.append(word.lower())
     if len(words) < 2:
         raise ValueError(
-            f"The rows name {len(words)} class(es) {list(words)}; give classes={{'M': ['he'], 'F': ['she']}} or rows "
+            f"The rows name {len(words)} class(es) {list(words)}; give classes={{'SG': ['is'], 'PL': ['are']}} or rows "
             "with factual_class and alternative_class columns (as mine_pairs makes them)."
         )
     return words
