@@ -43,7 +43,6 @@ def main() -> None:
     import prepare
     from gradiend_peft import GradiendConfig
     from gradiend_peft.training import GradiendTrainer, GradiendTrainingArguments
-    from gradiend_peft.training.checks import adapter_parameters
     from gradiend_peft.training.sharding import adapter_bytes
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -85,7 +84,7 @@ def main() -> None:
     steps = [b - a for a, b in zip(starts[1:], starts[2:])]  # the first step warms up kernels and allocators
     report = {
         "peak_allocated": torch.cuda.max_memory_allocated() if cuda else 0,
-        "bytes": adapter_bytes(adapter_parameters(trainer.model.base_model, trainer.adapter_name), trainer.optimizer),
+        "bytes": adapter_bytes(trainer.model.base_model.adapter_parameters(trainer.adapter_name), trainer.optimizer),
         "seconds_per_step": sum(steps) / max(len(steps), 1),
     }
     gathered = [None] * world if world > 1 else [report]

@@ -206,3 +206,60 @@ def test_a_run_resumes_from_a_bf16_checkpoint(tmp_path):
     decoder = next(n for n in after if n.endswith("gradiend_decoder.default"))
     key = decoder.removesuffix(".default")
     assert not torch.equal(after[decoder], saved[key])  # it trained on from the checkpoint
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_bf16_run_resumes_bit_for_bit(tmp_path):
+    """Checkpoints carry the float32 masters beside the bfloat16 adapter, so an interrupted run resumed from its
+    checkpoint holds the same masters at every later step as a run that was never interrupted, and stores the same
+    adapter."""
+    from transformers import TrainerCallback
+
+    from gradiend_peft.training.precision import MASTERS_FILE
+
+    class Stop(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 35:
+                raise _Interrupted()
+
+    class LastMasters(TrainerCallback):  # the float32 masters after the last step, before they are rounded
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step == args.max_steps:
+                self.masters = {n: p.detach().clone() for n, p in adapter_params(model).items()}
+
+    data = pairs("bert")
+
+    def run(name, callback):
+        model, _ = bf16_pair()
+        args = arguments(tmp_path / name, max_steps=60, eval_steps=30, save_strategy="steps", save_steps=30,
+                         learning_rate=1e-3, restore_best_adapter=False)
+        trainer = GradiendTrainer(model=model, args=args, train_dataset=data["train"],
+                                  eval_dataset=data["validation"], processing_class=tokenizer("bert"),
+                                  callbacks=[callback])
+        return model, trainer
+
+    last = LastMasters()
+    whole, trainer = run("whole", last)
+    trainer.train()
+    expected = last.masters
+    _, broken = run("broken", Stop())
+    with pytest.raises(_Interrupted):
+        broken.train()
+    checkpoint = tmp_path / "broken" / "checkpoint-30"
+    stored, masters = load_file(checkpoint / "adapter_model.safetensors"), load_file(checkpoint / MASTERS_FILE)
+    assert {t.dtype for k, t in stored.items() if "gradient_scale" not in k} == {torch.bfloat16}  # the shared file
+    assert {t.dtype for t in masters.values()} == {torch.float32}
+    assert any(not torch.equal(t, t.to(torch.bfloat16).float()) for t in masters.values())  # more than bf16 holds
+    last = LastMasters()
+    resumed, trainer = run("broken", last)
+    trainer.train(resume_from_checkpoint=True)
+    got = last.masters
+    assert expected.keys() == got.keys() and {t.dtype for t in got.values()} == {torch.float32}
+    for name, tensor in expected.items():
+        assert torch.equal(got[name], tensor), name
+    final_whole, final_resumed = adapter_params(whole), adapter_params(resumed)
+    for name, tensor in final_whole.items():
+        assert tensor.dtype == torch.bfloat16 and torch.equal(final_resumed[name], tensor), name

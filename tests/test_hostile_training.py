@@ -1,10 +1,13 @@
 """Careless and hostile use of training, evaluation and the command line: foreign checkpoints, over-long rows,
 tokens the model cannot embed, unusable rows, bad command-line input. Each case asserts the clear error."""
 
+import re
+
 import datasets
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
+from safetensors.torch import load_file
 
 from gradiend_peft.cli import main, parse_command
 from gradiend_peft.data import collator_for
@@ -68,6 +71,72 @@ def test_resuming_a_finished_run_is_refused_and_leaves_its_adapter(tmp_path):
         again.train(resume_from_checkpoint=True)
     assert all(torch.equal(v, trained[k]) for k, v in again.model.state_dict().items() if "gradiend" in k)
     _trainer(tmp_path, data, model=finished.model, max_steps=3).train(resume_from_checkpoint=True)  # trains on
+
+
+def _adapter_values(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.base_model.adapter_state_dict().items()}
+
+
+def test_resuming_refuses_every_config_change_that_changes_what_the_adapter_computes(tmp_path):
+    """A checkpoint of another activation, gradient normalisation, objective or classes is another adapter: resuming
+    onto it would continue another training. The field is named and nothing is restored."""
+    import json
+    import shutil
+
+    data = pairs("bert")["train"]
+    _trainer(tmp_path / "run", data, family="bert", max_steps=2, save_strategy="steps", save_steps=2).train()
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    saved = json.loads((checkpoint / "adapter_config.json").read_text())
+    changes = {"activation": "relu", "normalize_gradients": False, "objective": "causal_lm",
+               "feature_classes": ["F", "M"]}
+    for field, value in changes.items():
+        other = tmp_path / f"other-{field}"
+        shutil.copytree(checkpoint, other)
+        edited = {**saved, field: value}
+        if field == "feature_classes":
+            edited["class_signs"] = {"F": 1.0, "M": -1.0}
+        (other / "adapter_config.json").write_text(json.dumps(edited))
+        trainer = _trainer(tmp_path / "run", data, family="bert", max_steps=4)
+        before = _adapter_values(trainer.model)
+        with pytest.raises(ValueError, match=rf"Cannot resume from .*its {field} is {re.escape(repr(value))}, this "
+                                             r"adapter's is .*same GRADIEND configuration"):
+            trainer.train(resume_from_checkpoint=str(other))
+        after = _adapter_values(trainer.model)
+        assert all(torch.equal(after[k], v) for k, v in before.items()), field
+    sharded = tmp_path / "sharded"  # a module-sharded run's checkpoint (an index beside the shard files)
+    shutil.copytree(checkpoint, sharded)
+    (sharded / "adapter_model.safetensors.index.json").write_text('{"metadata": {}, "weight_map": {}}')
+    with pytest.raises(ValueError, match=r"written by a run with adapter_shards > 1, and this trainer runs without"):
+        _trainer(tmp_path / "run", data, family="bert", max_steps=4).train(resume_from_checkpoint=str(sharded))
+    # class signs are the training's state (sign normalisation negates them): a resumed run takes the checkpoint's
+    flipped = tmp_path / "flipped"
+    shutil.copytree(checkpoint, flipped)
+    (flipped / "adapter_config.json").write_text(json.dumps({**saved, "class_signs": {"M": -1.0, "F": 1.0}}))
+    trainer = _trainer(tmp_path / "run", data, family="bert", max_steps=3)
+    trainer.train(resume_from_checkpoint=str(flipped))
+    assert trainer.model.peft_config["default"].class_signs == {"M": -1.0, "F": 1.0}
+
+
+def _files(folder) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_new_run_into_an_output_dir_with_another_runs_checkpoints_is_refused(tmp_path):
+    data = pairs("llama")["train"]
+    _trainer(tmp_path, data, max_steps=2, save_strategy="steps", save_steps=1).train()
+    checkpoints = {name: _files(tmp_path / name) for name in ("checkpoint-1", "checkpoint-2")}
+    second = _trainer(tmp_path, data, model=peft_model("llama", init_seed=1), max_steps=1, save_strategy="steps",
+                      save_steps=1)
+    with pytest.raises(ValueError, match=r"already holds checkpoints of another run \(checkpoint-1, checkpoint-2\).*"
+                                         r"resume_from_checkpoint=True.*overwrite_output_dir=True"):
+        second.train()
+    assert {name: _files(tmp_path / name) for name in checkpoints} == checkpoints  # untouched
+    third = _trainer(tmp_path, data, model=peft_model("llama", init_seed=1), max_steps=1, save_strategy="steps",
+                     save_steps=1, overwrite_output_dir=True)
+    third.train()
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1"]
+    saved, trained = load_file(tmp_path / "checkpoint-1" / "adapter_model.safetensors"), _adapter_values(third.model)
+    assert set(saved) == set(trained) and all(torch.equal(saved[k], v) for k, v in trained.items())  # the new run's
 
 
 # ----------------------------------------------------------------------------------- 6. over-long rows

@@ -12,24 +12,25 @@ import gradiend_peft
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src", "gradiend_peft")
 
 # Which of the package's parts each part may import (a part is a top-level module or subpackage). The layers:
-# tuner (weight-space maths) <- objective (gradients from rows) <- training / evaluation / pruning <- cli.
+# tuner (weight-space maths) <- objective (gradients from rows) <- training / evaluation / pruning <- cli. The tuner
+# also holds the package's constants and the masked/causal rule (tuner.constants), which data and pretrained read.
 ALLOWED = {
-    "__init__": {"registration", "tuner", "atomic", "hub", "loading", "pruning", "training", "evaluation"},
+    "__init__": {"registration", "tuner", "atomic", "saving", "loading", "pruning", "training", "evaluation"},
     "registration": {"tuner"},
-    "tuner": set(),
+    "tuner": {"atomic"},
     "editing": {"tuner"},
     "atomic": set(),
-    "data": {"atomic"},
+    "data": {"atomic", "tuner"},
     "objective": {"tuner"},
-    "hub": {"atomic", "loading", "tuner"},
+    "saving": {"atomic", "tuner"},
     "loading": {"atomic", "registration", "tuner"},
     "pruning": {"objective", "tuner"},
-    "training": {"atomic", "data", "hub", "loading", "objective", "tuner"},
+    "training": {"atomic", "data", "saving", "loading", "objective", "tuner"},
     "evaluation": {"atomic", "data", "objective", "tuner"},
     "plotting": {"atomic"},
-    "pretrained": {"atomic"},
+    "pretrained": {"atomic", "tuner"},
     "planning": {"objective", "pretrained", "tuner"},
-    "cli": {"atomic", "data", "evaluation", "hub", "loading", "planning", "plotting", "pretrained", "training", "tuner"},
+    "cli": {"atomic", "data", "evaluation", "saving", "loading", "planning", "plotting", "pretrained", "training", "tuner"},
 }
 
 
@@ -38,32 +39,41 @@ def _part(module: str) -> str:
     return parts[1] if len(parts) > 1 else "__init__"
 
 
-def _import_graph() -> dict[str, set[str]]:
-    """Part -> the other parts it imports anywhere (module level or inside functions), from the source's AST."""
-    graph: dict[str, set[str]] = {}
+def _module_imports() -> dict[str, set[str]]:
+    """Module -> the package's modules and packages it imports anywhere (module level or inside functions), from the
+    source's AST; ``from x import y`` counts as importing ``x`` and, where ``x.y`` is a module, ``x.y``."""
+    sources = {}
     for folder, _, files in os.walk(SRC):
         for name in files:
-            if not name.endswith(".py"):
-                continue
-            path = os.path.join(folder, name)
-            module = ("gradiend_peft." + os.path.relpath(path, SRC)[:-3].replace(os.sep, ".")).removesuffix(".__init__")
-            package = module if name == "__init__.py" else module.rsplit(".", 1)[0]
-            own = _part(module)
-            graph.setdefault(own, set())
-            for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
-                targets = []
-                if isinstance(node, ast.ImportFrom):
-                    if node.level:
-                        base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
-                        target = ".".join(base + ([node.module] if node.module else []))
-                    else:
-                        target = node.module or ""
-                    targets = [target] if node.module else [f"{target}.{alias.name}" for alias in node.names]
-                elif isinstance(node, ast.Import):
-                    targets = [alias.name for alias in node.names]
-                for target in targets:
-                    if target.startswith("gradiend_peft.") and _part(target) != own:
-                        graph[own].add(_part(target))
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                module = "gradiend_peft." + os.path.relpath(path, SRC)[:-3].replace(os.sep, ".")
+                sources[module.removesuffix(".__init__")] = (path, name == "__init__.py")
+    imports: dict[str, set[str]] = {}
+    for module, (path, is_package) in sources.items():
+        package = module if is_package else module.rsplit(".", 1)[0]
+        found = imports.setdefault(module, set())
+        for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+            targets = []
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                targets = [target] + [f"{target}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            found.update(t for t in targets if t in sources and t != module)
+    return imports
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Part -> the other parts it imports anywhere (module level or inside functions)."""
+    graph: dict[str, set[str]] = {}
+    for module, targets in _module_imports().items():
+        own = _part(module)
+        graph.setdefault(own, set()).update(_part(t) for t in targets if _part(t) != own)
     return graph
 
 
@@ -79,6 +89,26 @@ def test_imports_flow_one_way():
         assert ready, f"import cycle among {sorted(remaining)}"
         for part in ready:
             del remaining[part]
+
+
+def test_no_two_modules_import_each_other_even_through_others():
+    """No cycle among the package's modules (a lazy import inside a function counts: it hides a two-way dependency).
+    A package's ``__init__`` re-exporting its own modules is not a cycle with them."""
+    imports = {module: {t for t in targets if not module.startswith(t + ".")}  # a module's own package
+               for module, targets in _module_imports().items()}
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for target in sorted(imports.get(module, ())):
+            assert state.get(target) != 1, f"import cycle: {' -> '.join(path[path.index(target):] + [target])}"
+            if target not in state:
+                visit(target, path + [target])
+        state[module] = 2
+
+    for module in sorted(imports):
+        if module not in state:
+            visit(module, [module])
 
 
 def test_import_loads_no_training_evaluation_or_cli_code():

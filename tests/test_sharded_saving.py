@@ -22,15 +22,15 @@ def _run(out_dir: str) -> None:
     torch.set_num_threads(1)
     import torch.distributed as dist
 
-    import gradiend_peft.hub as hub
-    from gradiend_peft.training.sharding import keep_modules, plan_for
+    import gradiend_peft.saving as hub
+    from gradiend_peft.training.sharding import plan_for
     from test_training_fixtures import peft_model
 
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     model = peft_model("bert")
     plan = plan_for(model.peft_config["default"], 2)
-    keep_modules(model.base_model, "default", set(plan.modules[rank]))
+    model.base_model.drop_modules("default", set(plan.modules[rank]))
     folder = hub.save_sharded_adapter(model, os.path.join(out_dir, "adapter"), rank, 2)
 
     def files() -> dict:
@@ -104,18 +104,25 @@ def test_a_failed_shard_write_raises_on_every_process_and_leaves_the_saved_adapt
 
 
 def test_a_shard_refuses_merging_steering_and_encoding():
-    from gradiend_peft.training.sharding import keep_modules, plan_for
+    from batches import masked_lm_batch
+    from gradiend_peft.objective import encode_rows, per_example_reconstruction_loss, reconstruction_loss
+    from gradiend_peft.training.sharding import plan_for
     from test_training_fixtures import peft_model
 
     model = peft_model("bert")
     plan = plan_for(model.peft_config["default"], 2)
-    freed = keep_modules(model.base_model, "default", set(plan.modules[0]))
+    freed = model.base_model.drop_modules("default", set(plan.modules[0]))
     assert freed == (2 * 8192 + 8192) * 4  # E, D (k = 1) and c of the other shard's 8192 entries, float32
     tuner = model.base_model
     for what, call in [("Merging", lambda: model.merge_and_unload(feature_factor=1.0, lr=1.0)),
                        ("Steering", lambda: tuner.set_steering(1.0, 1.0)),
                        ("Decoding", lambda: tuner.decode(1.0)),
-                       ("reset_adapter", lambda: tuner.reset_adapter())]:
+                       ("reset_adapter", lambda: tuner.reset_adapter()),
+                       # the objective without a shard computes over the whole adapter: it refuses a share of it
+                       ("Encoding rows", lambda: encode_rows(tuner, masked_lm_batch())),
+                       ("The GRADIEND loss", lambda: reconstruction_loss(tuner, masked_lm_batch())),
+                       ("The per-example GRADIEND loss",
+                        lambda: per_example_reconstruction_loss(tuner, masked_lm_batch()))]:
         with pytest.raises(RuntimeError, match=f"{what}.*holds 6 of its 12 target modules.*load_gradiend_model"):
             call()
 

@@ -456,7 +456,7 @@ def test_seeds_are_tried_until_one_converges_and_the_best_is_kept(tmp_path):
     # the second attempt started from a fresh initialisation with its own seed; the config names the kept one
     assert report.attempts[1].summary["init_seed"] == 43 and report.attempts[0].summary["init_seed"] == 0
     assert trainer.model.peft_config["default"].init_seed == best.summary["init_seed"]
-    assert adapter_snapshot(trainer.tuner, "default")["gradiend_encoder_bias.default"].shape == (1,)
+    assert adapter_snapshot(trainer.tuner, "default")["base_model.gradiend_encoder_bias"].shape == (1,)
 
     converging = _trainer(tmp_path / "c", num_train_epochs=6, eval_steps=30)
     train_with_restarts(converging, num_seeds=3)
@@ -621,4 +621,4 @@ def test_snapshot_round_trip():
             p.add_(1.0)
     restore_adapter_snapshot(tuner, "default", snap)
     assert all(torch.equal(adapter_snapshot(tuner, "default")[k], v) for k, v in snap.items())
-    assert "gradiend_gradient_scale.default" in snap and "gradiend_encoder_bias.default" in snap
+    assert "base_model.gradiend_gradient_scale" in snap and "base_model.gradiend_encoder_bias" in snap

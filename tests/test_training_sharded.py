@@ -39,7 +39,6 @@ def _run(out_dir: str, shards: int, accumulation: int, max_steps: int, save_step
     from transformers import TrainerCallback
 
     from gradiend_peft.training import GradiendTrainer
-    from gradiend_peft.training.checks import adapter_parameters
     from gradiend_peft.training.sharding import adapter_bytes
     from test_training_fixtures import arguments, pairs, peft_model, tokenizer
 
@@ -95,7 +94,7 @@ def _run(out_dir: str, shards: int, accumulation: int, max_steps: int, save_step
     save_file({k: v.detach().contiguous() for k, v in own.items()}, os.path.join(out_dir, f"shard-{rank}.safetensors"))
     report = {
         "world_size": trainer.args.world_size, "global_step": output.global_step, "calls": calls,
-        "bytes": adapter_bytes(adapter_parameters(tuner, trainer.adapter_name), trainer.optimizer),
+        "bytes": adapter_bytes(tuner.adapter_parameters(trainer.adapter_name), trainer.optimizer),
         "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         "rss_kb": int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmRSS"))),
         "evaluations": [e for e in trainer.state.log_history if "eval_correlation" in e],
@@ -171,6 +170,110 @@ def _shard_tensors(folder: str) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------- the tests
+def _sharding_files() -> set[str]:
+    import gradiend_peft.objective.sharded
+    import gradiend_peft.training.sharded_trainer
+    import gradiend_peft.training.sharding
+
+    modules = (gradiend_peft.objective.sharded, gradiend_peft.training.sharded_trainer, gradiend_peft.training.sharding)
+    return {module.__file__ for module in modules}
+
+
+def _calls_into(files: set[str], work) -> list[str]:
+    """The functions of ``files`` that Python enters while ``work()`` runs (a profile hook sees every call)."""
+    import threading
+
+    entered = []
+
+    def profile(frame, event, arg):
+        if event == "call" and frame.f_code.co_filename in files:  # the file name the module's code was compiled with
+            entered.append(frame.f_code.co_name)
+
+    sys.setprofile(profile)
+    threading.setprofile(profile)
+    try:
+        work()
+    finally:
+        sys.setprofile(None)
+        threading.setprofile(None)
+    return entered
+
+
+@pytest.mark.parametrize("per_example", [False, True])
+def test_one_shard_never_enters_sharding_code(tmp_path, per_example):
+    sys.path.insert(0, HERE)
+    from gradiend_peft.training import GradiendTrainer
+    from gradiend_peft.training.sharded_trainer import ShardedTraining
+    from gradiend_peft.training.sharding import plan_for
+    from test_training_fixtures import arguments, pairs, peft_model, tokenizer
+
+    data = pairs("bert")
+    few = data["validation"].select([0, 1, 2, 3, 6, 7, 8, 9])  # 4 rows of each class
+    args = arguments(tmp_path, max_steps=2, eval_steps=2, eval_on_start=False, save_strategy="steps", save_steps=2,
+                     per_example=per_example, rows_per_gradient=4)
+    model = peft_model("bert", latent_dim=LATENT)
+    trainer = GradiendTrainer(model=model, args=args, train_dataset=data["train"], eval_dataset=few,
+                              processing_class=tokenizer("bert"))
+    assert type(trainer) is GradiendTrainer and not isinstance(trainer, ShardedTraining)
+    files = _sharding_files()
+    entered = _calls_into(files, lambda: (trainer.train(), trainer.predict(few),
+                                          trainer.save_model(str(tmp_path / "final"))))
+    assert trainer.state.global_step == 2 and entered == []
+    # the hook does see sharding code when it runs
+    assert {"plan_for", "balanced"} <= set(_calls_into(files, lambda: plan_for(model.peft_config["default"], 2)))
+
+
+@pytest.fixture
+def one_process_group(tmp_path):
+    """A process group of this process alone (gloo): the sharded objective's all-reduces are then sums over one."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        yield dist.group.WORLD
+    finally:
+        dist.destroy_process_group()
+
+
+def _saved_bytes(work):
+    """``(bytes autograd saved for a backward pass while work() ran, work's result)``: the size of the graphs built,
+    independent of timing (the gradient pass over the base model saves its activations; anything more is kept
+    alive until the result is dropped)."""
+    saved = []
+
+    def pack(tensor):
+        saved.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        result = work()
+    return sum(saved), result
+
+
+def test_the_sharded_row_encoding_keeps_no_more_per_row_than_the_plain_one(one_process_group):
+    """The probes enter the sharded encoding detached, as the plain one's: no graph of the per-module dot products
+    (each module's projection, ``B T k out`` numbers) is built. One function serves both, and both are measured."""
+    sys.path.insert(0, HERE)
+    from batches import masked_lm_batch
+    from gradiend_peft.objective import encode_rows
+    from gradiend_peft.objective.sharded import Shard
+    from test_training_fixtures import peft_model
+
+    tuner = peft_model("bert", latent_dim=2).base_model
+    full = masked_lm_batch()
+    measured = {}
+    for rows in (2, 4, 8):
+        batch = {key: value[:rows] for key, value in full.items()}
+        with torch.enable_grad():  # as the trainer's evaluation runs it
+            plain, expected = _saved_bytes(lambda: encode_rows(tuner, batch))
+            sharded, got = _saved_bytes(lambda: encode_rows(tuner, batch, shard=Shard(one_process_group)))
+        assert torch.equal(got, expected) and not got.requires_grad
+        measured[rows] = (plain, sharded)
+    assert all(plain == sharded for plain, sharded in measured.values()), measured
+    per_row = [(measured[8][i] - measured[2][i]) / 6 for i in (0, 1)]
+    assert per_row[0] == per_row[1] > 0, measured
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """One process (the reference) and two sharded processes, run side by side on the same rows."""

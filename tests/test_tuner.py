@@ -64,6 +64,71 @@ def test_objective_is_inferred_from_the_base_model():
     assert _peft("llama").peft_config["default"].objective == "causal_lm"
 
 
+def test_one_rule_decides_masked_or_causal_for_the_tuner_the_loader_and_the_scorers():
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    from gradiend_peft.evaluation.scoring import infer_objective as scorers_rule
+    from gradiend_peft.pretrained import _auto_class_for
+    from gradiend_peft.tuner.constants import infer_objective
+
+    assert scorers_rule is infer_objective
+    cases = [  # (config, expected): names first, then transformers' model tables, is_decoder for types in both
+        ({"model_type": "llama", "architectures": ["BertForMaskedLM"]}, "masked_lm"),
+        ({"model_type": "bert", "architectures": ["GPT2LMHeadModel"]}, "causal_lm"),
+        ({"model_type": "modernbert"}, "masked_lm"),  # an encoder that no hand-kept list named
+        ({"model_type": "bert"}, "masked_lm"),
+        ({"model_type": "bert", "is_decoder": True}, "causal_lm"),
+        ({"model_type": "gemma3_text"}, "causal_lm"),
+    ]
+    for config, expected in cases:
+        assert infer_objective(config) == expected, config
+        auto = _auto_class_for(SimpleNamespace(**{"architectures": None, "is_decoder": False, **config}))
+        assert auto is (AutoModelForMaskedLM if expected == "masked_lm" else AutoModelForCausalLM), config
+    assert infer_objective({"model_type": "no-such-model"}) == "causal_lm"
+    assert infer_objective({"model_type": "no-such-model"}, default=None) is None
+    with pytest.raises(ValueError, match="neither a causal nor a masked language model"):
+        _auto_class_for(SimpleNamespace(model_type="no-such-model", architectures=None))
+    for family, expected in [("bert", "masked_lm"), ("distilbert", "masked_lm"), ("gpt2", "causal_lm")]:
+        model = _peft(family)
+        assert model.peft_config["default"].objective == expected == infer_objective(model), family
+
+
+def test_the_tuner_lists_restricts_and_drops_its_adapter_tensors():
+    from gradiend_peft.tuner.model import tuner_of
+
+    model = _peft("bert", latent_dim=2)
+    tuner = model.base_model
+    assert tuner_of(model) is tuner and tuner_of(tuner) is tuner
+    with pytest.raises(TypeError, match="get_peft_model"):
+        tuner_of(model.get_base_model())
+    # one listing: the model's own adapter entries, the same live tensors, under the saved file's names
+    own = {name.removesuffix(".default"): tensor for name, tensor in model.state_dict(keep_vars=True).items()
+           if "gradiend_" in name}
+    state = tuner.adapter_state_dict()
+    assert set(state) == set(own) and all(state[name] is own[name] for name in own)
+    assert {id(p) for p in tuner.adapter_parameters()} == {id(p) for p in model.parameters() if p.requires_grad}
+    # restrict: keep entries 1 and 3 of every module (positions among the current entries), twice
+    layers = tuner.gradiend_layers()
+    before = {m: layer.gradiend_decoder["default"].detach().reshape(2, -1).clone() for m, layer in layers.items()}
+    tuner.restrict_entries("default", {m: torch.tensor([1, 3, 5]) for m in layers})
+    kept = tuner.restrict_entries("default", {m: torch.tensor([0, 2]) for m in layers})
+    assert kept == {m: 2 for m in layers} == model.peft_config["default"].kept_entries
+    for m, layer in layers.items():
+        assert layer.gradiend_kept_indices["default"].tolist() == [1, 5]
+        assert torch.equal(layer.gradiend_decoder["default"], before[m][:, [1, 5]])
+    assert tuner.num_entries() == 2 * len(layers)
+    # drop: the other modules' tensors go, the whole adapter's size stays what the config records
+    keep = set(list(layers)[:2])
+    freed = tuner.drop_modules("default", keep)
+    # per dropped module, 2 kept entries: E and D (k = 2) and c in float32, the indices in int32 (small weights)
+    assert freed == (len(layers) - 2) * (2 * (2 * 2 * 4) + 2 * 4 + 2 * 4)
+    assert set(tuner.gradiend_layers("default")) == keep and tuner.num_entries() == 2 * len(layers)
+    with pytest.raises(ValueError, match="no longer holds"):
+        tuner.drop_modules("default", set(layers))
+
+
 def test_initialisation_follows_the_reference_scheme():
     model = _peft("bert", init_seed=3)
     tuner = model.base_model

@@ -22,22 +22,15 @@ from typing import Any
 
 import torch
 
+from .tuner.model import tuner_of
+
 __all__ = ["Projection", "decoder_directions", "project_out"]
-
-
-def _tuner(model: Any):
-    from .tuner.model import GradiendModel
-
-    tuner = model if isinstance(model, GradiendModel) else getattr(model, "base_model", None)
-    if not isinstance(tuner, GradiendModel):
-        raise TypeError(f"Expected a GRADIEND model (a PeftModel or its GradiendModel), got {type(model).__name__}.")
-    return tuner
 
 
 def decoder_directions(model: Any, adapter_name: str) -> dict[str, dict[str, torch.Tensor]]:
     """The adapter's decoder directions in raw-gradient units, weight-shaped per target module: ``{"bias": c / s}``
     and ``{"weight_j": D_j / s}`` for each latent dimension ``j`` (float64 copies)."""
-    tuner = _tuner(model)
+    tuner = tuner_of(model)
     name = tuner.resolve_adapter(adapter_name)
     scale = tuner.gradient_scale(name)
     directions: dict[str, dict[str, torch.Tensor]] = {}
@@ -95,7 +88,7 @@ def project_out(model: Any, adapter_name: str, against: Sequence[str],
         `ValueError`: for an unmerged-state violation, an adapter without the requested component, or adapters whose
             targets differ.
     """
-    tuner = _tuner(model)
+    tuner = tuner_of(model)
     name = tuner.resolve_adapter(adapter_name)
     tuner.check_unmerged("project_out")
     own = decoder_directions(tuner, name)

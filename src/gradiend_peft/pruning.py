@@ -13,24 +13,15 @@ accordingly; merging, steering, encoding and loading work unchanged. Rebuild any
 from __future__ import annotations
 
 import logging
-import math
 from typing import Iterable, Mapping, Optional, Union
 
 import torch
 from torch import nn
 
 from .objective.gradients import batch_gradients
-from .tuner.layer import GradiendLayer, index_dtype
-from .tuner.model import GradiendModel
+from .tuner.model import tuner_of
 
 logger = logging.getLogger(__name__)
-
-
-def _tuner(model: nn.Module) -> GradiendModel:
-    tuner = getattr(model, "base_model", model)
-    if not isinstance(tuner, GradiendModel):
-        raise TypeError(f"Expected a PeftModel with a GRADIEND adapter (or a GradiendModel), got {type(model).__name__}.")
-    return tuner
 
 
 def _count_to_keep(keep: Union[float, int], total: int) -> int:
@@ -60,36 +51,6 @@ def _select_top(scores: Mapping[str, torch.Tensor], count: int) -> dict[str, tor
     return chosen
 
 
-@torch.no_grad()
-def _apply_selection(tuner: GradiendModel, adapter_name: str, positions: Mapping[str, torch.Tensor]) -> None:
-    config = tuner.peft_config[adapter_name]
-    kept = {}
-    for name, layer in tuner.gradiend_layers(adapter_name).items():
-        local = positions[name].to(layer.gradiend_decoder[adapter_name].device)
-        _restrict_layer(layer, adapter_name, local)
-        kept[name] = int(local.numel())
-    config.kept_entries = kept
-
-
-def _restrict_layer(layer: GradiendLayer, adapter_name: str, local: torch.Tensor) -> None:
-    """Keeps only the adapter entries at ``local`` (positions among the layer's current entries)."""
-    if layer.is_pruned(adapter_name):
-        global_indices = layer.gradiend_kept_indices[adapter_name][local]
-    else:
-        global_indices = local
-    for container in (layer.gradiend_encoder, layer.gradiend_decoder):
-        old = container[adapter_name]
-        flat = old.detach().reshape(old.shape[0], -1)
-        container[adapter_name] = nn.Parameter(flat[:, local].clone(), requires_grad=old.requires_grad)
-    if adapter_name in layer.gradiend_decoder_bias:
-        old = layer.gradiend_decoder_bias[adapter_name]
-        layer.gradiend_decoder_bias[adapter_name] = nn.Parameter(
-            old.detach().reshape(-1)[local].clone(), requires_grad=old.requires_grad
-        )
-    numel = math.prod(layer.weight_shape)
-    layer.gradiend_kept_indices[adapter_name] = global_indices.to(index_dtype(numel)).clone()
-
-
 def prune_adapter(model: nn.Module, keep: Union[float, int] = 0.01, adapter_name: Optional[str] = None) -> dict[str, int]:
     """Post-prunes a trained adapter to the input entries with the largest decoder-row L1 norm.
 
@@ -101,14 +62,14 @@ def prune_adapter(model: nn.Module, keep: Union[float, int] = 0.01, adapter_name
     Returns:
         `dict[str, int]`: the number of entries kept per target module (also stored as ``config.kept_entries``).
     """
-    tuner = _tuner(model)
+    tuner = tuner_of(model)
     name = tuner.resolve_adapter(adapter_name)
     tuner.check_unmerged("prune_adapter")
     layers = tuner.gradiend_layers(name)
     scores = {m: layer.gradiend_decoder[name].detach().abs().sum(0).reshape(-1) for m, layer in layers.items()}
     total = sum(s.numel() for s in scores.values())
     count = _count_to_keep(keep, total)
-    _apply_selection(tuner, name, _select_top(scores, count))
+    tuner.restrict_entries(name, _select_top(scores, count))
     logger.info("Pruned adapter %r to %d of %d input entries by decoder L1.", name, count, total)
     return dict(tuner.peft_config[name].kept_entries)
 
@@ -133,7 +94,7 @@ def pre_prune_adapter(
     Returns:
         `dict[str, int]`: the number of entries kept per target module.
     """
-    tuner = _tuner(model)
+    tuner = tuner_of(model)
     name = tuner.resolve_adapter(adapter_name)
     tuner.check_unmerged("pre_prune_adapter")
     source = tuner.peft_config[name].source
@@ -151,6 +112,6 @@ def pre_prune_adapter(
     scores = {m: (sums[m] / count_batches).abs() for m in layers}
     total = sum(s.numel() for s in scores.values())
     count = _count_to_keep(keep, total)
-    _apply_selection(tuner, name, _select_top(scores, count))
+    tuner.restrict_entries(name, _select_top(scores, count))
     logger.info("Pre-pruned adapter %r to %d of %d entries by |mean gradient| over %d batches.", name, count, total, count_batches)
     return dict(tuner.peft_config[name].kept_entries)

@@ -33,14 +33,12 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Optional
 
+from ..tuner.constants import IGNORE_INDEX, OBJECTIVES
 from .feature import MASK_PLACEHOLDER, Feature
 
 __all__ = ["OBJECTIVES", "MaskedLMCollator", "CausalLMCollator", "collator_for", "check_single_token"]
 
 logger = logging.getLogger(__name__)
-
-OBJECTIVES = ("masked_lm", "causal_lm")
-IGNORE_INDEX = -100
 
 
 def _ids(tokenizer: Any, text: str) -> list[int]:

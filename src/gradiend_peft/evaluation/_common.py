@@ -57,14 +57,9 @@ def as_texts(texts: Any, what: str = "neutral") -> list[str]:
 
 def model_parts(model: nn.Module, adapter_name: Optional[str] = None) -> tuple[Any, str, Any]:
     """``(tuner, adapter_name, config)`` of a `peft.PeftModel` around GRADIEND or of the tuner itself."""
-    from ..tuner.model import GradiendModel
+    from ..tuner.model import tuner_of
 
-    tuner = model if isinstance(model, GradiendModel) else getattr(model, "base_model", None)
-    if not isinstance(tuner, GradiendModel):
-        raise TypeError(
-            f"Expected a GRADIEND model (get_peft_model(base, GradiendConfig(...)) or its .base_model), got "
-            f"{type(model).__name__}."
-        )
+    tuner = tuner_of(model)
     name = tuner.resolve_adapter(adapter_name)
     return tuner, name, tuner.peft_config[name]
 

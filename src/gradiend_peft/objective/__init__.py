@@ -1,8 +1,9 @@
 """The GRADIEND objective, computed from rows: the base model's gradients, the reconstruction losses (per row group
 and per row), row encodings and the encoder metrics.
 
-`gradiend_peft.objective.sharded` computes the same objective with the adapter's target modules split over processes
-(module sharding: partial sums all-reduced).
+The same functions compute the objective with the adapter's target modules split over processes (module sharding):
+pass ``shard=Shard(group)`` (`gradiend_peft.objective.sharded`, which holds the collective pieces: the all-reduces
+of the partial sums over modules); without it nothing collective runs.
 
 It sits between the tuner (`gradiend_peft.tuner`: weight-space maths on given gradients) and the training and
 evaluation packages, and imports in one direction only: ``tuner <- objective <- training, evaluation``.
@@ -25,13 +26,14 @@ from .gradients import (
     per_example_encoder_dots,
     per_row_losses,
 )
-from .losses import per_example_reconstruction_loss, reconstruction_loss
+from .losses import calibrate, per_example_reconstruction_loss, reconstruction_loss
 from .metrics import SIGNED_METRICS, encoding_metrics, expected_sign, pearson, sign_accuracy
 
 __all__ = [
     "NonFiniteGradientError",
     "SIGNED_METRICS",
     "batch_gradients",
+    "calibrate",
     "check_inputs_fit",
     "encode_group",
     "encode_rows",

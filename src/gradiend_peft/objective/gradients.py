@@ -28,12 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..tuner.constants import IGNORE_INDEX
 from ..tuner.numerics import linear_per_example_dot
 
 if TYPE_CHECKING:
     from ..tuner.model import GradiendModel
 
-IGNORE_INDEX = -100
 KIND_TO_LABEL_KEY = {"factual": "factual_labels", "alternative": "alternative_labels"}
 
 
@@ -361,7 +361,13 @@ def per_example_encoder_dots(
     tuner: "GradiendModel", batch: Mapping[str, torch.Tensor], kind: str, adapter_name: str,
     autocast_dtype: Optional[torch.dtype] = None,
 ) -> torch.Tensor:
-    """``sum_m <E_m, g_m,i>`` per row ``i`` for the gradient ``kind`` (unscaled), shape ``(B, k)``; see
-    `per_example_dots`."""
-    probes = {name: layer.full_encoder(adapter_name) for name, layer in tuner.gradiend_layers(adapter_name).items()}
+    """``sum_m <E_m, g_m,i>`` per row ``i`` for the gradient ``kind`` (unscaled), shape ``(B, k)``, over the modules
+    holding the adapter here; see `per_example_dots`.
+
+    The encoder enters detached, so the result carries no graph: no module's float32 projection (nor, with a
+    half-precision base, its float32 input and output gradient) is kept until the last module is done. The
+    per-example loss, which trains the encoder, calls `per_example_dots` with the encoder itself.
+    """
+    probes = {name: layer.full_encoder(adapter_name).detach()
+              for name, layer in tuner.gradiend_layers(adapter_name).items()}
     return per_example_dots(tuner, batch, {kind: probes}, autocast_dtype)[kind]

@@ -15,24 +15,94 @@ where ``D D^T`` (k x k), ``D c`` (k) and ``||c||^2`` sum over the target modules
 the probes with the activations and output gradients of one backward pass over the whole batch. The last term does
 not depend on the adapter and is left out: the returned loss is the per-example reconstruction error minus the
 target's energy ``s^2 ||T_i||^2`` (its gradient w.r.t. the adapter is exact).
+
+Module sharding (``shard``, see `gradiend_peft.objective.sharded.Shard`): every quantity above is a sum over target
+modules. With ``shard=None`` (the default) the tuner holds the whole adapter and the sums are complete. With a shard,
+the tuner holds this process's modules only, and the same functions compute this process's partial sums; the encoder
+dot products (``k`` numbers per row group or row) are summed over the shard's processes (a differentiable all-reduce,
+so the backward reaches every process's encoder), and the returned loss is this process's part of a loss that is the
+sum over the processes. A process whose base-model gradients are not finite takes part in the all-reduce with NaN, so
+that every process raises together instead of waiting for the others.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional, TypeVar
 
 import torch
 
-from .gradients import batch_gradients, per_example_dots
+from .gradients import NonFiniteGradientError, batch_gradients, per_example_dots
 
 if TYPE_CHECKING:
     from ..tuner.model import GradiendModel
+    from .sharded import Shard
+
+__all__ = ["calibrate", "per_example_reconstruction_loss", "reconstruction_loss"]
+
+_T = TypeVar("_T")
+
+
+def computed(shard: Optional["Shard"], compute: Callable[[], _T]) -> tuple[Optional[_T], Optional[Exception]]:
+    """``(compute(), None)``; with a shard, a `NonFiniteGradientError` is returned as ``(None, error)`` instead of
+    raised, so that this process still takes part in the shard's all-reduce (which then raises on every process)."""
+    if shard is None:
+        return compute(), None
+    try:
+        return compute(), None
+    except NonFiniteGradientError as err:
+        return None, err
+
+
+def summed(shard: Optional["Shard"], partial: Optional[torch.Tensor], failure: Optional[Exception], shape: tuple,
+           device: torch.device, what: str) -> torch.Tensor:
+    """``partial`` summed over the shard's processes (differentiably; NaN where this process failed); ``partial``
+    itself without a shard."""
+    if shard is None:
+        return partial
+    if partial is None:
+        partial = torch.full(shape, math.nan, device=device)
+    return shard.sum(partial, failure, what)
+
+
+def _calibrate_on(tuner: "GradiendModel", name: str, gradients: Optional[Mapping[str, torch.Tensor]],
+                  shard: Optional["Shard"], failure: Optional[Exception]) -> None:
+    if not tuner.peft_config[name].normalize_gradients or float(tuner.gradiend_gradient_scale[name]) > 0:
+        return
+    if shard is None:
+        tuner.calibrate_gradient_scale(gradients, name)
+    else:
+        shard.calibrate(tuner, name, gradients, failure)
+
+
+def calibrate(tuner: "GradiendModel", batch: Mapping[str, torch.Tensor], adapter_name: Optional[str] = None,
+              autocast_dtype: Optional[torch.dtype] = None, shard: Optional["Shard"] = None) -> float:
+    """Calibrates the gradient scale ``s = 1 / RMS`` on a row group's ``source`` gradient if that has not happened
+    yet (see `GradiendModel.calibrate_gradient_scale`); returns ``s``.
+
+    Args:
+        tuner (`GradiendModel`): The tuner (``peft_model.base_model``).
+        batch (`Mapping[str, torch.Tensor]`): A collated row group.
+        adapter_name (`str`, *optional*): The adapter (default: the active one).
+        autocast_dtype (`torch.dtype`, *optional*): Mixed precision for the base model's forward pass.
+        shard (`Shard`, *optional*): This process's share of a module-sharded adapter: the RMS is taken over all the
+            processes' entries (one all-reduce of two numbers); every process of the shard calls it with the same
+            row group.
+    """
+    name = tuner.resolve_adapter(adapter_name)
+    config = tuner.peft_config[name]
+    if config.normalize_gradients and not float(tuner.gradiend_gradient_scale[name]) > 0:
+        held = list(tuner.gradiend_layers(name))
+        grads, failure = computed(shard, lambda: batch_gradients(tuner, batch, [config.source], autocast_dtype,
+                                                                 held)[config.source])
+        _calibrate_on(tuner, name, grads, shard, failure)
+    return tuner.gradient_scale(name)
 
 
 def reconstruction_loss(
     tuner: "GradiendModel", batch: Mapping[str, torch.Tensor], adapter_name: Optional[str] = None,
-    autocast_dtype: Optional[torch.dtype] = None,
+    autocast_dtype: Optional[torch.dtype] = None, shard: Optional["Shard"] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """The GRADIEND objective for one row group.
 
@@ -45,16 +115,26 @@ def reconstruction_loss(
         batch (`Mapping[str, torch.Tensor]`): A collated row group.
         adapter_name (`str`, *optional*): The adapter (default: the active one).
         autocast_dtype (`torch.dtype`, *optional*): Mixed precision for the base model's forward pass.
+        shard (`Shard`, *optional*): This process's share of a module-sharded adapter (see the module docstring);
+            every process of the shard calls it with the same row group.
 
     Returns:
-        `tuple`: ``(loss, h, n)``: ``sum_m ||d_m(h) - s * target_m||^2`` (differentiable w.r.t. the adapter), the
-        latent ``h`` (``(k,)``) and the number of entries ``n`` (``loss / n`` is the mean squared error).
+        `tuple`: ``(loss, h, n)``: ``sum_m ||d_m(h) - s * target_m||^2`` (differentiable w.r.t. the adapter; with a
+        shard, this process's part, the sum over its modules), the latent ``h`` (``(k,)``, the same on every process)
+        and the whole adapter's number of entries ``n`` (``loss / n`` is the mean squared error).
     """
     name = tuner.resolve_adapter(adapter_name)
     config = tuner.peft_config[name]
-    grads = batch_gradients(tuner, batch, [config.source, config.target], autocast_dtype)
-    tuner.calibrate_gradient_scale(grads[config.source], name)
-    latent = tuner.encode_gradients(grads[config.source], name)
+    if shard is None:
+        tuner.check_complete(name, "The GRADIEND loss")
+    held = list(tuner.gradiend_layers(name))
+    grads, failure = computed(shard, lambda: batch_gradients(tuner, batch, [config.source, config.target],
+                                                             autocast_dtype, held))
+    _calibrate_on(tuner, name, grads[config.source] if grads else None, shard, failure)
+    partial = tuner.encoder_dots(grads[config.source], name) if grads else None
+    dots = summed(shard, partial, failure, (config.latent_dim,), tuner.gradiend_encoder_bias[name].device,
+                  "The encoder's dot product")
+    latent = tuner.latent_from_dots(dots, name)
     return tuner.reconstruction_error(latent, grads[config.target], name), latent, tuner.num_entries(name)
 
 
@@ -67,7 +147,7 @@ def _weight_shaped(layer, adapter_name: str, rows: torch.Tensor) -> torch.Tensor
 
 def per_example_reconstruction_loss(
     tuner: "GradiendModel", batch: Mapping[str, torch.Tensor], adapter_name: Optional[str] = None,
-    autocast_dtype: Optional[torch.dtype] = None,
+    autocast_dtype: Optional[torch.dtype] = None, shard: Optional["Shard"] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """The mean over rows of each row's own GRADIEND loss, up to the adapter-independent ``s^2 ||T_i||^2``.
 
@@ -76,16 +156,23 @@ def per_example_reconstruction_loss(
         batch (`Mapping[str, torch.Tensor]`): A collated batch; every row is one sample.
         adapter_name (`str`, *optional*): The adapter (default: the active one).
         autocast_dtype (`torch.dtype`, *optional*): Mixed precision for the base model's forward pass.
+        shard (`Shard`, *optional*): This process's share of a module-sharded adapter (see the module docstring):
+            the per-row encoder dot products ``(B, k)`` are summed over its processes, and every other term of a
+            row's loss is a sum over modules, so the processes' losses add up to the whole adapter's.
 
     Returns:
-        `tuple`: ``(loss, latents, n)``: the loss (differentiable w.r.t. the adapter; see the module docstring),
-        the per-row latents ``(B, k)`` and the number of entries ``n``.
+        `tuple`: ``(loss, latents, n)``: the loss (differentiable w.r.t. the adapter; see the module docstring; with
+        a shard, this process's part), the per-row latents ``(B, k)`` and the whole adapter's number of entries ``n``.
     """
     name = tuner.resolve_adapter(adapter_name)
-    tuner.check_complete(name, "The per-example GRADIEND loss")
-    source_dots, target_dots = per_example_probe_dots(tuner, batch, name, autocast_dtype)
+    if shard is None:
+        tuner.check_complete(name, "The per-example GRADIEND loss")
+    dots, failure = computed(shard, lambda: per_example_probe_dots(tuner, batch, name, autocast_dtype))
+    rows, k = batch["input_ids"].shape[0], tuner.peft_config[name].latent_dim
+    source_dots = summed(shard, dots[0] if dots else None, failure, (rows, k),
+                         tuner.gradiend_encoder_bias[name].device, "The encoder's per-row dot products")
     latents = tuner.latent_from_dots(source_dots, name)  # (B, k)
-    return per_example_losses(tuner, name, latents, target_dots).mean(), latents, tuner.num_entries(name)
+    return per_example_losses(tuner, name, latents, dots[1]).mean(), latents, tuner.num_entries(name)
 
 
 def per_example_probe_dots(tuner: "GradiendModel", batch: Mapping[str, torch.Tensor], adapter_name: str,

@@ -1,4 +1,5 @@
-"""The GRADIEND objective with the adapter's target modules split over processes (module sharding).
+"""The collective pieces of module sharding: the GRADIEND objective (`gradiend_peft.objective.losses`,
+`gradiend_peft.objective.encoding`) with the adapter's target modules split over processes, through a `Shard`.
 
 Every quantity of the objective is a sum over target modules ``m``:
 
@@ -13,17 +14,18 @@ for its modules ``M_p`` only, and a copy of ``b_e`` and ``s``), each process com
     h         = act(s * all_reduce(partial_p) + b_e)        (the same h on every process)
     loss_p    = sum_{m in M_p} ||d_m(h) - s * t_m||^2       (loss = sum_p loss_p)
 
-Backward: ``all_reduce`` is differentiable (`all_reduce_sum`); its backward is again a sum over the processes, so
-``dloss/dh = sum_p dloss_p/dh`` reaches every process and each ``E_m`` gets its exact gradient. ``D_m`` and ``c_m``
-appear in ``loss_p`` only. The replicated ``b_e`` gets ``dloss_p/db_e`` on process ``p``; its gradient is the sum
-over the processes (`all_reduce_encoder_bias_grad`, once per optimizer step). The gradient scale ``s`` is
-``1 / RMS`` over all ``n`` entries: each process sums the squares and counts the entries of its modules and one
-all-reduce of those two numbers gives the totals (`moments_reducer`).
+The objective's functions take ``shard=Shard(group)`` and compute each process's partial sums over its own
+modules; `Shard.sum` all-reduces them. Backward: ``all_reduce`` is differentiable (`all_reduce_sum`); its backward
+is again a sum over the processes, so ``dloss/dh = sum_p dloss_p/dh`` reaches every process and each ``E_m`` gets its
+exact gradient. ``D_m`` and ``c_m`` appear in ``loss_p`` only. The replicated ``b_e`` gets ``dloss_p/db_e`` on
+process ``p``; its gradient is the sum over the processes (`all_reduce_encoder_bias_grad`, once per optimizer step).
+The gradient scale ``s`` is ``1 / RMS`` over all ``n`` entries: each process sums the squares and counts the entries
+of its modules and one all-reduce of those two numbers gives the totals (`moments_reducer`, `Shard.calibrate`).
 
 Per step: one all-reduce of ``k`` numbers forward, one of ``k`` backward, one of ``k + 1`` for the encoder bias'
 gradient (and the summed loss, so that every process agrees on a non-finite one). A process whose base-model
 gradients are non-finite sends NaN instead of raising on its own, so that every process raises together instead of
-waiting forever for the others.
+waiting forever for the others (`agree`).
 
 Nothing here knows how the modules were assigned or how groups were made: `gradiend_peft.training.sharding` does.
 """
@@ -32,27 +34,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
 
-from .gradients import NonFiniteGradientError, batch_gradients, per_example_encoder_dots
-from .losses import per_example_losses, per_example_probe_dots
+from .gradients import NonFiniteGradientError
 
 if TYPE_CHECKING:
     from ..tuner.model import GradiendModel
 
-__all__ = [
-    "adapter_entries",
-    "all_reduce_encoder_bias_grad",
-    "all_reduce_sum",
-    "moments_reducer",
-    "sharded_calibrate",
-    "sharded_encode_rows",
-    "sharded_per_example_reconstruction_loss",
-    "sharded_reconstruction_loss",
-]
+__all__ = ["Shard", "agree", "all_reduce_encoder_bias_grad", "all_reduce_sum", "moments_reducer"]
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -80,13 +73,6 @@ def all_reduce_sum(tensor: torch.Tensor, group: Any = None) -> torch.Tensor:
     return _AllReduceSum.apply(tensor, group)
 
 
-def adapter_entries(config) -> int:
-    """The whole adapter's input entries ``n`` from its config (``target_shapes``, ``kept_entries``), whichever
-    modules this process holds."""
-    kept = config.kept_entries or {}
-    return sum(int(kept[m]) if m in kept else math.prod(shape) for m, shape in (config.target_shapes or {}).items())
-
-
 def moments_reducer(group: Any = None, device: Any = "cpu") -> Callable[[float, int], tuple[float, int]]:
     """A ``reduce_moments`` for `GradiendModel.calibrate_gradient_scale`: one float64 all-reduce of
     ``(sum of squares, entry count)`` over ``group`` (a tensor on ``device``: the adapter's, which the process
@@ -107,8 +93,9 @@ def moments_reducer(group: Any = None, device: Any = "cpu") -> Callable[[float, 
     return reduce
 
 
-def _agree(total: torch.Tensor, failure: Optional[Exception], what: str) -> None:
-    """Raises on every process when the all-reduced ``total`` is not finite (some process sent NaN)."""
+def agree(total: torch.Tensor, failure: Optional[Exception], what: str) -> None:
+    """Raises on every process when the all-reduced ``total`` is not finite (some process sent NaN): this process's
+    own ``failure`` if it had one (it names the module), else a `NonFiniteGradientError` naming ``what``."""
     if failure is not None:
         raise failure
     if not bool(torch.isfinite(total).all()):
@@ -116,133 +103,44 @@ def _agree(total: torch.Tensor, failure: Optional[Exception], what: str) -> None
                                      "base-model gradients (its own error names the module).")
 
 
-def _calibrate(tuner: "GradiendModel", name: str, gradients: Optional[Mapping[str, torch.Tensor]], group: Any,
-               failure: Optional[Exception]) -> None:
-    """Calibrates the gradient scale over the shard group if not done yet; a process without ``gradients`` (its own
-    had ``failure``) takes part with NaN, so that every process raises together."""
-    config = tuner.peft_config[name]
-    if not config.normalize_gradients or float(tuner.gradiend_gradient_scale[name]) > 0:
-        return
-    reduce = moments_reducer(group, tuner.gradiend_encoder_bias[name].device)
-    try:
-        if gradients is None:
-            reduce(math.nan, 0)
-        else:
-            tuner.calibrate_gradient_scale(gradients, name, reduce_moments=reduce)
-    except NonFiniteGradientError:
-        if failure is not None:
-            raise failure from None
-        raise
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of a module-sharded adapter, as the objective sees it: the target modules the tuner holds
+    (the others were dropped, `GradiendModel.drop_modules`) and ``group``, the processes that hold the rest.
 
+    Pass it as ``shard=`` to `gradiend_peft.objective.reconstruction_loss`, `per_example_reconstruction_loss`,
+    `encode_rows` and `calibrate`; without one (``None``) they compute over the whole adapter and call nothing here.
 
-def sharded_calibrate(tuner: "GradiendModel", batch: Mapping[str, torch.Tensor], group: Any = None,
-                      adapter_name: Optional[str] = None, autocast_dtype: Optional[torch.dtype] = None) -> float:
-    """Calibrates the gradient scale ``s = 1 / RMS`` on a row group's ``source`` gradient over ALL the adapter's
-    entries (each process its own modules', one all-reduce of two numbers), if not done yet; returns ``s``. Every
-    process of ``group`` must call it with the same row group."""
-    name = tuner.resolve_adapter(adapter_name)
-    config = tuner.peft_config[name]
-    if config.normalize_gradients and not float(tuner.gradiend_gradient_scale[name]) > 0:
-        own = list(tuner.gradiend_layers(name))
-        try:
-            grads, failure = batch_gradients(tuner, batch, [config.source], autocast_dtype, own)[config.source], None
-        except NonFiniteGradientError as err:
-            grads, failure = None, err
-        _calibrate(tuner, name, grads, group, failure)
-    return tuner.gradient_scale(name)
-
-
-def sharded_reconstruction_loss(
-    tuner: "GradiendModel", batch: Mapping[str, torch.Tensor], group: Any = None, adapter_name: Optional[str] = None,
-    autocast_dtype: Optional[torch.dtype] = None,
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """`gradiend_peft.objective.reconstruction_loss` of one row group, for this process's share of the modules.
-
-    Every process of ``group`` must call it with the same row group. Calibrates the gradient scale (over all the
-    processes' entries) if that has not happened yet.
-
-    Args:
-        tuner (`GradiendModel`): The tuner, holding this process's modules of the adapter.
-        batch (`Mapping[str, torch.Tensor]`): A collated row group (the same on every process of ``group``).
+    Attributes:
         group (`ProcessGroup`, *optional*): The processes that together hold the whole adapter (default: all).
-        adapter_name (`str`, *optional*): The adapter (default: the active one).
-        autocast_dtype (`torch.dtype`, *optional*): Mixed precision for the base model's forward pass.
-
-    Returns:
-        `tuple`: ``(loss_p, h, n)``: this process's part of the summed squared error (the whole loss is the sum over
-        the processes; differentiable, and its backward reaches the other processes' encoders through the
-        all-reduce), the latent ``h`` (``(k,)``, the same everywhere) and the whole adapter's entries ``n``.
     """
-    name = tuner.resolve_adapter(adapter_name)
-    config = tuner.peft_config[name]
-    own = list(tuner.gradiend_layers(name))
-    try:
-        grads, failure = batch_gradients(tuner, batch, [config.source, config.target], autocast_dtype, own), None
-    except NonFiniteGradientError as err:
-        grads, failure = None, err
-    _calibrate(tuner, name, grads[config.source] if grads else None, group, failure)
-    if grads is None:
-        partial = torch.full((config.latent_dim,), math.nan, device=tuner.gradiend_encoder_bias[name].device)
-    else:
-        partial = tuner.encoder_dots(grads[config.source], name)
-    dots = all_reduce_sum(partial, group)
-    _agree(dots.detach(), failure, "The encoder's dot product")
-    latent = tuner.latent_from_dots(dots, name)
-    return tuner.reconstruction_error(latent, grads[config.target], name), latent, adapter_entries(config)
 
+    group: Any = None
 
-def sharded_per_example_reconstruction_loss(
-    tuner: "GradiendModel", batch: Mapping[str, torch.Tensor], group: Any = None, adapter_name: Optional[str] = None,
-    autocast_dtype: Optional[torch.dtype] = None,
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """`gradiend_peft.objective.per_example_reconstruction_loss` for this process's share of the modules: the
-    per-row encoder dot products ``(B, k)`` are summed over ``group`` (differentiably) and every other term of each
-    row's loss is a sum over modules, so the processes' losses add up to the whole adapter's.
+    def sum(self, partial: torch.Tensor, failure: Optional[Exception], what: str) -> torch.Tensor:
+        """``partial`` (NaN where this process's gradients failed, ``failure``) summed over the group,
+        differentiably; raises on every process when any process failed (`agree`)."""
+        total = all_reduce_sum(partial, self.group)
+        agree(total.detach(), failure, what)
+        return total
 
-    Returns:
-        `tuple`: ``(loss_p, latents, n)`` as for `sharded_reconstruction_loss`, with latents ``(B, k)``.
-    """
-    name = tuner.resolve_adapter(adapter_name)
-    config = tuner.peft_config[name]
-    try:
-        (source_dots, target_dots), failure = per_example_probe_dots(tuner, batch, name, autocast_dtype), None
-    except NonFiniteGradientError as err:
-        failure = err
-        rows = batch["input_ids"].shape[0]
-        source_dots = torch.full((rows, config.latent_dim), math.nan,
-                                 device=tuner.gradiend_encoder_bias[name].device)
-        target_dots = None
-    dots = all_reduce_sum(source_dots, group)
-    _agree(dots.detach(), failure, "The encoder's per-row dot products")
-    latents = tuner.latent_from_dots(dots, name)
-    return per_example_losses(tuner, name, latents, target_dots).mean(), latents, adapter_entries(config)
+    def calibrate(self, tuner: "GradiendModel", adapter_name: str, gradients: Optional[Mapping[str, torch.Tensor]],
+                  failure: Optional[Exception]) -> None:
+        """Calibrates the gradient scale over the group's entries (`moments_reducer`); a process without
+        ``gradients`` (its own had ``failure``) takes part with NaN, so that every process raises together."""
+        reduce = moments_reducer(self.group, tuner.gradiend_encoder_bias[adapter_name].device)
+        try:
+            if gradients is None:
+                reduce(math.nan, 0)
+            else:
+                tuner.calibrate_gradient_scale(gradients, adapter_name, reduce_moments=reduce)
+        except NonFiniteGradientError:
+            if failure is not None:
+                raise failure from None
+            raise
 
 
 @torch.no_grad()
-def _sum_detached(tensor: torch.Tensor, group: Any) -> torch.Tensor:
-    out = tensor.detach().clone(memory_format=torch.contiguous_format)
-    dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
-    return out
-
-
-def sharded_encode_rows(tuner: "GradiendModel", batch: Mapping[str, torch.Tensor], group: Any = None,
-                        adapter_name: Optional[str] = None, autocast_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-    """`gradiend_peft.objective.encode_rows` for this process's share of the modules: every row's encoder dot
-    products over these modules, summed over ``group`` (one all-reduce of ``B x k`` numbers); shape ``(B, k)``, the
-    same on every process of ``group``."""
-    name = tuner.resolve_adapter(adapter_name)
-    config = tuner.peft_config[name]
-    try:
-        partial, failure = per_example_encoder_dots(tuner, batch, config.source, name, autocast_dtype), None
-    except NonFiniteGradientError as err:
-        failure = err
-        partial = torch.full((batch["input_ids"].shape[0], config.latent_dim), math.nan,
-                             device=tuner.gradiend_encoder_bias[name].device)
-    dots = _sum_detached(partial, group)
-    _agree(dots, failure, "The encoder's per-row dot products")
-    return tuner.latent_from_dots(dots, name).detach()
-
-
 def all_reduce_encoder_bias_grad(tuner: "GradiendModel", adapter_name: str, group: Any = None,
                                  extra: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
     """Sums the replicated encoder bias' gradient over ``group`` in place (each process holds only its modules'
@@ -256,7 +154,8 @@ def all_reduce_encoder_bias_grad(tuner: "GradiendModel", adapter_name: str, grou
     grad = bias.grad if bias.grad is not None else torch.zeros_like(bias)
     dtype = torch.promote_types(grad.dtype, extra.dtype) if extra is not None else grad.dtype
     parts = [grad.reshape(-1).to(dtype)] + ([extra.reshape(-1).to(dtype)] if extra is not None else [])
-    total = _sum_detached(torch.cat(parts), group)
+    total = torch.cat(parts)
+    dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
     summed = total[: bias.numel()].view_as(bias).to(grad.dtype)
     if bias.grad is None:
         bias.grad = summed.clone()

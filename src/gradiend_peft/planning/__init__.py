@@ -11,6 +11,7 @@ row encoding and the rewrite search, for one process and for the module-sharded 
 The command line: ``gradiend-peft estimate-memory --model smollm2-135m --layers 20-29 --processes 4``.
 """
 
-from .memory import MemoryPlan, ModelShape, PhasePlan, estimate_memory, format_bytes, parse_bytes
+from .estimate import estimate_memory
+from .memory import MemoryPlan, ModelShape, PhasePlan, format_bytes, parse_bytes
 
 __all__ = ["MemoryPlan", "ModelShape", "PhasePlan", "estimate_memory", "format_bytes", "parse_bytes"]

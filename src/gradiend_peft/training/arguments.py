@@ -91,6 +91,9 @@ class GradiendTrainingArguments(TrainingArguments):
             process holds the whole adapter). Each process then holds about ``1/P`` of the adapter and of its
             optimizer state; ``W`` launched processes train ``P`` shards times ``W / P`` data-parallel replicas.
             See docs/guides/sharding.md.
+        overwrite_output_dir (`bool`): Start a new run in an ``output_dir`` that holds another run's
+            ``checkpoint-<step>`` folders, deleting them first. Without it (the default) such a run is refused, since
+            it would overwrite them one by one; resuming (``train(resume_from_checkpoint=...)``) needs neither.
     """
 
     # ----------------------------------------------------------------------------------- GRADIEND options
@@ -140,6 +143,11 @@ class GradiendTrainingArguments(TrainingArguments):
         metadata={"help": "Split the adapter's target modules over this many processes (1: no sharding); the launched "
                           "processes must be a multiple of it (shards x data-parallel replicas)."},
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start a new run in an output_dir that holds another run's checkpoints, deleting them "
+                          "(without it such a run is refused; resuming needs neither)."},
+    )
 
     # ------------------------------------------------------------------- TrainingArguments, new defaults
     learning_rate: float = field(default=1e-5, metadata={"help": "AdamW learning rate (reference: 1e-5)."})
@@ -178,6 +186,16 @@ class GradiendTrainingArguments(TrainingArguments):
         shards = self.adapter_shards
         if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
             raise ValueError(f"adapter_shards must be a positive integer, got {shards!r}.")
+        steps = self.gradient_accumulation_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"gradient_accumulation_steps must be a positive integer (1: an update per row group), "
+                             f"got {steps!r}.")
+        if self.max_steps == 0:
+            raise ValueError(
+                "max_steps=0 would train nothing, but transformers' loop still takes one step before its stop check "
+                "(changing the adapter). Pass max_steps=-1 to train num_train_epochs, or a positive number of steps; "
+                "to use an untrained adapter, do not call train()."
+            )
         if self.class_balance not in CLASS_BALANCES:
             raise ValueError(f"class_balance must be one of {CLASS_BALANCES}, got {self.class_balance!r}.")
         if self.encoder_lr_fan_in is not None and (isinstance(self.encoder_lr_fan_in, bool) or self.encoder_lr_fan_in < 1):

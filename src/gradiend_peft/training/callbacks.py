@@ -7,7 +7,8 @@
 2. `BestAdapterCallback`: keep the adapter of the evaluation with the highest ``|correlation|`` and restore it at
    the end (persisted into every checkpoint, so a resumed run restores the same adapter);
 3. `ConvergenceCallback`: at the end, the convergence verdict (METHOD.md) goes into ``trainer.training_summary``
-   and, with the training history, into a JSON file in ``output_dir``.
+   and, with the training history, into a JSON file in ``output_dir``;
+4. `ResumePointsCallback`: what a resumed run restores beyond the Trainer's own state.
 
 The callbacks find the model, the optimizer and the metrics in the keyword arguments the Trainer passes.
 """
@@ -42,26 +43,17 @@ SIGN_FLIP_KEY = "gradiend_sign_flip"
 
 
 # ----------------------------------------------------------------------------------------- adapter snapshots
-def _adapter_tensors(tuner, adapter_name: str) -> dict[str, torch.Tensor]:
-    """Every parameter and buffer of one adapter (layer slices, encoder bias, gradient scale, kept indices)."""
-    tensors = {}
-    for name, tensor in list(tuner.named_parameters()) + list(tuner.named_buffers()):
-        parts = name.split(".")
-        if len(parts) >= 2 and parts[-1] == adapter_name and parts[-2].startswith("gradiend_"):
-            tensors[name] = tensor
-    return tensors
-
-
 def adapter_snapshot(tuner, adapter_name: str) -> dict[str, torch.Tensor]:
-    """A CPU copy of one adapter's tensors (3n + k floats), restorable with `restore_adapter_snapshot`."""
-    tensors = _adapter_tensors(tuner, adapter_name)
+    """A CPU copy of one adapter's tensors held by ``tuner`` (`GradiendModel.adapter_state_dict`: layer slices,
+    encoder bias, gradient scale, kept indices; 3n + k floats), restorable with `restore_adapter_snapshot`."""
+    tensors = tuner.adapter_state_dict(adapter_name)
     return {name: t.detach().to("cpu", copy=True).contiguous() for name, t in tensors.items()}
 
 
 @torch.no_grad()
 def restore_adapter_snapshot(tuner, adapter_name: str, snapshot: Mapping[str, torch.Tensor]) -> None:
     """Copies a snapshot back into the adapter's tensors, in place (the optimizer keeps its references)."""
-    tensors = _adapter_tensors(tuner, adapter_name)
+    tensors = tuner.adapter_state_dict(adapter_name)
     missing = sorted(set(tensors) - set(snapshot))
     extra = sorted(set(snapshot) - set(tensors))
     if missing or extra:
@@ -391,3 +383,25 @@ class ConvergenceCallback(TrainerCallback):
         history_file = getattr(args, "history_file", None)
         if history_file and state.is_world_process_zero and args.output_dir:
             atomic_write_json(os.path.join(args.output_dir, history_file), {**history, "summary": summary})
+
+
+# ---------------------------------------------------------------------------------------------------- resuming
+class ResumePointsCallback(TrainerCallback):
+    """What a resumed run restores beyond the Trainer's own state, for a `GradiendTrainer`: at the start of training,
+    a half-precision adapter's float32 masters from the checkpoint (after the Trainer loaded the rounded adapter;
+    ``trainer._restore_masters``); before each epoch's iterator is made, the training sampler's epoch,
+    ``global_step // updates per epoch`` (the Trainer's own count), so that a resumed run continues the interrupted
+    epoch's group order."""
+
+    def __init__(self, trainer: Any) -> None:
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer._restore_masters()
+
+    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        sampler = self.trainer._train_sampler
+        if sampler is None or train_dataloader is None:
+            return
+        updates = max(1, len(train_dataloader) // args.gradient_accumulation_steps)
+        sampler.set_epoch(state.global_step // updates)

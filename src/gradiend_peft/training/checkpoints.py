@@ -54,6 +54,18 @@ def is_complete_checkpoint(path: str) -> bool:
     return True
 
 
+def checkpoint_folders(folder: str) -> list[str]:
+    """The ``checkpoint-<step>`` folders in ``folder`` (the Trainer's ``output_dir``), by step."""
+    if not folder or not os.path.isdir(folder):
+        return []
+    steps = sorted(
+        (int(match.group(1)), name)
+        for name in os.listdir(folder)
+        if (match := _CHECKPOINT.match(name)) and os.path.isdir(os.path.join(folder, name))
+    )
+    return [os.path.join(folder, name) for _, name in steps]
+
+
 def last_complete_checkpoint(folder: str, set_aside_incomplete: bool = True) -> Optional[str]:
     """The newest complete ``checkpoint-N`` in ``folder`` (``None`` if there is none).
 
@@ -61,15 +73,7 @@ def last_complete_checkpoint(folder: str, set_aside_incomplete: bool = True) -> 
         folder (`str`): The Trainer's ``output_dir``.
         set_aside_incomplete (`bool`): Rename newer incomplete checkpoints to ``checkpoint-N.incomplete-<time>``.
     """
-    if not folder or not os.path.isdir(folder):
-        return None
-    steps = sorted(
-        (int(match.group(1)), name)
-        for name in os.listdir(folder)
-        if (match := _CHECKPOINT.match(name)) and os.path.isdir(os.path.join(folder, name))
-    )
-    for _, name in reversed(steps):
-        path = os.path.join(folder, name)
+    for path in reversed(checkpoint_folders(folder)):
         if is_complete_checkpoint(path):
             return path
         if set_aside_incomplete:

@@ -1,19 +1,55 @@
-"""Checks `GradiendTrainer` runs before training: the rows, the adapter's classes, trainability, precision and the
-checkpoint to resume from. Each refuses what cannot work with a message naming the fix."""
+"""Checks `GradiendTrainer` runs before training: its arguments, the rows, the adapter's classes, trainability,
+precision, the checkpoint to resume from and the output folder of a new run. Each refuses what cannot work with a
+message naming the fix."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from typing import Optional
+import shutil
+from typing import Any, Optional
 
 import torch
 
+from ..loading import INDEX_NAME
+from ..tuner.config import FUNCTION_FIELDS
 from .arguments import GradiendTrainingArguments, bf16_supported
+from .checkpoints import checkpoint_folders
 
 logger = logging.getLogger(__name__)
 
 ROW_COLUMNS = ("text", "factual", "alternative")
+
+
+def check_trainer_arguments(model, args: Optional[GradiendTrainingArguments], eval_dataset,
+                            kwargs: dict[str, Any]) -> tuple[GradiendTrainingArguments, dict[str, Any]]:
+    """Refuses what `GradiendTrainer` cannot take (its own loss and metrics replaced, no model, other arguments, an
+    evaluation without rows); returns the arguments (default ones for ``None``) and the keyword arguments that are
+    set."""
+    for unsupported in ("model_init", "compute_loss_func", "compute_metrics", "preprocess_logits_for_metrics"):
+        if kwargs.get(unsupported) is not None:
+            raise ValueError(
+                f"GradiendTrainer does not take {unsupported}: it computes the GRADIEND loss and the encoder "
+                "metrics itself. Use callbacks (on_evaluate sees the metrics) or trainer.predict(rows) for encodings."
+            )
+    if model is None:
+        raise ValueError("GradiendTrainer needs model=peft.get_peft_model(base_model, GradiendConfig(...)).")
+    if args is None:
+        args = GradiendTrainingArguments(output_dir="gradiend_trainer_output")
+    if not isinstance(args, GradiendTrainingArguments):
+        raise TypeError(
+            f"GradiendTrainer takes GradiendTrainingArguments, got {type(args).__name__}: "
+            "GradiendTrainingArguments(output_dir=..., ...) accepts every TrainingArguments field."
+        )
+    if eval_dataset is None and args.eval_strategy == "no":
+        args.eval_on_start = False  # nothing to evaluate
+    if args.eval_strategy != "no" and eval_dataset is None:
+        raise ValueError(
+            "GRADIEND evaluates the encoder on validation rows every eval_steps (correlation, class means, best "
+            "adapter, convergence): pass eval_dataset=pairs['validation'], or set eval_strategy='no'."
+        )
+    return args, {k: v for k, v in kwargs.items() if v is not None}
 
 
 def first_dataset(eval_dataset):
@@ -78,27 +114,61 @@ def check_rows(dataset, what: str = "dataset", collator=None) -> None:
 
 
 def check_checkpoint_unfinished(checkpoint: str, max_steps: int) -> None:
-    """Refuses to resume from a checkpoint that already reached ``max_steps``: transformers' loop would train one
-    step more (its stop check follows a step), changing a finished adapter."""
-    import json
-
+    """Refuses to resume from a checkpoint whose ``trainer_state.json`` transformers cannot resume from (see
+    `_trainer_state_problem`), or that already reached ``max_steps``: transformers' loop would train one step more
+    (its stop check follows a step), changing a finished adapter."""
     path = os.path.join(checkpoint, "trainer_state.json")
-    if max_steps <= 0 or not os.path.isfile(path):
+    if not os.path.isfile(path):
         return
-    with open(path, encoding="utf-8") as handle:
-        step = int(json.load(handle).get("global_step", 0))
-    if step >= max_steps:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            state = json.load(handle)
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        problem = f"it is not readable JSON ({err})"
+    else:
+        problem = _trainer_state_problem(state)
+    if problem:
+        raise ValueError(
+            f"Cannot resume from {checkpoint!r}: its trainer_state.json is not one transformers' Trainer wrote "
+            f"({problem}). Resume from a complete checkpoint of the run (resume_from_checkpoint=True picks the last "
+            "one), or start anew without resume_from_checkpoint."
+        )
+    step = state["global_step"]
+    if max_steps > 0 and step >= max_steps:
         raise ValueError(
             f"{checkpoint!r} already reached max_steps ({step} of {max_steps}): there is nothing left to train. Load "
             "its adapter (gradiend_peft.load_gradiend_model), or raise max_steps to train on from it."
         )
 
 
-def check_checkpoint_fits(checkpoint: str, config, adapter: str) -> None:
-    """Refuses to resume from a checkpoint whose adapter is not this GRADIEND adapter (another PEFT method, other
-    target modules, latent size or pruning), naming the mismatch, before any state is restored."""
-    import json
+def _trainer_state_problem(state: Any) -> Optional[str]:
+    """What keeps transformers from resuming from a parsed ``trainer_state.json`` (``None``: nothing): it must be an
+    object of `TrainerState`'s keys with an integer ``global_step`` >= 0, ``train_batch_size`` >= 1 and a
+    ``log_history`` list (every Trainer checkpoint has them; ``{"global_step": 1}`` alone made the Trainer fail with a
+    bare ``TypeError``)."""
+    import dataclasses
 
+    from transformers import TrainerState
+
+    if not isinstance(state, dict):
+        return "it is not a JSON object"
+    unknown = sorted(set(state) - {f.name for f in dataclasses.fields(TrainerState)})
+    if unknown:
+        return f"it has keys a Trainer never writes: {unknown[:5]}"
+    for key, least in (("global_step", 0), ("train_batch_size", 1)):
+        value = state.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            return f"its {key} is {value!r}, not an integer >= {least}"
+    if not isinstance(state.get("log_history"), list):
+        return "it has no log_history list"
+    return None
+
+
+def check_checkpoint_fits(checkpoint: str, config, adapter: str, shards: int = 1) -> dict[str, Any]:
+    """Refuses to resume from a checkpoint whose adapter is not this GRADIEND adapter (another PEFT method, or any
+    config field that changes what the adapter computes, `gradiend_peft.tuner.config.FUNCTION_FIELDS`: the fields are
+    named) or that another number of ``adapter_shards`` wrote, before any state is restored. Returns the checkpoint's
+    saved config."""
     if not os.path.isdir(checkpoint):
         raise ValueError(f"resume_from_checkpoint={checkpoint!r} is not a folder. Pass a checkpoint-<step> folder of "
                          "output_dir, or True for the last one.")
@@ -110,22 +180,56 @@ def check_checkpoint_fits(checkpoint: str, config, adapter: str) -> None:
     with open(path, encoding="utf-8") as handle:
         saved = json.load(handle)
     problems = []
-    if saved.get("peft_type") != "GRADIEND":
-        problems.append(f"it holds a {saved.get('peft_type')} adapter, not a GRADIEND one")
+    if not isinstance(saved, dict) or saved.get("peft_type") != "GRADIEND":
+        kind = saved.get("peft_type") if isinstance(saved, dict) else None
+        problems.append(f"it holds a {kind} adapter, not a GRADIEND one")
     else:
-        for key in ("target_shapes", "latent_dim", "kept_entries", "decoder_bias", "source", "target"):
-            if saved.get(key) != getattr(config, key):
-                ours, theirs = getattr(config, key), saved.get(key)
-                if isinstance(ours, dict) and isinstance(theirs, dict):
-                    differ = sorted(set(ours) ^ set(theirs)) or sorted(k for k in ours if ours[k] != theirs.get(k))
-                    problems.append(f"its {key} differ (e.g. {differ[:3]})")
-                else:
-                    problems.append(f"its {key} is {theirs!r}, this adapter's is {ours!r}")
+        for key in FUNCTION_FIELDS:
+            ours, theirs = getattr(config, key), saved.get(key)
+            if theirs == ours:
+                continue
+            if isinstance(ours, dict) and isinstance(theirs, dict):
+                differ = sorted(set(ours) ^ set(theirs)) or sorted(k for k in ours if ours[k] != theirs.get(k))
+                problems.append(f"its {key} differ (e.g. {differ[:3]})")
+            else:
+                problems.append(f"its {key} is {theirs!r}, this adapter's is {ours!r}")
+        sharded = os.path.isfile(os.path.join(folder, INDEX_NAME))
+        if sharded != (shards > 1):
+            problems.append(
+                f"it was written by a run {'with' if sharded else 'without'} adapter_shards > 1, and this trainer runs "
+                f"{'with' if shards > 1 else 'without'} (resume with the adapter_shards it was trained with; "
+                "load_gradiend_model loads either kind as one adapter)")
     if problems:
         raise ValueError(
             f"Cannot resume from {checkpoint!r}: {'; '.join(problems)}. Resume only from checkpoints of the same "
             "GRADIEND configuration (or start a new run in another output_dir)."
         )
+    return saved
+
+
+def claim_output_dir(args: GradiendTrainingArguments) -> bool:
+    """Refuses a new run into an ``output_dir`` that holds another run's ``checkpoint-<step>`` folders: the new run
+    would overwrite them one by one, the Trainer's rotation (``save_total_limit``) would delete either run's, and
+    ``resume_from_checkpoint=True`` would pick the other run's newest. With ``overwrite_output_dir=True`` those folders
+    are deleted first (by the saving process). Returns whether any were deleted.
+    """
+    folders = checkpoint_folders(args.output_dir)
+    if not folders:
+        return False
+    names = [os.path.basename(f) for f in folders]
+    if not args.overwrite_output_dir:
+        raise ValueError(
+            f"output_dir {args.output_dir!r} already holds checkpoints of another run ({', '.join(names[:3])}"
+            f"{', ...' if len(names) > 3 else ''}); a new run would overwrite them. Resume that run with "
+            "trainer.train(resume_from_checkpoint=True), or start over with GradiendTrainingArguments("
+            "overwrite_output_dir=True), which deletes them (or choose another output_dir)."
+        )
+    if args.should_save:
+        logger.warning("overwrite_output_dir=True: deleting the checkpoints of another run in %s: %s.",
+                       args.output_dir, names)
+        for folder in folders:
+            shutil.rmtree(folder)
+    return True
 
 
 def _infer_class_pair(dataset) -> Optional[tuple[str, str]]:
@@ -166,31 +270,22 @@ def prepare_feature_classes(config, dataset) -> None:
 
 
 def check_trainable(model, tuner, adapter: str) -> None:
-    own = {id(p) for p in adapter_parameters(tuner, adapter)}
+    own = {id(p) for p in tuner.adapter_parameters(adapter)}
     stray = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in own]
     if stray:
         raise ValueError(
             f"GradiendTrainer trains only the GRADIEND adapter {adapter!r}, but other parameters require grad: "
             f"{stray[:5]}. Freeze them (e.g. model.base_model.set_requires_grad or param.requires_grad_(False))."
         )
-    if not any(p.requires_grad for p in adapter_parameters(tuner, adapter)):
+    if not any(p.requires_grad for p in tuner.adapter_parameters(adapter)):
         raise ValueError(f"Adapter {adapter!r} is not trainable; load it with is_trainable=True.")
-
-
-def adapter_parameters(tuner, adapter: str) -> list[torch.nn.Parameter]:
-    params = [tuner.gradiend_encoder_bias[adapter]]
-    for layer in tuner.gradiend_layers(adapter).values():
-        params += [layer.gradiend_encoder[adapter], layer.gradiend_decoder[adapter]]
-        if adapter in layer.gradiend_decoder_bias:
-            params.append(layer.gradiend_decoder_bias[adapter])
-    return params
 
 
 def check_precision(model, tuner, adapter: str, args: GradiendTrainingArguments) -> None:
     """Refuses precisions that cannot train: an adapter in a dtype that is neither float32/float64 nor half precision
     (half-precision adapters train as float32 masters, see `gradiend_peft.training.precision`), and bf16 on devices
     without it. Warns about float16 storage of large adapters and float16 bases."""
-    dtypes = {p.dtype for p in adapter_parameters(tuner, adapter)}
+    dtypes = {p.dtype for p in tuner.adapter_parameters(adapter)}
     odd = sorted(str(d) for d in dtypes - {torch.float16, torch.bfloat16, torch.float32, torch.float64})
     if odd:
         raise ValueError(

@@ -11,8 +11,10 @@ does:
   beforehand, DDP's and the sharded trainer's references stay valid); the upcast is exact;
 - training, evaluation, best-adapter snapshots and the optimizer state see float32 master weights: the run is the
   float32 run from the same (rounded) initial values, step for step;
-- checkpoints save the adapter rounded to its storage dtype (`storage_state_dict`), as the adapter will be stored;
-  resuming continues from those rounded values (the optimizer state is float32 in every case);
+- checkpoints save the adapter rounded to its storage dtype (`stored_precision`), as the adapter will be stored, and
+  the float32 masters in a file of the trainer's own, ``gradiend_float32_masters.safetensors`` (`save_masters`);
+  resuming puts the masters back (`load_masters`), so an interrupted and resumed run ends bit for bit as an
+  uninterrupted one (the optimizer state is float32 in every case);
 - at the end of ``train()`` (also when it fails), each tensor is rounded once back to its storage dtype
   (`round_to_storage`): the decoder, its bias and the encoder bias to nearest, the encoder weights ``E``
   **stochastically** (up or down with the probabilities that make the rounding unbiased, from a generator seeded from
@@ -36,16 +38,22 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 from typing import Iterator, Mapping, Union
 
 import torch
 
+from ..atomic import atomic_write_bytes
+from ..tuner.model import tuner_of
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["HALF_DTYPES", "float32_masters", "round_to_storage", "rounding_generator", "stochastic_round", "storable",
-           "storage_state_dict"]
+__all__ = ["HALF_DTYPES", "MASTERS_FILE", "float32_masters", "load_masters", "round_to_storage", "rounding_generator",
+           "save_masters", "stochastic_round", "storable", "stored_precision"]
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
+MASTERS_FILE = "gradiend_float32_masters.safetensors"
+"""A checkpoint's float32 masters of a half-precision adapter (the adapter file there holds the rounded values)."""
 
 
 def storable(tensor: torch.Tensor, dtype: torch.dtype) -> bool:
@@ -79,7 +87,8 @@ def rounding_generator(seed: int, device: Union[str, torch.device] = "cpu") -> t
 
 
 def _is_encoder_weight(name: str) -> bool:
-    return ".gradiend_encoder." in name
+    """``...gradiend_encoder`` (`GradiendModel.adapter_state_dict`'s name) or ``...gradiend_encoder.<adapter>``."""
+    return ".gradiend_encoder." in f"{name}."
 
 
 def round_to_storage(tensors: Mapping[str, torch.Tensor], storage: Mapping[str, torch.dtype],
@@ -103,11 +112,10 @@ def round_to_storage(tensors: Mapping[str, torch.Tensor], storage: Mapping[str, 
     return rounded
 
 
-def _adapter_named_parameters(model, adapter: str) -> dict[str, torch.nn.Parameter]:
-    """The adapter's floating-point parameters by their name in ``model`` (a PeftModel)."""
-    suffix = f".{adapter}"
-    return {name: param for name, param in model.named_parameters()
-            if "gradiend_" in name and name.endswith(suffix) and param.is_floating_point()}
+def _adapter_parameters(model, adapter: str) -> dict[str, torch.nn.Parameter]:
+    """The adapter's parameters by their `GradiendModel.adapter_state_dict` names."""
+    state = tuner_of(model).adapter_state_dict(adapter)
+    return {name: tensor for name, tensor in state.items() if isinstance(tensor, torch.nn.Parameter)}
 
 
 @contextlib.contextmanager
@@ -120,9 +128,10 @@ def float32_masters(model, adapter: str, seed: int = 0) -> Iterator[dict[str, to
         seed (`int`): Seeds the stochastic rounding of the encoder weights at the end.
 
     Yields:
-        `dict[str, torch.dtype]`: the upcast parameters' names and storage dtypes (empty for a float32 adapter).
+        `dict[str, torch.dtype]`: the upcast parameters' names (as in `GradiendModel.adapter_state_dict`) and storage
+        dtypes (empty for a float32 adapter).
     """
-    params = _adapter_named_parameters(model, adapter)
+    params = _adapter_parameters(model, adapter)
     storage = {name: p.dtype for name, p in params.items() if p.dtype in HALF_DTYPES}
     if storage:
         logger.info("GRADIEND: the adapter is stored in %s; training %d tensors as float32 master weights, rounded "
@@ -143,10 +152,52 @@ def float32_masters(model, adapter: str, seed: int = 0) -> Iterator[dict[str, to
                 "autocast_adapter_dtype=False) or float32.", len(kept), kept[0])
 
 
-def storage_state_dict(model, storage: Mapping[str, torch.dtype], seed: int = 0) -> dict[str, torch.Tensor]:
-    """``model.state_dict()`` with the master tensors named in ``storage`` rounded to their storage dtype as
-    `round_to_storage` rounds them (for checkpoints written while training float32 masters)."""
-    state = model.state_dict()
-    state.update(round_to_storage({name: state[name] for name in storage if name in state},
-                                  {name: dtype for name, dtype in storage.items() if name in state}, seed))
-    return state
+@contextlib.contextmanager
+def stored_precision(model, adapter: str, storage: Mapping[str, torch.dtype], seed: int = 0) -> Iterator[None]:
+    """For the duration (a checkpoint's save), the master tensors named in ``storage`` hold the values they will be
+    stored with, rounded as `round_to_storage` rounds them; the masters are put back afterwards."""
+    params = _adapter_parameters(model, adapter)
+    masters = {name: params[name].data for name in storage}
+    for name, tensor in round_to_storage(masters, storage, seed).items():
+        params[name].data = tensor
+    try:
+        yield
+    finally:
+        for name, tensor in masters.items():
+            params[name].data = tensor
+
+
+def save_masters(model, adapter: str, storage: Mapping[str, torch.dtype], folder: str) -> None:
+    """Writes the float32 masters named in ``storage`` into ``folder``/`MASTERS_FILE` (safetensors, atomically)."""
+    from safetensors.torch import save
+
+    params = _adapter_parameters(model, adapter)
+    masters = {name: params[name].detach().to("cpu").contiguous() for name in sorted(storage)}
+    atomic_write_bytes(os.path.join(folder, MASTERS_FILE), save(masters, metadata={"format": "pt"}))
+
+
+@torch.no_grad()
+def load_masters(model, adapter: str, storage: Mapping[str, torch.dtype], folder: str) -> bool:
+    """Copies the float32 masters that `save_masters` wrote into ``folder`` back into the adapter (in place: the
+    optimizer keeps its references); ``False`` when ``folder`` holds none.
+
+    Raises:
+        `ValueError`: when the file's tensors are not this adapter's masters (other names or shapes, non-finite or
+            not float32 values).
+    """
+    from safetensors.torch import load_file
+
+    path = os.path.join(folder, MASTERS_FILE)
+    if not os.path.isfile(path):
+        return False
+    tensors = load_file(path)
+    params = _adapter_parameters(model, adapter)
+    wrong = sorted(set(tensors) ^ set(storage))
+    wrong += sorted(name for name, tensor in tensors.items() if name in storage and (
+        tensor.shape != params[name].shape or tensor.dtype != torch.float32 or not bool(torch.isfinite(tensor).all())))
+    if wrong:
+        raise ValueError(f"{path} does not hold this adapter's float32 masters (e.g. {wrong[:3]}): the checkpoint is "
+                         "not this run's. Resume from a checkpoint of this training.")
+    for name, tensor in tensors.items():
+        params[name].copy_(tensor)
+    return True

@@ -148,7 +148,7 @@ def train_with_restarts(trainer, seeds: Optional[list[int]] = None, num_seeds: i
         `TrainOutput`: the selected attempt's. ``trainer.restart_report`` holds the `SeedReport`.
     """
     args = trainer.args
-    if getattr(trainer, "_sharding", None) is not None:
+    if trainer.args.adapter_shards > 1:
         raise ValueError("train_with_restarts does not run module-sharded trainers (adapter_shards > 1): a restart "
                          "re-draws the adapter from every module, and each process holds only its own. Run one "
                          "sharded training per seed (GradiendConfig(init_seed=...)) instead.")

@@ -4,17 +4,45 @@ One GRADIEND sample is the batch-mean gradient of a group of rows of the same cl
 batches by class). `ClassGroupedBatchSampler` makes those groups: it shuffles each class's rows (seeded by
 ``seed`` and the epoch, so that an interrupted run resumes on the same order), cuts them into groups of
 ``rows_per_gradient`` rows and interleaves the classes round-robin, ``A B A B ...``.
+
+Evaluation loaders carry each row's dataset index (`IndexedCollator`), so that the encodings gathered from several
+processes, which repeat rows to even out the processes, are matched to their rows once each (`each_row_once`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import Sampler
 
 from .arguments import CLASS_BALANCES
+
+ROW_INDEX = "gradiend_row_index"
+"""The column the evaluation loaders add, so that predictions can be matched to their rows."""
+
+
+class IndexedCollator:
+    """A collator's batch plus a ``gradiend_row_index`` tensor (the rows' dataset indices, from `ROW_INDEX`)."""
+
+    def __init__(self, collator: Callable[[list], dict]) -> None:
+        self.collator = collator
+
+    def __call__(self, rows: list[dict]) -> dict:
+        indices = [row[ROW_INDEX] for row in rows]
+        batch = self.collator([{k: v for k, v in row.items() if k != ROW_INDEX} for row in rows])
+        batch[ROW_INDEX] = torch.tensor(indices, dtype=torch.long)
+        return batch
+
+
+def each_row_once(indices: Any, predictions: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The gathered ``(indices, predictions)`` with every row once (its first occurrence), in index order."""
+    indices = np.asarray(indices).reshape(-1).astype(np.int64)
+    predictions = np.asarray(predictions).reshape(len(indices), -1)
+    _, first = np.unique(indices, return_index=True)  # sorted by index
+    return indices[first], predictions[first]
 
 
 def row_classes(dataset) -> list[Hashable]:

@@ -1,21 +1,23 @@
 """`GradiendTrainer`'s side of module sharding (``GradiendTrainingArguments(adapter_shards=P)``).
 
-`ShardedTrainingMixin` is a base class of `GradiendTrainer`; with ``adapter_shards=1`` every method here falls
-through to transformers' `Trainer` unchanged. With ``P > 1`` shards (and ``R = W / P`` data-parallel replicas, see
-`gradiend_peft.training.sharding`):
+`ShardedTraining` is installed only for ``P > 1``: ``GradiendTrainer(...)`` then builds a
+`gradiend_peft.training.trainer.ShardedGradiendTrainer` (``ShardedTraining`` before `GradiendTrainer` in its MRO);
+a run with ``adapter_shards=1`` never calls anything here. With ``P > 1`` shards (and ``R = W / P`` data-parallel
+replicas, see `gradiend_peft.training.sharding`):
 
 - **Set-up**: the balanced `ShardPlan` is made from the adapter's config, identically on every process; each
-  process frees the adapter tensors of the modules other shards hold, before the optimizer exists, so the optimizer
-  state is made for this shard only.
+  process frees the adapter tensors of the modules other shards hold (`GradiendModel.drop_modules`), before the
+  optimizer exists, so the optimizer state is made for this shard only.
 - **Data**: the loaders are split over the ``R`` replicas, not over all processes: every process of a shard group
   sees the same row groups in the same order (accelerate's ``prepare_data_loader`` with ``num_processes=R``).
-- **Loss**: `gradiend_peft.objective.sharded`. After the backward pass of the last accumulated group, the encoder
-  bias' gradient is summed over the shard group (with the summed loss, so that all agree on a non-finite one), and
-  with ``R > 1`` this shard's gradients are averaged over its replica group. The returned loss is
+- **Loss**: the objective with ``shard=Shard(shard group)`` (`gradiend_peft.objective.sharded`). After the backward
+  pass of the last accumulated group, the encoder bias' gradient is summed over the shard group (with the summed loss,
+  so that all agree on a non-finite one), and with ``R > 1`` this shard's gradients are averaged over its replica
+  group. The returned loss is
   ``P * loss_p / n``: the Trainer logs the mean over all ``P R`` processes, which is then the whole adapter's
   ``sum_p loss_p / n``, averaged over the replicas.
-- **Evaluation**: each row's partial encoder dot products are summed over the shard group; the group's loss is the
-  sum of the shards' losses.
+- **Evaluation**: each row's partial encoder dot products are summed over the shard group (`encode_rows` with the
+  shard); the group's loss is the sum of the shards' losses.
 
 Trainer methods overridden, and why (each is private in transformers; there is no public hook for these):
 
@@ -23,7 +25,7 @@ Trainer methods overridden, and why (each is private in transformers; there is n
   parameters differ (its start-up check compares shapes). The objective never runs the model's forward, so DDP would
   do nothing else; the model gets a thin wrapper instead, which also tells the Trainer not to hand it to accelerate.
 - ``_save``: the Trainer saves from process 0 only; a sharded adapter needs every shard's tensors
-  (`gradiend_peft.hub.save_sharded_adapter`, collective and atomic). ``save_model`` calls ``_save`` on every process,
+  (`gradiend_peft.saving.save_sharded_adapter`, collective and atomic). ``save_model`` calls ``_save`` on every process,
   so ``trainer.save_model(folder)`` works as usual (call it on every process).
 - ``_save_optimizer_and_scheduler`` / ``_load_optimizer_and_scheduler``: one optimizer file per shard,
   ``optimizer-shard-00001-of-00002.pt`` (as FSDP writes per-rank optimizer files), then a barrier, so that a checkpoint
@@ -37,7 +39,6 @@ Trainer methods overridden, and why (each is private in transformers; there is n
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -47,18 +48,12 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_write_bytes
-from ..hub import save_sharded_adapter
-from ..loading import CONFIG_NAME, INDEX_NAME, read_shard_tensors, validate_adapter_config, validate_sharded_weights
-from ..objective import NonFiniteGradientError, encode_rows, per_example_reconstruction_loss, reconstruction_loss
-from ..objective.sharded import (
-    all_reduce_encoder_bias_grad,
-    sharded_calibrate,
-    sharded_encode_rows,
-    sharded_per_example_reconstruction_loss,
-    sharded_reconstruction_loss,
-)
+from ..saving import save_sharded_adapter
+from ..tuner.persistence import AdapterFolder, read_adapter
+from ..objective import NonFiniteGradientError
+from ..objective.sharded import Shard, all_reduce_encoder_bias_grad
 from .distributed import average_gradients
-from .sharding import ShardLayout, ShardPlan, keep_modules, plan_for
+from .sharding import ShardLayout, ShardPlan, plan_for
 
 logger = logging.getLogger(__name__)
 
@@ -93,18 +88,20 @@ class _ShardHolder(nn.Module):
         return self.module(*args, **kwargs)
 
 
-class ShardedTrainingMixin:
-    """`GradiendTrainer`'s module-sharding behaviour (see the module docstring)."""
+class ShardedTraining:
+    """`GradiendTrainer`'s module-sharding behaviour (see the module docstring); a base class of
+    `ShardedGradiendTrainer` only."""
 
-    _sharding: Optional[Sharding] = None
+    _checkpoints_hold_masters = True  # a shard file holds the live (float32 master) tensors
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._setup_sharding()
 
     def _setup_sharding(self) -> None:
-        """Plans the shards, makes the groups and frees the other shards' tensors (``adapter_shards > 1``)."""
+        """Plans the shards, makes the groups and frees the other shards' tensors."""
         shards = self.args.adapter_shards
-        self._sharding = None
         self._shard_loss = None
-        if shards == 1:
-            return
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
             raise ValueError("adapter_shards > 1 shards the GRADIEND adapter itself; it does not combine with "
                              "DeepSpeed or FSDP (see docs/guides/sharding.md).")
@@ -114,8 +111,9 @@ class ShardedTrainingMixin:
                              "best adapter at the end.")
         layout = ShardLayout.create(shards)
         plan = plan_for(self.tuner.peft_config[self.adapter_name], shards)
-        freed = keep_modules(self.tuner, self.adapter_name, set(plan.modules[layout.shard]))
+        freed = self.tuner.drop_modules(self.adapter_name, set(plan.modules[layout.shard]))
         self._sharding = Sharding(plan, layout)
+        self._shard = Shard(layout.shard_group)
         self._num_entries = plan.total_entries
         self._best.shard = (layout.shard, shards, layout.writes)
         logger.info("GRADIEND: shard %d of %d (replica %d of %d): %d modules, %d of %d entries; freed %.1f MB of the "
@@ -124,9 +122,7 @@ class ShardedTrainingMixin:
 
     # ---------------------------------------------------------------------------------------------- data
     def _prepare_loader(self, loader):
-        """``accelerator.prepare``; in a sharded run, split over the replicas only (see the module docstring)."""
-        if self._sharding is None:
-            return self.accelerator.prepare(loader)
+        """Split over the replicas only (see the module docstring), not over all processes."""
         from accelerate.data_loader import prepare_data_loader
 
         layout = self._sharding.layout
@@ -135,40 +131,14 @@ class ShardedTrainingMixin:
                                    even_batches=self.accelerator.even_batches)
 
     # ----------------------------------------------------------------------------------------- objective
-    def _calibrate(self, batch: Mapping[str, torch.Tensor]) -> float:
-        tuner, name = self.tuner, self.adapter_name
-        if self._sharding is not None:
-            return sharded_calibrate(tuner, batch, self._sharding.layout.shard_group, name, self.autocast_dtype)
-        from ..objective import batch_gradients
-
-        source = tuner.peft_config[name].source
-        return tuner.calibrate_gradient_scale(batch_gradients(tuner, batch, [source], self.autocast_dtype)[source],
-                                              name)
-
-    def _objective(self, batch: Mapping[str, torch.Tensor], per_example: bool):
-        """``(loss, latent, n)`` of a row group: the whole loss, or this shard's part of it."""
-        args = (self.tuner, batch)
-        if self._sharding is None:
-            objective = per_example_reconstruction_loss if per_example else reconstruction_loss
-            return objective(*args, self.adapter_name, self.autocast_dtype)
-        objective = sharded_per_example_reconstruction_loss if per_example else sharded_reconstruction_loss
-        return objective(*args, self._sharding.layout.shard_group, self.adapter_name, self.autocast_dtype)
-
-    def _encode_rows(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        if self._sharding is None:
-            return encode_rows(self.tuner, batch, self.adapter_name, self.autocast_dtype)
-        return sharded_encode_rows(self.tuner, batch, self._sharding.layout.shard_group, self.adapter_name,
-                                   self.autocast_dtype)
-
     def _group_mse(self, batch: Mapping[str, torch.Tensor]) -> float:
         """The reconstruction MSE of one row group (the shards' losses summed)."""
         loss, _, n = self._objective(batch, per_example=False)
         loss = loss.detach().reshape(1)
-        if self._sharding is not None:
-            torch.distributed.all_reduce(loss, group=self._sharding.layout.shard_group)
+        torch.distributed.all_reduce(loss, group=self._sharding.layout.shard_group)
         return float(loss) / n
 
-    def _end_sharded_step(self, loss: torch.Tensor) -> torch.Tensor:
+    def _after_backward(self, loss: torch.Tensor) -> torch.Tensor:
         """After a backward pass: accumulate this shard's loss; at the end of an accumulation cycle average this
         shard's gradients over its replicas, then sum the encoder bias' gradient over the shard group, together with
         the losses (so that every process agrees on a non-finite one) and the squared norm of the other gradients
@@ -176,11 +146,9 @@ class ShardedTrainingMixin:
         sharding = self._sharding
         self._shard_loss = loss.detach() if self._shard_loss is None else self._shard_loss + loss.detach()
         if self.accelerator.sync_gradients:
-            from .checks import adapter_parameters
-
             tuner, name = self.tuner, self.adapter_name
             bias = tuner.gradiend_encoder_bias[name]
-            params = adapter_parameters(tuner, name)
+            params = tuner.adapter_parameters(name)
             if sharding.layout.replicas > 1:
                 average_gradients(params, group=sharding.layout.replica_group)
             squares = sum((p.grad.double().pow(2).sum() for p in params if p is not bias and p.grad is not None),
@@ -196,19 +164,10 @@ class ShardedTrainingMixin:
                 )
         return loss * sharding.layout.shards
 
-    def _agreed_checkpoint(self, choose) -> Optional[str]:
-        """``choose()`` on process 0, the same answer everywhere (checkpoint folders are renamed by one process)."""
-        if self.args.world_size == 1:
-            return choose()
-        answer = [choose() if self.args.process_index == 0 else None]
-        torch.distributed.broadcast_object_list(answer, src=0)
-        return answer[0]
-
     def _load_best_record(self, checkpoint: str) -> bool:
-        """The best-adapter record of ``checkpoint``; in a sharded run each process reads its shard's, and all use
-        theirs only if every shard has one."""
-        found = self._best.load(checkpoint)
-        if self._sharding is None or self.args.world_size == 1:
+        """Each process reads its shard's best-adapter record; all use theirs only if every shard has one."""
+        found = super()._load_best_record(checkpoint)
+        if self.args.world_size == 1:
             return found
         flags = [None] * self.args.world_size
         torch.distributed.all_gather_object(flags, found)
@@ -219,30 +178,22 @@ class ShardedTrainingMixin:
 
     # ------------------------------------------------------------------------------- Trainer hooks (private)
     def _get_grad_norm(self, model, grad_norm=None):
-        if self._sharding is None:
-            return super()._get_grad_norm(model, grad_norm)
-        return self._grad_norm  # the whole adapter's, from `_end_sharded_step` (the model's own is this shard's)
+        return self._grad_norm  # the whole adapter's, from `_after_backward` (the model's own is this shard's)
 
     def _clip_grad_norm(self, model):
-        if self._sharding is None:
-            return super()._clip_grad_norm(model)
-        from .checks import adapter_parameters
-
         coefficient = self.args.max_grad_norm / (self._grad_norm + 1e-6)  # as torch's clip_grad_norm_, on the whole
         if coefficient < 1.0:
-            for param in adapter_parameters(self.tuner, self.adapter_name):
+            for param in self.tuner.adapter_parameters(self.adapter_name):
                 if param.grad is not None:
                     param.grad.mul_(coefficient)
         return self._grad_norm
 
     def _wrap_model(self, model, training: bool = True, dataloader=None):
-        if self._sharding is None or not training:
+        if not training:
             return super()._wrap_model(model, training, dataloader)
         return model if isinstance(model, _ShardHolder) else _ShardHolder(model)
 
     def _save(self, output_dir: Optional[str] = None, state_dict: Optional[dict] = None) -> None:
-        if self._sharding is None:
-            return super()._save(output_dir, state_dict)
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         layout = self._sharding.layout
         save_sharded_adapter(self.model, output_dir, layout.shard, layout.shards, writes=layout.writes)
@@ -252,8 +203,6 @@ class ShardedTrainingMixin:
             torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
-        if self._sharding is None:
-            return super()._save_optimizer_and_scheduler(output_dir)
         if self._sharding.layout.writes:
             buffer = io.BytesIO()
             torch.save(self.optimizer.state_dict(), buffer)
@@ -265,7 +214,7 @@ class ShardedTrainingMixin:
         torch.distributed.barrier()  # every shard's optimizer file exists before trainer_state.json is written
 
     def _load_optimizer_and_scheduler(self, checkpoint: Optional[str]) -> None:
-        if self._sharding is None or checkpoint is None:
+        if checkpoint is None:
             return super()._load_optimizer_and_scheduler(checkpoint)
         from transformers.utils import check_torch_load_is_safe
 
@@ -284,26 +233,10 @@ class ShardedTrainingMixin:
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         name = self.adapter_name
         folder = resume_from_checkpoint if name == "default" else os.path.join(resume_from_checkpoint, name)
-        sharded = os.path.isfile(os.path.join(folder, INDEX_NAME))
-        if sharded != (self._sharding is not None):
-            raise ValueError(
-                f"Cannot resume from {resume_from_checkpoint!r}: it was written by a run "
-                f"{'with' if sharded else 'without'} adapter_shards > 1, and this trainer runs "
-                f"{'with' if self._sharding is not None else 'without'}. Resume with the adapter_shards it was "
-                "trained with (load_gradiend_model loads either kind as one adapter)."
-            )
-        if self._sharding is None:
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        with open(os.path.join(folder, CONFIG_NAME), encoding="utf-8") as handle:
-            raw = validate_adapter_config(json.load(handle))
-        index = validate_sharded_weights(folder, raw, values=False)
         own = self.tuner.adapter_state_dict(name, shared=True)
-        loaded = read_shard_tensors(folder, index, set(own))
+        _, loaded = read_adapter(AdapterFolder(folder, True), names=set(own))  # checked as any adapter's files
         with torch.no_grad():
             for key, tensor in own.items():
-                value = loaded[key]
-                if not (torch.isfinite(value).all() if value.is_floating_point() else True):
-                    raise NonFiniteGradientError(f"Checkpoint {resume_from_checkpoint!r} holds non-finite {key!r}.")
-                tensor.copy_(value.to(tensor.device, tensor.dtype))
+                tensor.copy_(loaded[key].to(tensor.device, tensor.dtype))
         logger.info("GRADIEND: shard %d loaded %d tensors from %s.", self._sharding.layout.shard + 1, len(own),
                     resume_from_checkpoint)

@@ -1,5 +1,5 @@
 """Module sharding of a GRADIEND adapter over processes: which process holds which target modules (`ShardPlan`), the
-process groups (`ShardLayout`) and dropping the other processes' modules (`keep_modules`).
+process groups (`ShardLayout`); the tuner drops the other processes' modules (`GradiendModel.drop_modules`).
 
 With ``W = P x R`` processes, ``P`` *shards* (each holds about ``1/P`` of the adapter's entries and their optimizer
 state) times ``R`` *replicas* (data parallelism: each replica trains on other row groups):
@@ -20,15 +20,14 @@ The math of the sharded objective is in `gradiend_peft.objective.sharded`; the t
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ShardLayout", "ShardPlan", "keep_modules", "plan_for"]
+__all__ = ["ShardLayout", "ShardPlan", "adapter_bytes", "plan_for"]
 
 
 @dataclass(frozen=True)
@@ -83,10 +82,8 @@ class ShardPlan:
 
 
 def plan_for(config, shards: int) -> ShardPlan:
-    """The balanced plan of an adapter from its config (``target_shapes`` and, when pruned, ``kept_entries``)."""
-    kept = config.kept_entries or {}
-    sizes = {m: int(kept[m]) if m in kept else math.prod(shape) for m, shape in (config.target_shapes or {}).items()}
-    return ShardPlan.balanced(sizes, shards)
+    """The balanced plan of an adapter from its config (`GradiendConfig.module_entries`)."""
+    return ShardPlan.balanced(config.module_entries(), shards)
 
 
 @dataclass(frozen=True)
@@ -137,32 +134,6 @@ class ShardLayout:
         shard_group = dist.group.WORLD if replicas == 1 else dist.new_subgroups_by_enumeration(shard_lists)[0]
         replica_group = None if replicas == 1 else dist.new_subgroups_by_enumeration(replica_lists)[0]
         return cls(shards, replicas, rank // replicas, rank % replicas, shard_group, replica_group)
-
-
-def keep_modules(tuner, adapter_name: str, modules: Optional[set[str]]) -> int:
-    """Frees the adapter's tensors in every target module not in ``modules`` (another process's shard); returns the
-    bytes freed. The tuner then holds this shard only: its encodings, merges and steering refuse to run
-    (`GradiendModel.check_complete`); the sharded objective and saving work on it.
-
-    Raises:
-        `ValueError`: if the tuner lacks a module of ``modules`` (it was sharded differently before).
-    """
-    layers = tuner.gradiend_layers(adapter_name)
-    missing = sorted(set(modules) - set(layers))
-    if missing:
-        raise ValueError(f"This process's shard needs modules {missing[:3]} of adapter {adapter_name!r}, which the model "
-                         "no longer holds (it was sharded before). Create the model anew for each sharded run.")
-    freed = 0
-    for name, layer in layers.items():
-        if name in modules:
-            continue
-        for container in (layer.gradiend_encoder, layer.gradiend_decoder, layer.gradiend_decoder_bias,
-                          layer.gradiend_kept_indices):
-            if adapter_name in container:
-                tensor = container[adapter_name]
-                freed += tensor.numel() * tensor.element_size()
-                del container[adapter_name]
-    return freed
 
 
 def adapter_bytes(parameters, optimizer=None) -> dict[str, int]:

@@ -16,10 +16,9 @@ through a public hook of the Trainer:
   squared error, which is comparable across model sizes.
 - **Gradient accumulation**: every row group is one sample, so accumulated steps average the groups' losses
   (``model_accepts_loss_kwargs = False``: the Trainer divides by the number of accumulated groups).
-- **Several processes** (`training_step`): the GRADIEND objective is not a forward pass of the model, so it is not
-  routed through DDP's forward; instead, at the end of each accumulation cycle the adapter's gradients are averaged
-  over the processes (one all-reduce per step), which is what DDP would do. ``N`` processes equal one process with
-  ``N`` times the accumulation.
+- **Several processes** (`training_step`): the objective is not a forward pass of the model, so DDP's forward does
+  not apply; at the end of each accumulation cycle the adapter's gradients are averaged over the processes (one
+  all-reduce per step), as DDP would. ``N`` processes equal one process with ``N`` times the accumulation.
 - **Evaluation** (`prediction_step`, `compute_metrics`): the Trainer's own loop. Each row is encoded on its own (one
   backward pass per row group, under ``torch.enable_grad()``); the predictions are the encodings (and the group's
   reconstruction MSE with ``compute_eval_loss``), the label ids the rows' indices; the metrics are
@@ -28,11 +27,13 @@ through a public hook of the Trainer:
   encodings in dataset order.
 - **Mixed precision**: the adapter trains in float32; ``bf16=True`` autocasts only the base model's forward pass (and so
   its backward), never the adapter's sums over millions of entries. A bf16-stored base works as well; a bf16/fp16-stored
-  adapter trains as float32 masters, rounded back once at the end (`gradiend_peft.training.precision`).
+  adapter trains as float32 masters, rounded back once at the end; checkpoints carry the masters beside the rounded
+  adapter, so resuming is exact (`gradiend_peft.training.precision`).
 - **Callbacks**: sign normalisation, best adapter, convergence verdict and history (see `callbacks`), then the
   user's callbacks.
-- **Module sharding** (``adapter_shards=P``): each process holds ``1/P`` of the adapter's modules; see
-  `gradiend_peft.training.sharded_trainer`.
+- **Module sharding** (``adapter_shards=P > 1``): ``GradiendTrainer(...)`` builds a `ShardedGradiendTrainer`, where
+  each process holds ``1/P`` of the adapter's modules (see `gradiend_peft.training.sharded_trainer`); with
+  ``adapter_shards=1`` no sharding code is installed or called.
 
 ``train()`` trains once. Several attempts with other seeds are `gradiend_peft.training.train_with_restarts`.
 """
@@ -40,86 +41,50 @@ through a public hook of the Trainer:
 from __future__ import annotations
 
 import logging
+import os
 import re
 from typing import Any, Optional
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from transformers import EvalPrediction, Trainer, TrainerCallback
-from transformers.trainer_utils import PredictionOutput
+from transformers import EvalPrediction, Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, PredictionOutput
 
-from ..objective import NonFiniteGradientError, encoding_metrics, expected_sign, max_positions
-from ..tuner.model import GradiendModel
+from ..objective import (
+    NonFiniteGradientError,
+    calibrate,
+    encode_rows,
+    encoding_metrics,
+    expected_sign,
+    max_positions,
+    per_example_reconstruction_loss,
+    reconstruction_loss,
+)
+from ..tuner.model import GradiendModel, tuner_of
 from .arguments import GradiendTrainingArguments
-from .callbacks import BestAdapterCallback, ConvergenceCallback, SignNormalizationCallback
+from .callbacks import BestAdapterCallback, ConvergenceCallback, ResumePointsCallback, SignNormalizationCallback
 from .checkpoints import last_complete_checkpoint
 from .checks import (
-    adapter_parameters,
     check_checkpoint_fits,
     check_checkpoint_unfinished,
     check_precision,
     check_rows,
     check_trainable,
+    check_trainer_arguments,
+    claim_output_dir,
     first_dataset,
     prepare_feature_classes,
 )
 from .distributed import average_gradients, end_distributed_training
-from .precision import float32_masters, storage_state_dict
-from .sampler import ClassGroupedBatchSampler, row_classes
-from .sharded_trainer import ShardedTrainingMixin
+from .precision import float32_masters, load_masters, save_masters, stored_precision
+from .sampler import ROW_INDEX, ClassGroupedBatchSampler, IndexedCollator, each_row_once, row_classes
+from .sharded_trainer import ShardedTraining
 
 logger = logging.getLogger(__name__)
 
-ROW_INDEX = "gradiend_row_index"
-"""The column the evaluation loaders add, so that predictions can be matched to their rows."""
 
-
-def gradiend_tuner(model) -> GradiendModel:
-    """The `GradiendModel` tuner of a PeftModel, or a clear error."""
-    tuner = getattr(model, "base_model", None)
-    if not isinstance(tuner, GradiendModel):
-        raise TypeError(
-            f"GradiendTrainer trains a GRADIEND adapter; got a {type(model).__name__}"
-            + (f" whose tuner is a {type(tuner).__name__}" if tuner is not None else "")
-            + ". Wrap the base model first: model = peft.get_peft_model(base_model, GradiendConfig(...))."
-        )
-    return tuner
-
-
-def _safe_name(name: str) -> str:
-    return re.sub(r"\W+", "_", str(name)).strip("_") or "class"
-
-
-class _IndexedCollator:
-    """The trainer's collator plus a ``gradiend_row_index`` tensor (the rows' dataset indices)."""
-
-    def __init__(self, collator) -> None:
-        self.collator = collator
-
-    def __call__(self, rows):
-        indices = [row[ROW_INDEX] for row in rows]
-        batch = self.collator([{k: v for k, v in row.items() if k != ROW_INDEX} for row in rows])
-        batch[ROW_INDEX] = torch.tensor(indices, dtype=torch.long)
-        return batch
-
-
-class _SamplerEpoch(TrainerCallback):
-    """Sets the training sampler's epoch before each epoch's iterator is made: ``global_step // updates per epoch``,
-    the Trainer's own count, so that a resumed run continues the interrupted epoch's group order."""
-
-    def __init__(self, trainer: "GradiendTrainer") -> None:
-        self.trainer = trainer
-
-    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
-        sampler = self.trainer._train_sampler
-        if sampler is None or train_dataloader is None:
-            return
-        updates = max(1, len(train_dataloader) // args.gradient_accumulation_steps)
-        sampler.set_epoch(state.global_step // updates)
-
-
-class GradiendTrainer(ShardedTrainingMixin, Trainer):
+class GradiendTrainer(Trainer):
     """Trains a GRADIEND adapter with transformers' `Trainer` (see the module docstring for what differs).
 
     Args:
@@ -139,29 +104,23 @@ class GradiendTrainer(ShardedTrainingMixin, Trainer):
 
     After ``train()``: ``trainer.training_summary`` holds the convergence verdict (also written to
     ``output_dir/<history_file>``; ``save_adapter(model, folder, training_summary=...)`` stores it with the adapter).
+    With ``args.adapter_shards > 1`` the trainer built is a `ShardedGradiendTrainer`.
     """
+
+    _shard = None  # the objective's shard (`gradiend_peft.objective.sharded.Shard`): None, the whole adapter here
+    _checkpoints_hold_masters = False  # a checkpoint's adapter file holds the rounded half-precision values
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "GradiendTrainer":
+        arguments = kwargs.get("args", args[1] if len(args) > 1 else None)
+        if cls is GradiendTrainer and getattr(arguments, "adapter_shards", 1) > 1:
+            cls = ShardedGradiendTrainer  # the sharding code is installed only for a sharded run
+        return super().__new__(cls)
 
     def __init__(self, model=None, args: Optional[GradiendTrainingArguments] = None, data_collator=None,
                  train_dataset=None, eval_dataset=None, processing_class=None, callbacks=None,
                  optimizers=(None, None), **kwargs) -> None:
-        for unsupported in ("model_init", "compute_loss_func", "compute_metrics", "preprocess_logits_for_metrics"):
-            if kwargs.get(unsupported) is not None:
-                raise ValueError(
-                    f"GradiendTrainer does not take {unsupported}: it computes the GRADIEND loss and the encoder "
-                    "metrics itself. Use callbacks (on_evaluate sees the metrics) or trainer.predict(rows) for "
-                    "encodings."
-                )
-        kwargs = {k: v for k, v in kwargs.items() if v is not None}
-        if model is None:
-            raise ValueError("GradiendTrainer needs model=peft.get_peft_model(base_model, GradiendConfig(...)).")
-        tuner = gradiend_tuner(model)
-        if args is None:
-            args = GradiendTrainingArguments(output_dir="gradiend_trainer_output")
-        if not isinstance(args, GradiendTrainingArguments):
-            raise TypeError(
-                f"GradiendTrainer takes GradiendTrainingArguments, got {type(args).__name__}: "
-                "GradiendTrainingArguments(output_dir=..., ...) accepts every TrainingArguments field."
-            )
+        args, kwargs = check_trainer_arguments(model, args, eval_dataset, kwargs)
+        tuner = tuner_of(model)
         adapter = model.active_adapter
         config = model.peft_config[adapter]
         if data_collator is None:
@@ -174,13 +133,6 @@ class GradiendTrainer(ShardedTrainingMixin, Trainer):
 
             data_collator = collator_for(processing_class, config.objective, max_length=max_positions(model),
                                          truncation=args.truncate_long_rows)
-        if eval_dataset is None and args.eval_strategy == "no":
-            args.eval_on_start = False  # nothing to evaluate
-        if args.eval_strategy != "no" and eval_dataset is None:
-            raise ValueError(
-                "GRADIEND evaluates the encoder on validation rows every eval_steps (correlation, class means, best "
-                "adapter, convergence): pass eval_dataset=pairs['validation'], or set eval_strategy='no'."
-            )
         tuner.check_unmerged("Training")
         eval_sets = list(eval_dataset.values()) if isinstance(eval_dataset, dict) else [eval_dataset]
         for dataset, what in [(train_dataset, "train_dataset"), *((d, "eval_dataset") for d in eval_sets)]:
@@ -196,7 +148,8 @@ class GradiendTrainer(ShardedTrainingMixin, Trainer):
         self._signs = SignNormalizationCallback(threshold=args.sign_flip_below, metric_prefix=prefix)
         self._best = BestAdapterCallback(metric_prefix=prefix, restore=args.restore_best_adapter)
         self._convergence = ConvergenceCallback(self._best, list(config.feature_classes or []), metric_prefix=prefix)
-        own = ([self._signs] if args.sign_normalization else []) + [self._best, self._convergence, _SamplerEpoch(self)]
+        own = [self._signs] if args.sign_normalization else []
+        own += [self._best, self._convergence, ResumePointsCallback(self)]
         self.user_callbacks = list(callbacks or [])
         self.init_kwargs = dict(kwargs)
         super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
@@ -209,7 +162,8 @@ class GradiendTrainer(ShardedTrainingMixin, Trainer):
         self._class_cache: dict[int, list] = {}
         self._metric_rows = None  # the rows of the evaluation in progress (compute_metrics reads their classes)
         self.training_summary: Optional[dict] = None  # the convergence verdict of the last train()
-        self._setup_sharding()  # adapter_shards > 1: keep this process's modules only
+        self._storage_dtypes: dict[str, torch.dtype] = {}  # while training a half-precision adapter's masters
+        self._resuming: Optional[str] = None  # the checkpoint train() resumes from
 
     # ----------------------------------------------------------------------------------------- accessors
     @property
@@ -291,6 +245,9 @@ class GradiendTrainer(ShardedTrainingMixin, Trainer):
                             **self._loader_kwargs())
         return self._prepare_loader(loader)
 
+    def _prepare_loader(self, loader):
+        return self.accelerator.prepare(loader)
+
     def _eval_loader(self, dataset, what: str) -> DataLoader:
         """Class-pure row groups in dataset order, each row carrying its index; sharded over processes."""
         check_rows(dataset, what)
@@ -298,7 +255,7 @@ class GradiendTrainer(ShardedTrainingMixin, Trainer):
         indexed = dataset.add_column(ROW_INDEX, list(range(len(dataset))))
         sampler = ClassGroupedBatchSampler(self._classes(dataset), self.args.rows_per_gradient, shuffle=False,
                                            balance="none")
-        loader = DataLoader(indexed, batch_sampler=sampler.groups(0), collate_fn=_IndexedCollator(self.data_collator),
+        loader = DataLoader(indexed, batch_sampler=sampler.groups(0), collate_fn=IndexedCollator(self.data_collator),
                             **self._loader_kwargs())
         return self._prepare_loader(loader)
 
@@ -342,6 +299,19 @@ class GradiendTrainer(ShardedTrainingMixin, Trainer):
         logger.info("GRADIEND: gradient scale calibrated to %.4g (1 / RMS of the first row group's %s gradient).",
                     scale, config.source)
 
+    def _calibrate(self, batch) -> float:
+        return calibrate(self.tuner, batch, self.adapter_name, self.autocast_dtype, shard=self._shard)
+
+    def _objective(self, batch, per_example: bool):
+        """``(loss, latent, n)`` of a row group: the whole loss, or (sharded) this shard's part of it."""
+        objective = per_example_reconstruction_loss if per_example else reconstruction_loss
+        return objective(self.tuner, batch, self.adapter_name, self.autocast_dtype, shard=self._shard)
+
+    def _group_mse(self, batch) -> float:
+        """The reconstruction MSE of one row group."""
+        loss, _, n = self._objective(batch, per_example=False)
+        return float(loss.detach()) / n
+
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
         """The GRADIEND loss of one row group, summed over the adapter's entries (see the module docstring)."""
         self._ensure_calibrated()
@@ -362,16 +332,30 @@ class GradiendTrainer(ShardedTrainingMixin, Trainer):
             loss = super().training_step(model, inputs, num_items_in_batch)
         except NonFiniteGradientError as err:
             raise NonFiniteGradientError(f"Training stopped at step {step}: {err} {self._last_checkpoint_hint()}") from err
-        if self._sharding is not None:  # every shard checks the summed loss at the end of the cycle
-            return self._end_sharded_step(loss) / self._num_entries
+        return self._after_backward(loss) / self._num_entries
+
+    def _after_backward(self, loss: torch.Tensor) -> torch.Tensor:
+        """Refuses a non-finite loss; at the end of an accumulation cycle with several processes, averages the
+        adapter's gradients over them. Returns the loss to log (times ``n``)."""
         if not torch.isfinite(loss).all():
             raise NonFiniteGradientError(
-                f"Training stopped at step {step}: the GRADIEND loss is {float(loss)} (the adapter diverged; lower "
-                f"learning_rate). {self._last_checkpoint_hint()}"
+                f"Training stopped at step {self.state.global_step}: the GRADIEND loss is {float(loss)} (the adapter "
+                f"diverged; lower learning_rate). {self._last_checkpoint_hint()}"
             )
         if self.args.world_size > 1 and self.accelerator.sync_gradients:
-            average_gradients(adapter_parameters(self.tuner, self.adapter_name))
-        return loss / self._num_entries
+            average_gradients(self.tuner.adapter_parameters(self.adapter_name))
+        return loss
+
+    def _agreed_checkpoint(self, choose) -> Optional[str]:
+        """``choose()`` on process 0, the same answer everywhere (checkpoint folders are renamed by one process)."""
+        if self.args.world_size == 1:
+            return choose()
+        answer = [choose() if self.args.process_index == 0 else None]
+        torch.distributed.broadcast_object_list(answer, src=0)
+        return answer[0]
+
+    def _load_best_record(self, checkpoint: str) -> bool:  # sharded: every shard's record, or none
+        return self._best.load(checkpoint)
 
     def _last_checkpoint_hint(self) -> str:
         last = last_complete_checkpoint(self.args.output_dir, set_aside_incomplete=False)
@@ -380,12 +364,6 @@ class GradiendTrainer(ShardedTrainingMixin, Trainer):
         return f"The last good checkpoint is {last}; resume with trainer.train(resume_from_checkpoint=True)."
 
     # ---------------------------------------------------------------------------------------- evaluation
-    def _class_names(self) -> dict[float, str]:
-        config = self.tuner.peft_config[self.adapter_name]
-        if not config.class_signs:
-            return {1.0: "positive", -1.0: "negative"}
-        return {float(sign): _safe_name(name) for name, sign in config.class_signs.items()}
-
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
                         metric_key_prefix: str = "eval"):
         """The Trainer's loop, after calibrating the gradient scale, gathering with plain ``gather``: groups differ
@@ -402,7 +380,7 @@ class GradiendTrainer(ShardedTrainingMixin, Trainer):
         index = inputs[ROW_INDEX]
         batch = {k: v for k, v in inputs.items() if k != ROW_INDEX}
         with torch.enable_grad():  # gradients are GRADIEND's input, also here
-            encodings = self._encode_rows(batch).double()
+            encodings = encode_rows(self.tuner, batch, self.adapter_name, self.autocast_dtype, self._shard).double()
             mse = self._group_mse(batch) if self.args.compute_eval_loss else float("nan")
         column = torch.full((encodings.shape[0], 1), mse, dtype=encodings.dtype, device=encodings.device)
         return None, torch.cat([encodings, column], dim=1), index
@@ -411,14 +389,13 @@ class GradiendTrainer(ShardedTrainingMixin, Trainer):
         """`encoding_metrics` of the first latent dimension against the rows' expected signs (each row once)."""
         rows = self._metric_rows
         config = self.tuner.peft_config[self.adapter_name]
-        indices = np.asarray(prediction.label_ids).reshape(-1).astype(np.int64)
-        predictions = np.asarray(prediction.predictions).reshape(len(indices), -1)
-        _, first = np.unique(indices, return_index=True)  # the gather repeats rows to even out the processes
-        indices, predictions = indices[first], predictions[first]
+        indices, predictions = each_row_once(prediction.label_ids, prediction.predictions)
         classes = rows.select_columns([c for c in ("factual_class", "alternative_class", "label", "text")
                                        if c in rows.column_names])
         expected = [expected_sign(classes[int(i)], config.source, config.class_signs) for i in indices]
-        metrics = encoding_metrics(predictions[:, 0], expected, self._class_names())
+        names = {float(sign): re.sub(r"\W+", "_", str(name)).strip("_") or "class"
+                 for name, sign in (config.class_signs or {}).items()}  # default: positive / negative
+        metrics = encoding_metrics(predictions[:, 0], expected, names or None)
         losses = predictions[:, -1]
         if np.isfinite(losses).any():
             metrics["loss"] = float(np.nanmean(losses))
@@ -428,12 +405,9 @@ class GradiendTrainer(ShardedTrainingMixin, Trainer):
         """Encodes ``test_dataset`` row by row: ``predictions`` ``(N, k)`` in dataset order, ``label_ids`` the rows'
         ``label`` column, ``metrics`` as for evaluation."""
         output = super().predict(test_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
-        indices = np.asarray(output.label_ids).reshape(-1).astype(np.int64)
-        predictions = np.asarray(output.predictions).reshape(len(indices), -1)
-        _, first = np.unique(indices, return_index=True)
-        order = first[np.argsort(indices[first], kind="stable")]
+        _, predictions = each_row_once(output.label_ids, output.predictions)  # in dataset order
         labels = np.asarray(test_dataset["label"], dtype=np.float64) if "label" in test_dataset.column_names else None
-        return PredictionOutput(predictions=predictions[order, :-1], label_ids=labels, metrics=output.metrics)
+        return PredictionOutput(predictions=predictions[:, :-1], label_ids=labels, metrics=output.metrics)
 
     # ------------------------------------------------------------------------------------------- training
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
@@ -441,8 +415,14 @@ class GradiendTrainer(ShardedTrainingMixin, Trainer):
 
         Args:
             resume_from_checkpoint (`str` or `bool`, *optional*): A checkpoint folder, or ``True`` for the last one
-                in ``output_dir``: training continues exactly where it stopped (adapter, optimizer, data order,
-                best adapter so far). A checkpoint of another adapter is refused, naming the mismatch.
+                in ``output_dir``: training continues exactly where it stopped (adapter, a half-precision adapter's
+                float32 masters, optimizer, data order, best adapter so far, class signs).
+
+        Raises:
+            `ValueError`: resuming from a checkpoint of another adapter (another PEFT method, or a GRADIEND
+                configuration that computes otherwise: the field is named) or of another ``adapter_shards``; starting
+                a new run into an ``output_dir`` that holds another run's checkpoints (resume it, or
+                ``overwrite_output_dir=True``).
         """
         if resume_from_checkpoint is False:
             resume_from_checkpoint = None
@@ -450,10 +430,13 @@ class GradiendTrainer(ShardedTrainingMixin, Trainer):
             resume_from_checkpoint = self._agreed_checkpoint(lambda: last_complete_checkpoint(self.args.output_dir))
             if resume_from_checkpoint is None:
                 raise ValueError(f"No checkpoint found in output_dir ({self.args.output_dir}) to resume from.")
+        config = self.tuner.peft_config[self.adapter_name]
         if resume_from_checkpoint is not None:
-            check_checkpoint_fits(resume_from_checkpoint, self.tuner.peft_config[self.adapter_name],
-                                  self.adapter_name)
+            saved = check_checkpoint_fits(resume_from_checkpoint, config, self.adapter_name, self.args.adapter_shards)
             check_checkpoint_unfinished(resume_from_checkpoint, self.args.max_steps)
+            config.class_signs = saved.get("class_signs") or config.class_signs  # as sign normalisation left them
+        elif claim_output_dir(self.args) and self.args.world_size > 1:
+            self.accelerator.wait_for_everyone()  # process 0 removed the old checkpoints
         self.tuner.check_unmerged("Training")
         self._signs.reset()
         self._best.reset()
@@ -465,20 +448,38 @@ class GradiendTrainer(ShardedTrainingMixin, Trainer):
         eval_on_start = self.args.eval_on_start
         if resume_from_checkpoint is not None:
             self.args.eval_on_start = False
+        self._resuming = resume_from_checkpoint
         try:
             with float32_masters(self.model, self.adapter_name, self.args.seed) as self._storage_dtypes:
                 output = super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
                                        ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
         finally:
             self.args.eval_on_start = eval_on_start
+            self._resuming, self._storage_dtypes = None, {}
         self.training_summary = self._convergence.summary
         return output
 
+    def _restore_masters(self) -> None:
+        """At the start of a resumed run (after the Trainer loaded the checkpoint's rounded adapter): a half-precision
+        adapter's float32 masters from the checkpoint."""
+        if self._resuming is None or not self._storage_dtypes or self._checkpoints_hold_masters:
+            return
+        if not load_masters(self.model, self.adapter_name, self._storage_dtypes, self._resuming):
+            logger.warning("Checkpoint %s holds no float32 masters of the half-precision adapter (an older version "
+                           "wrote it): training continues from its rounded values, not exactly where it stopped.",
+                           self._resuming)
+
     def _save(self, output_dir: Optional[str] = None, state_dict=None) -> None:
-        """The Trainer's save; a half-precision adapter training as float32 masters is saved in its storage dtype."""
-        if state_dict is None and getattr(self, "_storage_dtypes", None):
-            state_dict = storage_state_dict(self.model, self._storage_dtypes, self.args.seed)
-        super()._save(output_dir, state_dict=state_dict)
+        """The Trainer's save; a half-precision adapter training as float32 masters is saved in its storage dtype, and
+        a checkpoint also gets the masters (`gradiend_peft.training.precision.save_masters`)."""
+        if state_dict is not None or not self._storage_dtypes:
+            return super()._save(output_dir, state_dict=state_dict)
+        with stored_precision(self.model, self.adapter_name, self._storage_dtypes, self.args.seed):
+            super()._save(output_dir)
+        folder = output_dir if output_dir is not None else self.args.output_dir
+        if self.args.should_save and os.path.basename(os.path.normpath(folder)) == \
+                f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}":
+            save_masters(self.model, self.adapter_name, self._storage_dtypes, folder)
 
     def end_training(self) -> bool:
         """Ends a multi-process run: waits for every process, releases the DDP wrapper and destroys the process group.
@@ -491,3 +492,8 @@ class GradiendTrainer(ShardedTrainingMixin, Trainer):
             `bool`: ``True`` when a process group was destroyed.
         """
         return end_distributed_training(self)
+
+
+class ShardedGradiendTrainer(ShardedTraining, GradiendTrainer):
+    """`GradiendTrainer` with ``adapter_shards > 1``: what ``GradiendTrainer(...)`` builds then (module sharding, see
+    `gradiend_peft.training.sharded_trainer`)."""

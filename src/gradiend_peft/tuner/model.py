@@ -11,10 +11,10 @@ from peft.tuners._buffer_dict import BufferDict
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
-from .config import GradiendConfig, check_modules_to_save
-from .constants import ADAPTER_PREFIX
-from .constants import MASKED_LM_MODEL_TYPES, TRANSFORMERS_MODELS_TO_GRADIEND_TARGET_MODULES_MAPPING
+from .config import GradiendConfig, adapter_origin, check_modules_to_save, check_target_shapes
+from .constants import ADAPTER_PREFIX, TRANSFORMERS_MODELS_TO_GRADIEND_TARGET_MODULES_MAPPING, infer_objective
 from .layer import Embedding, GradiendLayer, layer_class_for
+from .file_hooks import PeftFileHooks, never_loaded
 from .merging import MergingMixin
 
 _ACTIVATIONS = {
@@ -30,7 +30,7 @@ _ACTIVATIONS = {
 }
 
 
-class GradiendModel(MergingMixin, BaseTuner):
+class GradiendModel(MergingMixin, PeftFileHooks, BaseTuner):
     """Creates a GRADIEND model (a gradient encoder-decoder over target modules) from a transformers model.
 
     Use it through peft: ``get_peft_model(base_model, GradiendConfig(...))``. It does the weight-space maths of the
@@ -73,11 +73,16 @@ class GradiendModel(MergingMixin, BaseTuner):
                     f"{sorted(self.target_module_mapping)}."
                 )
             peft_config.target_modules = default
+        peft_config.check_patterns()  # again: a pattern may have been set after the config was made
         if peft_config.objective == "auto":
-            peft_config.objective = _infer_objective(self.model, model_config)
+            peft_config.objective = infer_objective(self.model)
         return peft_config
 
     def _check_target_module_exists(self, peft_config: GradiendConfig, key: str) -> Any:
+        if peft_config.target_shapes is not None:
+            # a saved (or copied) adapter targets exactly the modules it recorded: no pattern is matched, so a
+            # crafted target_modules regex cannot stall loading
+            return key in peft_config.target_shapes
         if peft_config.include_embeddings:
             if self.__dict__.get("_embedding_target") is None:
                 self.__dict__["_embedding_target"] = self._embedding_name()
@@ -116,6 +121,13 @@ class GradiendModel(MergingMixin, BaseTuner):
             if "not found in the base model" not in str(err) and "No modules were targeted" not in str(err):
                 raise
             candidates = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if layer_class_for(m)})
+            if loading:
+                raise type(err)(
+                    f"This GRADIEND adapter ({adapter_origin(config)}) does not fit this model: it targets modules "
+                    f"{sorted(config.target_shapes)[:5]} (its target_shapes), and this model has none of them (its "
+                    f"Linear/Conv1D/Embedding module names end in {candidates}). Load it onto the base model it was "
+                    "trained on."
+                ) from err
             raise type(err)(
                 f"{err} GRADIEND found no module matching target_modules={config.target_modules!r}. The model's "
                 f"Linear/Conv1D/Embedding module names end in: {candidates}. Pass some of these, a regular expression "
@@ -131,7 +143,7 @@ class GradiendModel(MergingMixin, BaseTuner):
                 "records only targeted modules; remove these entries or add the modules to target_modules."
             )
         if loading:
-            _check_shapes(config, shapes)
+            check_target_shapes(config, shapes)
         else:
             config.target_shapes = shapes
         self._cast_adapter_dtype(adapter_name, autocast_adapter_dtype)  # the encoder bias joins its layers' dtype
@@ -273,11 +285,12 @@ class GradiendModel(MergingMixin, BaseTuner):
             if isinstance(module, GradiendLayer) and (adapter_name is None or adapter_name in module.gradiend_encoder)
         }
 
+    # ------------------------------------------------------- the adapter's tensors: list, restrict, drop
     def adapter_state_dict(self, adapter_name: Optional[str] = None, shared: bool = True) -> dict[str, torch.Tensor]:
         """The adapter's tensors held by this model, under the names its saved file uses
         (``base_model.model.<module>.gradiend_encoder``, ...; ``base_model.gradiend_encoder_bias`` and
-        ``base_model.gradiend_gradient_scale`` with ``shared=True``). The live tensors, not copies: one process's
-        share of a module-sharded adapter is saved and restored through this.
+        ``base_model.gradiend_gradient_scale`` with ``shared=True``). The live tensors, not copies: snapshots, saving
+        one process's share of a module-sharded adapter and restoring it go through this one listing.
         """
         name = self.resolve_adapter(adapter_name)
         state: dict[str, torch.Tensor] = {}
@@ -285,11 +298,44 @@ class GradiendModel(MergingMixin, BaseTuner):
             state["base_model.gradiend_encoder_bias"] = self.gradiend_encoder_bias[name]
             state["base_model.gradiend_gradient_scale"] = self.gradiend_gradient_scale[name]
         for module, layer in self.gradiend_layers(name).items():
-            for container in ("gradiend_encoder", "gradiend_decoder", "gradiend_decoder_bias", "gradiend_kept_indices"):
-                tensors = getattr(layer, container)
-                if name in tensors:
-                    state[f"base_model.model.{module}.{container}"] = tensors[name]
+            for container, tensor in layer.named_adapter_tensors(name).items():
+                state[f"base_model.model.{module}.{container}"] = tensor
         return state
+
+    def adapter_parameters(self, adapter_name: Optional[str] = None) -> list[nn.Parameter]:
+        """The adapter's trainable tensors held by this model: the encoder bias, then each module's ``E``, ``D``,
+        ``c`` (the parameters among `adapter_state_dict`)."""
+        return [t for t in self.adapter_state_dict(adapter_name).values() if isinstance(t, nn.Parameter)]
+
+    def restrict_entries(self, adapter_name: str, positions: Mapping[str, torch.Tensor]) -> dict[str, int]:
+        """Keeps only the input entries at ``positions`` (per target module, positions among its current entries) and
+        records ``config.kept_entries``; returns it. Rebuild any optimizer afterwards (the parameters are new)."""
+        name = self.resolve_adapter(adapter_name)
+        self.check_unmerged("Restricting the adapter's entries (pruning)")
+        layers = self.gradiend_layers(name)
+        missing = sorted(set(layers) - set(positions))
+        if missing:
+            raise KeyError(f"No kept positions for target modules {missing[:5]} of adapter {name!r}.")
+        for module, layer in layers.items():
+            layer.restrict(name, positions[module])
+        self.peft_config[name].kept_entries = {m: layer.num_entries(name) for m, layer in layers.items()}
+        return dict(self.peft_config[name].kept_entries)
+
+    def drop_modules(self, adapter_name: str, keep: set[str]) -> int:
+        """Frees the adapter's tensors in every target module not in ``keep`` (modules other processes hold in a
+        module-sharded run); returns the bytes freed. The model then holds a share of the adapter: its encodings,
+        merges and steering refuse to run (`check_complete`); the objective with a shard and saving work on it.
+
+        Raises:
+            `ValueError`: if the model lacks a module of ``keep`` (it was sharded differently before).
+        """
+        name = self.resolve_adapter(adapter_name)
+        layers = self.gradiend_layers(name)
+        missing = sorted(set(keep) - set(layers))
+        if missing:
+            raise ValueError(f"This process's shard needs modules {missing[:3]} of adapter {name!r}, which the model "
+                             "no longer holds (it was sharded before). Create the model anew for each sharded run.")
+        return sum(layer.drop(name) for module, layer in layers.items() if module not in keep)
 
     def resolve_adapter(self, adapter_name: Optional[str]) -> str:
         name = adapter_name or self.active_adapters[0]
@@ -344,9 +390,9 @@ class GradiendModel(MergingMixin, BaseTuner):
         return _ACTIVATIONS[self.peft_config[self.resolve_adapter(adapter_name)].activation]
 
     def num_entries(self, adapter_name: Optional[str] = None) -> int:
-        """The adapter's input entries ``n`` (summed over its target modules; fewer when pruned)."""
-        name = self.resolve_adapter(adapter_name)
-        return sum(layer.num_entries(name) for layer in self.gradiend_layers(name).values())
+        """The adapter's input entries ``n`` (summed over all its target modules, also those another process holds
+        in module sharding; fewer when pruned): ``sum(config.module_entries().values())``."""
+        return sum(self.peft_config[self.resolve_adapter(adapter_name)].module_entries().values())
 
     def latent_from_dots(self, dots: torch.Tensor, adapter_name: Optional[str] = None) -> torch.Tensor:
         """``h = act(s * dots + b_e)`` for encoder dot products ``dots = sum_m <E_m, g_m>`` of shape ``(..., k)``."""
@@ -386,6 +432,9 @@ class GradiendModel(MergingMixin, BaseTuner):
         """
         recorded = self.peft_config[adapter_name].target_shapes
         held = self.gradiend_layers(adapter_name)
+        meta = [name for name, layer in held.items() if any(t.is_meta for t in layer.adapter_tensors(adapter_name))]
+        if meta or self.gradiend_encoder_bias[adapter_name].is_meta:
+            raise RuntimeError(never_loaded(adapter_name, what, meta))
         if recorded is not None and len(held) < len(recorded):
             raise RuntimeError(
                 f"{what} needs the whole adapter {adapter_name!r}, but this model holds {len(held)} of its "
@@ -422,28 +471,20 @@ class GradiendModel(MergingMixin, BaseTuner):
         factor = sign if config.source == "alternative" else -sign
         return factor if strengthen else -factor
 
-def _infer_objective(model: nn.Module, model_config: dict) -> str:
-    architectures = model_config.get("architectures") or [type(model).__name__]
-    if any("MaskedLM" in arch for arch in architectures) or model_config.get("model_type") in MASKED_LM_MODEL_TYPES:
-        return "masked_lm"
-    return "causal_lm"
 
 
-def _check_shapes(config: GradiendConfig, shapes: dict[str, list[int]]) -> None:
-    """Refuses an adapter whose recorded target shapes differ from this model's (checked in module order)."""
-    expected = {name: list(shape) for name, shape in (config.target_shapes or {}).items()}
-    origin = f"made for {config.base_model_name_or_path!r}" if config.base_model_name_or_path else "made for another model"
-    missing = [name for name in expected if name not in shapes]
-    extra = [name for name in shapes if name not in expected]
-    if missing or extra:
-        raise ValueError(
-            f"This GRADIEND adapter ({origin}) does not fit this model: modules missing here: {missing[:5]}, "
-            f"modules matched here but absent from the adapter: {extra[:5]}. Load it onto the base model it was "
-            "trained on."
+def tuner_of(model: Any) -> GradiendModel:
+    """The `GradiendModel` of a `peft.PeftModel` around GRADIEND (``model.base_model``), or the tuner itself.
+
+    Raises:
+        `TypeError`: for anything else, naming what was given and how to make a GRADIEND model.
+    """
+    tuner = model if isinstance(model, GradiendModel) else getattr(model, "base_model", None)
+    if not isinstance(tuner, GradiendModel):
+        inner = f" whose tuner is a {type(tuner).__name__}" if tuner is not None else ""
+        raise TypeError(
+            f"Expected a GRADIEND model, got a {type(model).__name__}{inner}. Wrap the base model first: "
+            "model = peft.get_peft_model(base_model, GradiendConfig(...)) (or pass its .base_model)."
         )
-    for name, shape in shapes.items():
-        if expected[name] != shape:
-            raise ValueError(
-                f"Module {name!r} has weight shape {tuple(shape)} in this model but {tuple(expected[name])} in the "
-                f"GRADIEND adapter ({origin}). Load it onto the base model it was trained on."
-            )
+    return tuner
+

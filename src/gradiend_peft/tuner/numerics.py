@@ -4,7 +4,7 @@ of a linear layer."""
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -60,6 +60,24 @@ def unmerge_refusal(adapters: Sequence[str]) -> str:
     )
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float16`` -> ``"float16"``, for messages."""
+    return str(dtype).removeprefix("torch.")
+
+
+def unmerge_cast_refusal(casts: dict[str, Sequence[torch.dtype]]) -> str:
+    """The message refusing to unmerge adapters whose merged base weights changed dtype after the merge (``casts``:
+    adapter -> the dtypes the weights had, from the merge's on)."""
+    paths = "; ".join(f"{name!r}: {' -> '.join(dtype_name(d) for d in path)} since its merge"
+                      for name, path in sorted(casts.items()))
+    return (
+        f"Cannot unmerge: the base weights changed dtype after the merge ({paths}; model.half(), .to(dtype) or "
+        "similar). Each cast rounded the merged weights, so subtracting the shift would not restore the original "
+        "weights, and no copy of them was kept. Nothing was changed. Reload the base model; next time unmerge before "
+        "casting, or merge with keep_original=True (the kept original is then restored, cast to the new dtype)."
+    )
+
+
 def linear_per_example_dot(
     encoder: torch.Tensor, inputs: torch.Tensor, output_grad: torch.Tensor, layout: str
 ) -> torch.Tensor:
@@ -79,3 +97,16 @@ def linear_per_example_dot(
         projected = x @ encoder.permute(1, 0, 2).reshape(encoder.shape[1], k * out_features)
     projected = projected.reshape(batch, x.shape[1], k, out_features)
     return torch.einsum("btko,bto->bk", projected, delta)
+
+
+def embedding_per_example_dot(encoder: torch.Tensor, ids: torch.Tensor, output_grad: torch.Tensor,
+                              padding_idx: Optional[int], scale: float) -> torch.Tensor:
+    """``<E_j, G_i>`` per example ``i`` for an embedding lookup ``y = scale * W[ids]``:
+    ``scale * sum_t E_j[id_it] . delta_it`` (the padding row gets no gradient, as in autograd)."""
+    compute = compute_dtype(encoder.dtype)
+    ids = ids.reshape(ids.shape[0], -1)
+    delta = output_grad.reshape(ids.shape[0], ids.shape[1], -1).to(compute)
+    if padding_idx is not None:
+        delta = delta * (ids != padding_idx).unsqueeze(-1).to(delta.dtype)
+    gathered = encoder[:, ids].to(compute)  # (k, B, T, d)
+    return torch.einsum("kbtd,btd->bk", gathered, delta) * scale

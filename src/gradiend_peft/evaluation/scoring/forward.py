@@ -16,14 +16,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...data.collators import IGNORE_INDEX, CausalLMCollator
+from ...data.collators import CausalLMCollator
 from ...objective.gradients import check_inputs_fit
+from ...tuner.constants import IGNORE_INDEX, OBJECTIVES
 from .._common import length_batches, model_device
 
 __all__ = [
     "causal_lead_ids",
     "causal_text_ids",
     "causal_token_nll",
+    "check_objective",
     "float_logits",
     "label_batches",
     "logits_of",
@@ -35,6 +37,13 @@ Spans = Optional[Sequence[Optional[Sequence[tuple[int, int]]]]]
 """Per text, the ``(start, end)`` character spans whose tokens are scored (``None``: every token)."""
 _NLL_CHUNK = 256
 """Positions per cross-entropy call in `causal_token_nll` (bounds its vocabulary-sized temporaries)."""
+
+
+def check_objective(objective: str) -> str:
+    """``objective`` if it is one of `gradiend_peft.tuner.constants.OBJECTIVES`, else a `ValueError` naming them."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
+    return objective
 
 
 def pad_id(tokenizer: Any) -> int:

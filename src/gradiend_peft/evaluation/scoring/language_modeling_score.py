@@ -25,10 +25,10 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from ...data.collators import IGNORE_INDEX, OBJECTIVES
 from ...objective.gradients import head_at_positions, label_positions
+from ...tuner.constants import IGNORE_INDEX
 from .._common import model_device
-from .forward import causal_text_ids, causal_token_nll, label_batches, logits_of, pad_id
+from .forward import causal_text_ids, causal_token_nll, check_objective, label_batches, logits_of, pad_id
 
 __all__ = ["LMSInputs", "LMSResult", "language_modeling_score", "lms_token_scores", "masked_token_predictions",
            "prepare_lms"]
@@ -103,8 +103,7 @@ def prepare_lms(
     Raises:
         ValueError: for an unknown objective, a mask fraction outside (0, 1], or no text with a token to predict.
     """
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
+    check_objective(objective)
     if not 0.0 < mask_fraction <= 1.0:
         raise ValueError(f"mask_fraction must be in (0, 1], got {mask_fraction}.")
     if objective == "masked_lm":

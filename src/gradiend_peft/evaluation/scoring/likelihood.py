@@ -32,14 +32,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ...data.collators import OBJECTIVES
 from ...data.feature import MASK_PLACEHOLDER as MASK
-from ...tuner.constants import MASKED_LM_MODEL_TYPES
+from ...objective.gradients import max_positions
+from ...tuner.constants import infer_objective
 from .._common import batches, eval_mode, model_device
 from .forward import (
     Spans,
     causal_text_ids,
     causal_token_nll,
+    check_objective,
     float_logits,
     label_batches,
     logits_of,
@@ -79,23 +80,9 @@ class SentenceScore:
         return self.total / self.n_tokens
 
 
-def infer_objective(model: nn.Module) -> str:
-    """``masked_lm`` for a model whose class name (or whose base model's, under peft) contains ``MaskedLM`` or
-    whose ``config.model_type`` is a known encoder (bert, roberta, distilbert, electra, albert, xlm-roberta,
-    deberta-v2); else ``causal_lm``."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    names = {type(model).__name__, type(inner).__name__}
-    model_type = getattr(getattr(inner, "config", None), "model_type", None)
-    if any("MaskedLM" in name for name in names) or model_type in MASKED_LM_MODEL_TYPES:
-        return "masked_lm"
-    return "causal_lm"
-
-
 def _check_objective(model: nn.Module, objective: Optional[str]) -> str:
-    objective = infer_objective(model) if objective is None else objective
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES} or None (inferred), got {objective!r}.")
-    return objective
+    """``objective``, or the model's (`infer_objective`) where it is ``None``."""
+    return check_objective(infer_objective(model) if objective is None else objective)
 
 
 def _check_spans(texts: Sequence[str], spans: Spans) -> list[Optional[Sequence[tuple[int, int]]]]:
@@ -106,6 +93,19 @@ def _check_spans(texts: Sequence[str], spans: Spans) -> list[Optional[Sequence[t
     if len(spans) != len(texts):
         raise ValueError(f"got {len(spans)} span lists for {len(texts)} texts.")
     return list(spans)
+
+
+def _check_lengths(model: nn.Module, lengths: Sequence[int], text_of: Any, desc: str) -> None:
+    """Refuses a text longer than the model's positions, naming it (the ``i``-th text, ``text_of(i)``) and ``desc``
+    (a benchmark's name where the suite scores), before any batch is built."""
+    limit = max_positions(model)
+    for i, n in enumerate(lengths):
+        if limit is not None and n > limit:
+            raise ValueError(
+                f"{desc}: text {i} ({text_of(i)[:100]!r}) is {n} tokens long, more than the {limit} positions of the "
+                "model, so it cannot be scored. Score a model with more positions, or leave this benchmark out "
+                "(benchmarks=... of run_bias_benchmarks; --benchmarks of gradiend-peft bias-eval)."
+            )
 
 
 def _progress(iterable: Any, desc: str, progress: Optional[bool], total: Optional[int] = None) -> Any:
@@ -152,7 +152,7 @@ def causal_log_likelihoods(
         `list[SentenceScore]`: per text, the sum (and mean) of its scored tokens' log-probabilities.
 
     Raises:
-        ValueError: when a text has no token to score.
+        ValueError: when a text has no token to score, or is longer than the model's positions (naming it).
     """
     span_lists = _check_spans(texts, spans)
     encoded = causal_text_ids(tokenizer, texts, span_lists)
@@ -162,6 +162,7 @@ def causal_log_likelihoods(
                 f"text {i} ({text[:60]!r}) has no token to score (without a BOS token the first token is not "
                 "scored; with spans, no token overlaps them)."
             )
+    _check_lengths(model, [len(ids) for ids, _ in encoded], lambda i: texts[i], desc)
     return _causal_scores(model, encoded, pad_id(tokenizer), batch_size, desc, progress)
 
 
@@ -228,7 +229,7 @@ def pseudo_log_likelihoods(
         `list[SentenceScore]`: per text, the sum (and mean) over its scored tokens.
 
     Raises:
-        ValueError: when a text has no token to score.
+        ValueError: when a text has no token to score, or is longer than the model's positions (naming it).
     """
     span_lists = _check_spans(texts, spans)
     mask_id, pad = _mask_ids(tokenizer)
@@ -239,6 +240,7 @@ def pseudo_log_likelihoods(
         if not positions:
             raise ValueError(f"text {i} ({text[:60]!r}) has no token to score.")
         encoded.append((ids, positions))
+    _check_lengths(model, [len(ids) for ids, _ in encoded], lambda i: texts[i], desc)
     return _masked_scores(model, encoded, mask_id, pad, batch_size, desc, progress)
 
 
@@ -306,6 +308,9 @@ def shared_token_pseudo_log_likelihoods(
 
     Returns:
         `list[tuple[SentenceScore, SentenceScore]]`: per pair, the scores of its first and second sentence.
+
+    Raises:
+        ValueError: when a pair shares no token, or a sentence is longer than the model's positions (naming it).
     """
     mask_id, pad = _mask_ids(tokenizer)
     encoded = []
@@ -317,6 +322,7 @@ def shared_token_pseudo_log_likelihoods(
         if not shared:
             raise ValueError(f"pair {i} ({first[:40]!r} / {second[:40]!r}) shares no token to score.")
         encoded += [(ids_a, [a for a, _ in shared]), (ids_b, [b for _, b in shared])]
+    _check_lengths(model, [len(ids) for ids, _ in encoded], lambda i: pairs[i // 2][i % 2], desc)
     scores = _masked_scores(model, encoded, mask_id, pad, batch_size, desc, progress)
     return [(scores[2 * i], scores[2 * i + 1]) for i in range(len(pairs))]
 
@@ -342,7 +348,8 @@ def masked_word_log_probs(
         `list[list[float]]`: per text, the log-probability of each word.
 
     Raises:
-        ValueError: when a word is more than one token (this comparison is defined for single tokens only).
+        ValueError: when a word is more than one token (this comparison is defined for single tokens only), or a
+            text is longer than the model's positions (naming it).
     """
     from ...data.collators import target_pieces
 
@@ -369,6 +376,7 @@ def masked_word_log_probs(
             token_ids.append(pieces[0])
         encoded.append((ids, positions[0]))
         targets.append(token_ids)
+    _check_lengths(model, [len(ids) for ids, _ in encoded], lambda i: texts[i], desc)
     device = model_device(model)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
     result: list[list[float]] = [[] for _ in encoded]

@@ -23,20 +23,15 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from ...data.collators import OBJECTIVES, target_pieces
+from ...data.collators import target_pieces
 from ...data.feature import MASK_PLACEHOLDER, copy_casing
 from ...objective.gradients import head_at_positions
 from .._common import length_batches, model_device
-from .forward import causal_lead_ids, float_logits, logits_of, pad_id
+from .forward import causal_lead_ids, check_objective, float_logits, logits_of, pad_id
 
 __all__ = ["SlotInputs", "bias_indices", "class_words_from_rows", "prepare_slots", "slot_probabilities"]
 
 logger = logging.getLogger(__name__)
-
-
-def _check_objective(objective: str) -> None:
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
 
 
 def class_words_from_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
@@ -112,7 +107,7 @@ def prepare_slots(
         classes: ``{class: words}`` (a `Feature`'s ``classes`` works); default `class_words_from_rows`.
         batch_size: rows per forward pass (rows are batched by length to save padding).
     """
-    _check_objective(objective)
+    check_objective(objective)
     if objective == "masked_lm" and getattr(tokenizer, "mask_token_id", None) is None:
         raise ValueError("A masked-LM slot needs a tokenizer with a mask token.")
     words = {str(c): [str(w) for w in ws] for c, ws in (classes or class_words_from_rows(rows)).items()}
