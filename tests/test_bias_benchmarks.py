@@ -257,6 +257,15 @@ def _expected_percentages_causal(model64, tok, items, pairs, rows):
     def total(text):
         return oracle_causal(model64, bos + tok(text, add_special_tokens=False)["input_ids"], 1)
 
+    def geometric_mean_probability(text):
+        """bias-bench's GPT-2 score of a CrowS-Pairs sentence: 2 ** (mean log2 p) over its token probabilities (here
+        after the BOS, so the first token is scored too)."""
+        ids = bos + tok(text, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            probs = torch.softmax(model64(input_ids=torch.tensor([ids])).logits[0].double(), dim=-1)
+        p = [float(probs[t - 1, ids[t]]) for t in range(1, len(ids))]
+        return 2.0 ** (sum(math.log2(v) for v in p) / len(p))
+
     def continuation(context, text):
         head = bos + tok(context, add_special_tokens=False)["input_ids"]
         full = bos + tok(context + " " + text, add_special_tokens=False)["input_ids"]
@@ -270,7 +279,10 @@ def _expected_percentages_causal(model64, tok, items, pairs, rows):
         n = len(triples)
         result[kind] = (100.0 * sum(s > a for s, a, _ in triples) / n,
                         100.0 * sum((s > u) + (a > u) for s, a, u in triples) / (2 * n))
-    result["crows"] = 100.0 * sum(total(p.sent_more) > total(p.sent_less) for p in pairs) / len(pairs)
+    geometric = [(geometric_mean_probability(p.sent_more), geometric_mean_probability(p.sent_less)) for p in pairs]
+    result["crows"] = 100.0 * sum(more > less for more, less in geometric) / len(pairs)
+    result["crows_scores"] = [(math.log(more), math.log(less)) for more, less in geometric]
+    result["crows_total"] = 100.0 * sum(total(p.sent_more) > total(p.sent_less) for p in pairs) / len(pairs)
     result["crows_totals"] = [(total(p.sent_more), total(p.sent_less)) for p in pairs]
     result["wino"] = 100.0 * sum(total(r.pro_sentence) > total(r.anti_sentence) for r in rows) / len(rows)
     return result
@@ -291,7 +303,7 @@ def test_run_bias_benchmarks_end_to_end_equals_an_independent_scorer(domain):
     assert model.training and all(m.training for m in model.modules())  # flags restored
     model.eval()  # for the oracle: no dropout
     expected = _expected_percentages_causal(model, tok, intra + inter, pairs, rows)
-    expected_subset = _expected_percentages_causal(model, tok, intra + inter, subset, rows)["crows"]
+    expected_subset = _expected_percentages_causal(model, tok, intra + inter, subset, rows)
     assert (report.objective, report.domain) == ("causal_lm", domain)
     part_intra, part_inter = report.stereoset_intrasentence, report.stereoset_intersentence
     assert (part_intra.n, part_inter.n, report.stereoset.n, report.crows_pairs.n) == (n, n, 2 * n, n)
@@ -299,13 +311,17 @@ def test_run_bias_benchmarks_end_to_end_equals_an_independent_scorer(domain):
     assert (part_inter.ss, part_inter.lms) == pytest.approx(expected["intersentence"])
     assert report.stereoset.ss == pytest.approx((expected["intrasentence"][0] + expected["intersentence"][0]) / 2)
     assert part_intra.icat == pytest.approx(part_intra.lms * min(part_intra.ss, 100 - part_intra.ss) / 50)
+    # the whole set by bias-bench's rule (per-token geometric mean), the one-word subset by the total log-likelihood
     assert report.crows_pairs.score == pytest.approx(expected["crows"])
-    assert report.crows_pairs_subset.score == pytest.approx(expected_subset)
+    assert report.crows_pairs_subset.score == pytest.approx(expected_subset["crows_total"])
     # every item is kept, with its id in the data file and the scores the oracle computes
     assert report.items["stereoset_intrasentence"].ids == tuple(str(i.line) for i in intra)
     assert report.items["crows_pairs"].ids == tuple(p.index for p in pairs)
     assert [v for s in report.items["crows_pairs"].scores for v in s] == pytest.approx(
-        [v for t in expected["crows_totals"] for v in t], rel=1e-9)
+        [v for t in expected["crows_scores"] for v in t], rel=1e-9)
+    assert [v for s in report.items["crows_pairs_subset"].scores for v in s] == pytest.approx(
+        [v for t in expected_subset["crows_totals"] for v in t], rel=1e-9)
+    assert report.conventions["crows_pairs"].startswith("mean token log-probability")
     if domain == "gender":
         assert report.wino.score == pytest.approx(expected["wino"])
         assert report.items["wino"].ids == tuple(str(r.line) for r in rows)
@@ -369,7 +385,7 @@ def test_steered_peft_model_scores_like_the_merged_model():
 
 
 @needs_data
-def test_run_bias_benchmarks_refuses_an_unknown_domain_and_wino_off_gender():
+def test_run_bias_benchmarks_refuses_an_unknown_domain_wino_off_gender_and_an_unknown_crows_score():
     model, tok = tiny_gpt2(), word_tokenizer("gpt2")
     with pytest.raises(ValueError, match="religion"):
         run_bias_benchmarks(model, tok, domain="race-color")  # CrowS-Pairs' name; the domain is "race"
@@ -377,6 +393,8 @@ def test_run_bias_benchmarks_refuses_an_unknown_domain_and_wino_off_gender():
         run_bias_benchmarks(model, tok, benchmarks=("stereoset", "wino"), domain="religion")
     with pytest.raises(ValueError, match="benchmarks"):
         run_bias_benchmarks(model, tok, benchmarks=("seat",))
+    with pytest.raises(ValueError, match="causal_score must be one of"):
+        score_crows_pairs(model, tok, load_crows_pairs()[:2], causal_score="sum")
 
 
 # ---------------------------------------------------------------------------------------------------- SmolLM2

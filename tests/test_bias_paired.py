@@ -91,6 +91,23 @@ def test_a_comparison_needs_the_same_items_and_domain():
     assert "Paired" not in single and BENCHMARK_DATA_NOTICE in single
 
 
+def test_reports_scored_under_different_conventions_are_not_paired():
+    """A report saved while CrowS-Pairs' causal score was the total must not be paired with one that scores the
+    per-token mean: the margins and choices follow different rules."""
+    from dataclasses import replace
+
+    from gradiend_peft.evaluation.bias import conventions
+
+    now = conventions("causal_lm", ["crows_pairs"])
+    earlier = {**now, "crows_pairs": "total log-likelihood of sent_more and of sent_less"}
+    base, edited = replace(_report(BEFORE), conventions=earlier), replace(_report(AFTER), conventions=now)
+    with pytest.raises(ValueError, match=r"crows_pairs: 'base' and 'edited' were scored under different conventions"):
+        compare_reports({"base": base, "edited": edited})
+    assert "Paired changes" in compare_reports({"base": replace(base, conventions=now), "edited": edited})
+    masked = replace(base, objective="masked_lm", conventions=conventions("masked_lm", ["crows_pairs"]))
+    assert "different objectives" in compare_reports({"base": masked, "edited": edited})  # noted, as before
+
+
 def test_report_round_trips_through_json_and_reads_format_1(tmp_path):
     report = _report(BEFORE)
     path = report.save_json(str(tmp_path / "bias.json"))

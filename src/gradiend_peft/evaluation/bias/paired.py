@@ -6,9 +6,9 @@ A benchmark score is the mean of a per-item value (`gradiend_peft.evaluation.bia
 Wino score are 100 where the stereotype is chosen, else 0; LMS is 50 per meaningful option above the unrelated one.
 The bootstrap interval is that of the change of the mean (10,000 resamples over items by default, seeded). McNemar
 counts the items whose choice of the stereotype flips (to the anti-stereotype, or to the stereotype) and applies to
-SS and the preference scores; Wilcoxon takes each item's margin (stereotype score minus anti-stereotype score: mean
-token log-probability for StereoSet, total log-probability for CrowS-Pairs and Wino under a causal LM) after minus
-before. LMS gets the interval only.
+SS and the preference scores; Wilcoxon takes each item's margin (stereotype score minus anti-stereotype score: under
+a causal LM the mean token log-probability for StereoSet and CrowS-Pairs (all pairs), the total log-probability for
+the CrowS-Pairs subset and Wino) after minus before. LMS gets the interval only.
 """
 
 from __future__ import annotations

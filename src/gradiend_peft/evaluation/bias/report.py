@@ -186,10 +186,25 @@ def _paired_table(name: str, reference: str, changes: list[PairedChange], n_resa
     return [title, header] + [_paired_row(change) for change in changes]
 
 
+def _check_same_conventions(part: str, *named: tuple[str, BiasBenchmarkReport]) -> None:
+    """Refuses to pair a part's items that two reports scored under different rules (e.g. a report saved before
+    CrowS-Pairs' causal score became the per-token mean): their margins and choices are not comparable."""
+    (first, a), (second, b) = named
+    for key in ("scoring", part):
+        rule_a, rule_b = a.conventions.get(key), b.conventions.get(key)
+        if rule_a is not None and rule_b is not None and rule_a != rule_b:
+            raise ValueError(
+                f"{part}: {first!r} and {second!r} were scored under different conventions ({key}: {rule_a!r} against "
+                f"{rule_b!r}), so their items cannot be paired. Score both with the same gradiend_peft version "
+                "(run_bias_benchmarks again on the older model)."
+            )
+
+
 PAIRED_NOTE = (
     "->anti / ->stereo: items whose choice flips to the anti-stereotype / to the stereotype (McNemar: exact two-sided "
     "binomial test on them); median dmargin: the median per-item change of the margin, the stereotype's minus the "
-    "anti-stereotype's log-probability (StereoSet: mean per token; CrowS, Wino: per sentence); Wilcoxon: signed-rank "
+    "anti-stereotype's log-probability (StereoSet, and CrowS for a causal LM: mean per token; CrowS-1w, Wino, and "
+    "CrowS for a masked LM: per sentence); Wilcoxon: signed-rank "
     f"test of those changes, zeros dropped, exact up to {EXACT_MAX_N} non-zero changes, else normal with tie "
     "correction (the method is named)."
 )
@@ -213,7 +228,7 @@ def compare_reports(named_reports: Mapping[str, BiasBenchmarkReport], *, n_resam
 
     Raises:
         ValueError: for no reports, reports of different domains, or reports that scored different items of a
-            benchmark both ran.
+            benchmark both ran, or (with one objective) scored them under different conventions.
     """
     if not named_reports:
         raise ValueError("give at least one report.")
@@ -228,6 +243,9 @@ def compare_reports(named_reports: Mapping[str, BiasBenchmarkReport], *, n_resam
     (reference, first), *others = named_reports.items()
     for name, report in others:
         shared = [part for part in PAIRED_PARTS if part in first.items and part in report.items]
+        if report.objective == first.objective:
+            for part in shared:
+                _check_same_conventions(part, (reference, first), (name, report))
         if not shared:
             lines.append(f"Paired changes, {name} against {reference}: no per-item scores in both reports (reports "
                          "saved in format 1 have none); run the benchmarks again to compare them item by item.")

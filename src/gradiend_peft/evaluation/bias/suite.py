@@ -47,6 +47,9 @@ __all__ = ["BENCHMARKS", "conventions", "domain_benchmarks", "run_bias_benchmark
 logger = logging.getLogger(__name__)
 BENCHMARKS = ("stereoset", "crows_pairs", "crows_pairs_subset", "wino")
 """Every benchmark `run_bias_benchmarks` knows; Wino measures gender only."""
+CAUSAL_SCORES = ("mean", "total")
+"""How `score_crows_pairs` scores a sentence under a causal LM: per-token mean or total log-likelihood."""
+_CROWS_CAUSAL_SCORE = {"crows_pairs": "mean", "crows_pairs_subset": "total"}
 
 _CONVENTIONS = {
     "causal_lm": {
@@ -55,8 +58,9 @@ _CONVENTIONS = {
                    "is not scored); no EOS",
         "stereoset_intrasentence": "mean token log-probability of the whole sentence",
         "stereoset_intersentence": "mean token log-probability of the continuation given 'context + \" \"'",
-        "crows_pairs": "total log-likelihood of sent_more and of sent_less; counted where sent_more is more likely "
-                       "(stereo and antistereo pairs alike, as the CrowS metric and bias-bench count them)",
+        "crows_pairs": "mean token log-probability of sent_more and of sent_less (bias-bench's rule for GPT-2: the "
+                       "geometric mean of the token probabilities); counted where sent_more is more likely (stereo "
+                       "and antistereo pairs alike, as the CrowS metric and bias-bench count them)",
         "crows_pairs_subset": "total log-likelihood of each sentence (mask1 vs mask2 filled in)",
         "wino": "total log-likelihood of the sentence with each pronoun filled in",
     },
@@ -128,20 +132,41 @@ def score_crows_pairs(
     pairs: Sequence[CrowsPair],
     objective: Optional[str] = None,
     *,
+    causal_score: str = "mean",
     batch_size: int = 16,
     progress: Optional[bool] = None,
 ) -> list[tuple[float, float]]:
-    """Per pair (of the whole set or the subset), the scores of ``(sent_more, sent_less)``: causal, total
-    log-likelihoods; masked, the CrowS metric (`shared_token_pseudo_log_likelihoods`)."""
+    """Per pair (of the whole set or the subset), the scores of ``(sent_more, sent_less)``: causal, each sentence's
+    mean token log-probability (``causal_score="mean"``, bias-bench's rule for GPT-2 and `run_bias_benchmarks`' for
+    the whole set) or its total log-likelihood (``"total"``, its rule for the one-word subset); masked, the CrowS
+    metric (`shared_token_pseudo_log_likelihoods`, a sum over the tokens both sentences share).
+
+    Args:
+        model: a causal or masked LM (or a `peft.PeftModel` around one).
+        tokenizer: its tokenizer.
+        pairs: the pairs (`load_crows_pairs` or `load_crows_pairs_subset`).
+        objective (`str`, *optional*): ``causal_lm`` or ``masked_lm`` (default: inferred by `infer_objective`).
+        causal_score: ``"mean"`` or ``"total"`` (`SentenceScore.mean` or `SentenceScore.total`); causal LMs only.
+        batch_size: sequences per forward pass (masked LM: masked copies per forward pass).
+        progress (`bool`, *optional*): show a progress bar (default: tqdm decides).
+
+    Returns:
+        `list[tuple[float, float]]`: in the pairs' order.
+
+    Raises:
+        ValueError: for an unknown ``causal_score`` or objective.
+    """
+    if causal_score not in CAUSAL_SCORES:
+        raise ValueError(f"causal_score must be one of {CAUSAL_SCORES}, got {causal_score!r}.")
     objective = _check_objective(model, objective)
     if objective == "masked_lm":
         results = shared_token_pseudo_log_likelihoods(model, tokenizer, [(p.sent_more, p.sent_less) for p in pairs],
                                                       batch_size=batch_size, progress=progress, desc="CrowS-Pairs")
         return [(a.total, b.total) for a, b in results]
     texts = [text for p in pairs for text in (p.sent_more, p.sent_less)]
-    totals = [s.total for s in sentence_log_likelihoods(model, tokenizer, texts, objective, batch_size=batch_size,
-                                                        progress=progress, desc="CrowS-Pairs")]
-    return [(totals[2 * i], totals[2 * i + 1]) for i in range(len(pairs))]
+    scores = [getattr(s, causal_score) for s in sentence_log_likelihoods(
+        model, tokenizer, texts, objective, batch_size=batch_size, progress=progress, desc="CrowS-Pairs")]
+    return [(scores[2 * i], scores[2 * i + 1]) for i in range(len(pairs))]
 
 
 def score_wino(
@@ -259,7 +284,8 @@ def run_bias_benchmarks(
             pairs = loader(spec.crows_pairs)[limit]
             if not pairs:
                 _no_items("CrowS-Pairs", spec.crows_pairs, {p.bias_type for p in loader(bias_type=None)})
-            scores = score_crows_pairs(model, tokenizer, pairs, objective, **kwargs)
+            scores = score_crows_pairs(model, tokenizer, pairs, objective, causal_score=_CROWS_CAUSAL_SCORE[name],
+                                       **kwargs)
             items[name] = _items([p.index for p in pairs], scores)
             parts[name] = preference_scores([s[0] for s in scores], [s[1] for s in scores])
             seconds[name] = time.perf_counter() - start
