@@ -24,13 +24,15 @@ ALLOWED = {
     "objective": {"tuner"},
     "hub": {"atomic", "loading", "tuner"},
     "loading": {"atomic", "registration", "tuner"},
+    "pair_adapters": {"atomic", "data", "hub", "loading", "tuner"},
     "pruning": {"objective", "tuner"},
     "training": {"atomic", "data", "hub", "loading", "objective", "tuner"},
-    "evaluation": {"atomic", "data", "objective", "tuner"},
+    "evaluation": {"atomic", "data", "editing", "objective", "tuner"},
     "plotting": {"atomic"},
     "pretrained": {"atomic", "tuner"},
     "planning": {"objective", "pretrained", "tuner"},
-    "cli": {"atomic", "data", "evaluation", "hub", "loading", "planning", "plotting", "pretrained", "training", "tuner"},
+    "cli": {"atomic", "data", "evaluation", "hub", "loading", "pair_adapters", "planning", "plotting", "pretrained",
+            "training", "tuner"},
 }
 
 

@@ -35,8 +35,8 @@ _LAZY_NAMES = {
     "prune_adapter": "pruning",
     "pre_prune_adapter": "pruning",
 }
-_SUBMODULES = ("atomic", "cli", "data", "editing", "evaluation", "hub", "loading", "objective", "planning",
-               "plotting",
+_SUBMODULES = ("atomic", "cli", "data", "editing", "evaluation", "hub", "loading", "objective", "pair_adapters",
+               "planning", "plotting",
                "pretrained", "pruning", "training", "tuner")
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
