@@ -114,6 +114,15 @@ def test_training_a_pair_leaves_the_earlier_pairs_adapters_as_they_were(tmp_path
     assert all(torch.equal(ours[key], theirs[key]) for key in ours)  # training A-C and B-C afterwards changed nothing
 
 
+def test_restarts_run_train_with_restarts_for_each_pair(tmp_path, trained):
+    _, rows = trained
+    training = train_pairs(tiny_gpt2(), FEATURE, {("B", "C"): rows[("B", "C")]}, _args(tmp_path),
+                           tokenizer=word_tokenizer("gpt2"), config=GradiendConfig(init_seed=0), restarts=2)
+    attempts = training.results[("B", "C")].training_summary["attempts"]
+    report = json.loads((tmp_path / "B-vs-C" / "gradiend_seed_report.json").read_text())
+    assert report == attempts and 1 <= len(attempts["attempts"]) <= 2
+
+
 def test_train_pairs_refuses_what_it_cannot_train(tmp_path, trained):
     training, rows = trained
     tok = word_tokenizer("gpt2")
@@ -186,10 +195,11 @@ def test_a_folder_that_is_a_symbolic_link_is_refused_even_to_a_real_adapter(save
         load_pair_adapters(tiny_gpt2(), saved)
 
 
-def test_a_linked_weights_file_or_index_is_refused(saved, tmp_path):
-    weights = os.path.join(saved, "A-vs-C", "adapter_model.safetensors")
-    shutil.move(weights, tmp_path / "w.safetensors")
-    os.symlink(tmp_path / "w.safetensors", weights)
+@pytest.mark.parametrize("file", ["adapter_model.safetensors", "adapter_config.json"])
+def test_a_linked_adapter_file_or_index_is_refused(saved, tmp_path, file):
+    path = os.path.join(saved, "A-vs-C", file)
+    shutil.move(path, tmp_path / file)
+    os.symlink(tmp_path / file, path)
     with pytest.raises(UntrustedAdapterError, match="not a regular file"):
         load_pair_adapters(tiny_gpt2(), saved)
     index = os.path.join(saved, PAIR_INDEX_NAME)
@@ -208,6 +218,7 @@ def test_a_linked_weights_file_or_index_is_refused(saved, tmp_path):
     (lambda raw: raw["pairs"][0].update(adapter="a.b"), "not a plain name"),
     (lambda raw: raw["pairs"].append(dict(raw["pairs"][0], classes=["B", "A"], adapter="x", folder="A-vs-C")),
      "at most one entry per pair"),
+    (lambda raw: raw["pairs"][1].update(classes=["B", "A"], class_signs={"A": 1.0, "B": -1.0}), "given twice"),
 ])
 def test_a_malformed_index_is_refused(saved, change, message):
     _edit_index(saved, change)
