@@ -41,7 +41,7 @@ FRAMES = ["said that {} would come", "said that {} went home", "was happy when {
           "liked it when {} walked to the store"]
 TEXTS = [f"{s} {f.format(w)} ." for s in SUBJECTS for f in FRAMES for w in ("he", "she", "it")]
 NEUTRAL = ["the dog ran home when the night was old .", "there was a big red car in the city ."]
-TOL32 = 1024 * torch.finfo(torch.float32).eps  # float32 encodings batched differently (padding), then a Pearson
+TOL32 = 128 * torch.finfo(torch.float32).eps  # float32 encodings batched differently (padding), then a Pearson
 
 
 def _rows(feature=FEATURE, pairs=None):
