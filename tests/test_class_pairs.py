@@ -162,6 +162,8 @@ def test_pair_index_round_trips_and_loads_every_adapter_onto_one_base(tmp_path, 
         assert model.peft_config[name].class_signs == training.model.peft_config[name].class_signs
     model, index = load_pair_adapters(tiny_gpt2(), folder, pairs=[("B", "C")])
     assert list(model.peft_config) == ["B-vs-C"] and index.adapters == {("B", "C"): "B-vs-C"}
+    with pytest.raises(ValueError, match=r"\['C-B'\] asked for"):  # pairs as the index writes them
+        load_pair_adapters(tiny_gpt2(), folder, pairs=[("C", "B")])
 
 
 @pytest.fixture

@@ -6,9 +6,9 @@ work for GRADIEND adapters. Import it before loading an adapter with peft.
 
 The names below are the whole top-level API; everything else lives in its submodule (`gradiend_peft.data`,
 `gradiend_peft.objective`, `gradiend_peft.training`, `gradiend_peft.evaluation`, `gradiend_peft.plotting`,
-`gradiend_peft.pretrained`, `gradiend_peft.planning`, `gradiend_peft.cli`). Only the adapter (`GradiendConfig`,
-`GradiendModel`) is imported eagerly; the rest loads on first use, so ``import gradiend_peft`` pulls in no training,
-evaluation or CLI code.
+`gradiend_peft.pair_adapters`, `gradiend_peft.pretrained`, `gradiend_peft.planning`, `gradiend_peft.cli`). Only the
+adapter (`GradiendConfig`, `GradiendModel`) is imported eagerly; the rest loads on first use, so
+``import gradiend_peft`` pulls in no training, evaluation or CLI code.
 """
 
 from typing import TYPE_CHECKING
