@@ -315,7 +315,8 @@ def test_evaluate_pairs_reuses_each_reports_encodings_and_encodes_no_row_twice(t
         assert report.correlation == pytest.approx(_pearson(own, [-r["label"] for r in tests[pair]]), abs=TOL32)
     table = evaluation.table()
     assert [row["pair"] for row in table] == ["A-B", "A-C", "B-C"]
-    assert table[1]["r"] == evaluation.reports[("A", "C")].correlation and "mean C" in table[1]
+    assert table[1]["r"] == evaluation.reports[("A", "C")].correlation
+    assert table[1]["mean (2nd class rows)"] == evaluation.reports[("A", "C")].classes["C"].mean
 
 
 def test_decoder_cosines_against_a_float64_computation(trained):

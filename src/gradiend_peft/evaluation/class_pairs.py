@@ -169,13 +169,16 @@ class PairEvaluation:
     decoder_cosines: DecoderCosineMatrix
 
     def table(self) -> list[dict[str, Any]]:
-        """One row per pair: its adapter, held-out rows, correlation, accuracy and mean encoding per class."""
+        """One row per pair: its adapter, held-out rows, correlation, accuracy, and the mean encoding of the rows of
+        its first and of its second class (by ``factual_class``; with an ``alternative`` source a row reads the
+        other class's word, so the first class's rows should encode to -1). The same keys for every pair."""
         rows = []
         for pair, adapter in zip(self.cross.pairs, self.cross.adapters):
             report = self.reports[pair]
             row = {"pair": pair_label(pair), "adapter": adapter, "rows": report.n_rows,
                    "r": report.correlation, "accuracy": report.accuracy}
-            row.update({f"mean {c}": report.classes[c].mean for c in pair if c in report.classes})
+            for key, cls in (("mean (1st class rows)", pair[0]), ("mean (2nd class rows)", pair[1])):
+                row[key] = report.classes[cls].mean if cls in report.classes else None
             rows.append(row)
         return rows
 
