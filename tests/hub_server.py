@@ -16,9 +16,9 @@ module puts them behind an HTTP server and runs client code against it. Typical 
 ``huggingface_hub`` reads ``HF_ENDPOINT`` and ``HF_TOKEN`` when it is imported, which is why the client runs in a
 subprocess (:func:`run_with_hub`) whose environment (:meth:`HubServer.client_env`) is set before any import.
 
-What is implemented is what the product's Hub tests send (``tests/test_hub.py``: ``push_adapter_to_hub`` and peft's
-``push_to_hub``, then ``load_gradiend_model`` and ``PeftModel.from_pretrained``; 21 requests in all, logged one by
-one, over the routes below and nothing else):
+What is implemented is what the product's Hub tests send (``tests/test_hub.py``: ``push_adapter_to_hub``, peft's
+``push_to_hub`` and ``upload_folder``, then ``load_gradiend_model`` and ``PeftModel.from_pretrained``; logged one by
+one, over the routes below and nothing else, which that file's fixture checks):
 
 * ``POST /api/repos/create`` (model repos; 409 when it exists, which ``exist_ok=True`` accepts; a private repo is
   refused with 400 rather than made public);

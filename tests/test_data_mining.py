@@ -174,6 +174,8 @@ def test_a_tokenizer_reports_targets_it_splits(caplog):
         (["He came. She went."], {"held_out_words": {"dev": ["he"]}}, ValueError, "split 'dev'"),
         (["He came. She went."], {"held_out_words": ["he"]}, ValueError, "no alternative for class 'F'"),
         (["He came. She went."], {"max_rows_per_class": 0}, ValueError, "max_rows_per_class"),
+        (["He came. She went."], {"context_chars": 0}, ValueError, "context_chars must be a positive integer"),
+        (["He came. She went."], {"context_chars": "80"}, ValueError, "context_chars must be a positive integer"),
     ],
 )
 def test_bad_input_gets_a_clear_error(texts, kwargs, error, message):

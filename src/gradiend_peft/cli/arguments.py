@@ -7,6 +7,8 @@ import argparse
 import json
 import logging
 import os
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional, Sequence
 
@@ -239,11 +241,104 @@ def _read_config(path: str) -> dict[str, Any]:
     return data
 
 
+_KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+_PLURALS = {int: "integers", float: "numbers", bool: "booleans", str: "strings"}
+
+
+def _kind(annotation: Any) -> tuple[Optional[type], bool, bool]:
+    """``(scalar type, is a list of it, may be None)`` of a field annotation; ``(None, ...)`` when the type is
+    something else (a union of several types, an enum): such values are left to the parser."""
+    optional = False
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        optional = len(rest) < len(args)
+        if len(rest) != 1:
+            return None, False, optional
+        annotation = rest[0]
+        args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is list and len(args) == 1 and args[0] in _KINDS:
+        return args[0], True, optional
+    return (annotation if annotation in _KINDS else None), False, optional
+
+
+def _coerce(value: Any, kind: type) -> Any:
+    """``value`` as ``kind`` (a YAML string such as ``1e-3`` as a number, a number as a string); raises
+    `ValueError` where it is not one."""
+    if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool):
+        return value
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind is bool and isinstance(value, str):
+        from transformers.hf_argparser import string_to_bool
+
+        try:
+            return string_to_bool(value)
+        except argparse.ArgumentTypeError:
+            raise ValueError(value) from None
+    if kind in (int, float) and isinstance(value, str):
+        number = float(value.strip())  # a ValueError for text
+        if kind is float or number.is_integer():
+            return number if kind is float else int(number)
+    raise ValueError(value)
+
+
+def _typed_config_values(values: dict[str, Any], classes: Sequence[type], path: str) -> dict[str, Any]:
+    """The ``--config`` values, each checked against its option's type (and converted where the file's syntax
+    decides the type: ``1e-3`` is a string to YAML, ``layers: 7`` a number).
+
+    Raises:
+        `ValueError`: naming the file, the key, what it must be and what it is (a list where a number is expected).
+    """
+    hints: dict[str, Any] = {}
+    for cls in classes:
+        hints.update(typing.get_type_hints(cls))
+    typed = dict(values)
+    for key, value in values.items():
+        kind, is_list, optional = _kind(hints.get(key))
+        if kind is None or (value is None and optional):
+            continue
+        try:
+            if is_list:
+                typed[key] = [_coerce(item, kind) for item in (value if isinstance(value, list) else [value])]
+            else:
+                typed[key] = _coerce(value, kind)
+        except ValueError:
+            expected = f"a list of {_PLURALS[kind]}" if is_list else _KINDS[kind]
+            got = f"the {type(value).__name__} {value!r}" if isinstance(value, (list, dict)) else repr(value)
+            raise ValueError(
+                f"--config {path!r}: {key} must be {expected}{' (or null)' if optional else ''}, got {got}. "
+                f"Write e.g. `{key}: {_example(kind, is_list)}`{' (one value, not a list)' if not is_list else ''}."
+            ) from None
+    return typed
+
+
+def _example(kind: type, is_list: bool) -> str:
+    one = {int: "10", float: "0.5", bool: "true", str: "text"}[kind]
+    return f"[{one}, {one}]" if is_list else one
+
+
+def _check_merge_policy(parsed: Sequence[Any]) -> None:
+    """Refuses a ``--merge_policy`` that is not among ``--policies``, before any search runs."""
+    for args in parsed:
+        if isinstance(args, RewriteArguments) and args.merge_policy:
+            policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+            if args.merge_policy.strip() not in policies:
+                raise ValueError(
+                    f"--merge_policy {args.merge_policy!r} is not among --policies {args.policies!r}: the merged model "
+                    "is the choice of a searched policy. Add it to --policies (e.g. --policies "
+                    f"{','.join(policies + [args.merge_policy.strip()])}) or merge one of {policies}."
+                )
+
+
 def parse_command(command: str, argv: Sequence[str]) -> tuple:
     """Parses ``argv`` (and ``--config FILE``) into the command's argument dataclasses.
 
     Raises:
-        `ValueError`: for a config file with keys no option has (the keys and the fix are named).
+        `ValueError`: for a config file with keys no option has, or a value of the wrong type (a list where a
+            number is expected), and for a ``--merge_policy`` not among ``--policies`` (each named, with the fix).
     """
     from transformers import HfArgumentParser
 
@@ -267,6 +362,7 @@ def parse_command(command: str, argv: Sequence[str]) -> tuple:
                 f"Unknown keys in {known.config}: {unknown}. Check their spelling against `gradiend-peft {command} "
                 "--help` (option names without the leading dashes)."
             )
+        values = _typed_config_values(values, classes, known.config)
     else:
         values = {}
     if command == "demo":
@@ -277,6 +373,7 @@ def parse_command(command: str, argv: Sequence[str]) -> tuple:
     for args in parsed:
         if hasattr(args, "resume_from_checkpoint"):
             args.resume_from_checkpoint = _checkpoint_flag(args.resume_from_checkpoint)
+    _check_merge_policy(parsed)
     return parsed
 
 

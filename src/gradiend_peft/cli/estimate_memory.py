@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,9 @@ def run(args):
     from ..planning import estimate_memory, format_bytes, parse_bytes
     from .steps import parse_layers
 
+    if not math.isfinite(args.headroom) or args.headroom < 0:
+        raise ValueError(f"--headroom {args.headroom}: it must be a finite number >= 0, the allocator's slack as a "
+                         "fraction of the planned peak (e.g. 0.1: 10% more than the plan).")
     if args.adapter_dtype not in ("float32", "base", args.dtype):
         raise ValueError(f"--adapter_dtype {args.adapter_dtype!r}: use float32 (autocast_adapter_dtype=True) or base "
                          f"(the base model's dtype, {args.dtype}).")

@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from ..atomic import atomic_files, atomic_write_json
-from ..hub import save_adapter
+from ..saving import save_adapter
 from .debias import search_rows
 from ..data import Feature, context_controls, load_corpus, mine_neutral, mine_pairs, pronoun_classes
 
@@ -70,9 +70,19 @@ def parse_layers(spec: Optional[str]) -> Optional[list[int]]:
 
 
 def layer_targets(model: torch.nn.Module, layers: Sequence[int], target_modules: Optional[Sequence[str]] = None) -> str:
-    """A regular expression selecting the default (or given) target modules of the given blocks only."""
+    """A regular expression selecting the default (or given) target modules of the given blocks only.
+
+    Raises:
+        `ValueError`: for blocks the model does not have, naming its block count.
+    """
+    from ..planning.meta import block_list
     from ..tuner.constants import TRANSFORMERS_MODELS_TO_GRADIEND_TARGET_MODULES_MAPPING as DEFAULTS
 
+    _, blocks = block_list(model)
+    missing = sorted(i for i in set(layers) if i >= blocks)
+    if blocks and missing:
+        raise ValueError(f"--layers: blocks {missing} do not exist: the model has {blocks} blocks (0-{blocks - 1}). "
+                         f"Pass blocks in that range, e.g. --layers {max(0, blocks - 2)}-{blocks - 1}.")
     block_index = "|".join(str(i) for i in layers)
     if target_modules:
         names = "|".join(re.escape(t) for t in target_modules)
@@ -222,13 +232,21 @@ def save_outputs(folder: str, name: str, payload: Any) -> str:
     return path
 
 
+MERGED_MODEL_FILES = re.compile(
+    r"(config|generation_config|tokenizer|tokenizer_config|special_tokens_map|added_tokens|preprocessor_config"
+    r"|processor_config|chat_template)\.json|model(-\d{5}-of-\d{5})?\.safetensors|model\.safetensors\.index\.json"
+    r"|vocab\.(json|txt)|merges\.txt|chat_template\.jinja|(tokenizer|spiece|sentencepiece\.bpe)\.model")
+"""The files transformers' ``save_pretrained`` of a model and its tokenizer write: what an interrupted commit of
+`save_merged` may name (besides the files the new save writes)."""
+
+
 def save_merged(model: Any, tokenizer: Any, folder: str, feature_factor: float, lr: float) -> str:
     """Merges ``lr * d(feature_factor)`` into a copy-free unload of ``model`` and saves it atomically to ``folder``.
 
     The PEFT model is consumed (its layers are unloaded); reload the base model to continue.
     """
     merged = model.merge_and_unload(feature_factor=feature_factor, lr=lr)
-    with atomic_files(folder) as tmp:
+    with atomic_files(folder, MERGED_MODEL_FILES.fullmatch) as tmp:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return folder

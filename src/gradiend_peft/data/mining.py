@@ -8,7 +8,8 @@ stay as text, so a sentence with two targets gives two rows.
 Columns of every split (:data:`PAIR_COLUMNS`):
 
 ========================  ====================================================================
-``text``                  the sentence with exactly one ``"[MASK]"`` slot
+``text``                  the sentence with exactly one ``"[MASK]"`` slot (at most ``context_chars``
+                          characters on each side of it, see :func:`mine_pairs`)
 ``factual``               the target as it occurred, e.g. ``"She"``
 ``alternative``           a word of the other class, casing copied from ``factual``, e.g. ``"He"``
 ``factual_class``         the class of ``factual``
@@ -24,6 +25,7 @@ occurs as a factual target in the mined text (a word that never occurs is never 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import re
@@ -46,6 +48,9 @@ logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 _WORD = re.compile(r"\w+(?:['’-]\w+)*")
+
+DEFAULT_CONTEXT_CHARS = 2000
+"""The characters of context a mined row keeps on each side of its slot by default (see `mine_pairs`)."""
 
 PAIR_COLUMNS = ("text", "factual", "alternative", "factual_class", "alternative_class", "label", "split")
 """The column names of a mined split, in order."""
@@ -102,12 +107,35 @@ class MiningReport:
     rows: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Candidate:
-    text: str
-    factual: str
+    """One occurrence: its sentence (shared by every occurrence in it, not copied) and where the target stands."""
+
+    sentence: str
+    start: int
+    end: int
     cls: str
     split: str = ""
+
+    @property
+    def factual(self) -> str:
+        return self.sentence[self.start : self.end]
+
+    def text(self, context_chars: int | None) -> str:
+        """The row's text: the sentence with the target replaced by the slot, cut to ``context_chars`` characters
+        on each side of it (see `mine_pairs`)."""
+        sentence, start, end = self.sentence, self.start, self.end
+        if context_chars is None:
+            return sentence[:start] + MASK_PLACEHOLDER + sentence[end:]
+        left = max(0, start - context_chars)
+        if left > 0 and not sentence[left - 1].isspace():  # drop the cut word; keep the cut when no space is near
+            space = sentence.find(" ", left, start)
+            left = space + 1 if space >= 0 else left
+        right = min(len(sentence), end + context_chars)
+        if right < len(sentence) and not sentence[right].isspace():
+            space = sentence.rfind(" ", end, right)
+            right = space if space >= 0 else right
+        return sentence[left:start] + MASK_PLACEHOLDER + sentence[end:right]
 
 
 def _held_out_map(held_out_words: Sequence[str] | Mapping[str, Sequence[str]] | None, feature: Feature) -> dict[str, str]:
@@ -154,14 +182,19 @@ def _collect(
             stats["skipped_too_long"] += 1
             continue
         for match in pattern.finditer(sentence):
-            prefix = sentence[: match.start()]
-            if min_context_words and count_words(prefix) < min_context_words:
+            # the words before the slot, counted up to min_context_words only (no copy of the prefix: a long line
+            # has many occurrences, and copying or scanning its whole prefix for each would be quadratic)
+            if min_context_words and _words_before(sentence, match.start(), min_context_words) < min_context_words:
                 stats["skipped_short_context"] += 1
                 continue
-            factual = match.group(0)
-            cls = feature.class_of(factual)
-            by_class[cls].append(_Candidate(prefix + MASK_PLACEHOLDER + sentence[match.end() :], factual, cls))
+            cls = feature.class_of(match.group(0))
+            by_class[cls].append(_Candidate(sentence, match.start(), match.end(), cls))
     return by_class
+
+
+def _words_before(sentence: str, position: int, most: int) -> int:
+    """``min(count_words(sentence[:position]), most)``, reading no further than the ``most``-th word."""
+    return sum(1 for _ in itertools.islice(_WORD.finditer(sentence, 0, position), most))
 
 
 def _assign_splits(
@@ -215,6 +248,7 @@ def mine_pairs(
     seed: int = 0,
     min_context_words: int = 0,
     max_words: int | None = None,
+    context_chars: int | None = DEFAULT_CONTEXT_CHARS,
     balance: bool = True,
     split_ratios: Sequence[float] = (0.8, 0.1, 0.1),
     held_out_words: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
@@ -241,6 +275,14 @@ def mine_pairs(
         min_context_words: occurrences with fewer words before them in their sentence are skipped
             (useful for causal LMs, which only see the text before the slot).
         max_words: sentences with more words are skipped (``None``: no limit).
+        context_chars (`int`, *optional*, defaults to 2000): each row keeps at most this many characters of its
+            sentence before the slot and as many after it, cut back to a space so that no word is split. The
+            default, about 400 English words or 500 tokens on each side, holds all that a 512-position masked LM
+            sees around the slot and the 500 tokens before it that a causal LM reads, and is longer than every
+            sentence of the embedded corpora (so their rows are whole sentences). It keeps memory linear in the
+            input where sentence splitting does not bound a row (a long line without sentence ends, or
+            ``split_sentences=False``): whole-sentence rows would hold the sentence once per occurrence.
+            ``None``: whole sentences.
         balance: give every class as many rows as the rarest class has (random subsample).
         split_ratios: train, validation and test fractions, applied per class.
         held_out_words: words whose rows all go to one split and never appear as alternatives
@@ -275,6 +317,9 @@ def mine_pairs(
     ratios = check_split_ratios(split_ratios)
     if min_context_words < 0 or (max_words is not None and max_words < 1):
         raise ValueError("min_context_words must be >= 0 and max_words >= 1 (or None).")
+    if context_chars is not None and (isinstance(context_chars, bool) or not isinstance(context_chars, int)
+                                      or context_chars < 1):
+        raise ValueError(f"context_chars must be a positive integer or None (whole sentences); got {context_chars!r}.")
     if max_rows_per_class is not None and max_rows_per_class < 1:
         raise ValueError(f"max_rows_per_class must be a positive number or None; got {max_rows_per_class}.")
     held_out = _held_out_map(held_out_words, feature)
@@ -332,7 +377,7 @@ def mine_pairs(
         out = columns[split]
         for row in rows:
             other = feature.other_class(row.cls)
-            out["text"].append(row.text)
+            out["text"].append(row.text(context_chars))
             out["factual"].append(row.factual)
             out["alternative"].append(copy_casing(row.factual, choose(row.cls, split)))
             out["factual_class"].append(row.cls)

@@ -94,10 +94,30 @@ def _check_text(text: Any, where: str) -> str:
 
 
 def _read_lines(path: str | os.PathLike) -> Iterator[str]:
+    """The file's lines, without their newline.
+
+    Raises:
+        ValueError: for a file that is not UTF-8 text (a binary file), naming the file, the line and the byte.
+    """
     opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        for line in handle:
-            yield line.rstrip("\n")
+    try:
+        with opener(path, "rt", encoding="utf-8") as handle:
+            for line in handle:
+                yield line.rstrip("\n")
+    except UnicodeDecodeError as err:
+        with opener(path, "rb") as raw:  # the decoder reads ahead in blocks: find the line in the bytes
+            for number, line in enumerate(raw, 1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as bad:
+                    where = f"line {number}, byte {bad.start + 1} ({line[bad.start:bad.start + 1]!r}: {bad.reason})"
+                    break
+            else:  # pragma: no cover - the text decoder and the line decoder agree
+                where = str(err)
+        raise ValueError(
+            f"text file {os.fspath(path)!r} is not UTF-8 text: {where}. Give a UTF-8 text file, one text per line "
+            "(convert another encoding with e.g. iconv -f latin1 -t utf-8), not a binary file."
+        ) from err
 
 
 def _is_dataset(obj: Any) -> bool:

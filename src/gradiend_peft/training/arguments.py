@@ -186,6 +186,16 @@ class GradiendTrainingArguments(TrainingArguments):
         shards = self.adapter_shards
         if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
             raise ValueError(f"adapter_shards must be a positive integer, got {shards!r}.")
+        steps = self.gradient_accumulation_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"gradient_accumulation_steps must be a positive integer (1: an update per row group), "
+                             f"got {steps!r}.")
+        if self.max_steps == 0:
+            raise ValueError(
+                "max_steps=0 would train nothing, but transformers' loop still takes one step before its stop check "
+                "(changing the adapter). Pass max_steps=-1 to train num_train_epochs, or a positive number of steps; "
+                "to use an untrained adapter, do not call train()."
+            )
         if self.class_balance not in CLASS_BALANCES:
             raise ValueError(f"class_balance must be one of {CLASS_BALANCES}, got {self.class_balance!r}.")
         if self.encoder_lr_fan_in is not None and (isinstance(self.encoder_lr_fan_in, bool) or self.encoder_lr_fan_in < 1):

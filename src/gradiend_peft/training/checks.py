@@ -114,18 +114,54 @@ def check_rows(dataset, what: str = "dataset", collator=None) -> None:
 
 
 def check_checkpoint_unfinished(checkpoint: str, max_steps: int) -> None:
-    """Refuses to resume from a checkpoint that already reached ``max_steps``: transformers' loop would train one
-    step more (its stop check follows a step), changing a finished adapter."""
+    """Refuses to resume from a checkpoint whose ``trainer_state.json`` transformers cannot resume from (see
+    `_trainer_state_problem`), or that already reached ``max_steps``: transformers' loop would train one step more
+    (its stop check follows a step), changing a finished adapter."""
     path = os.path.join(checkpoint, "trainer_state.json")
-    if max_steps <= 0 or not os.path.isfile(path):
+    if not os.path.isfile(path):
         return
-    with open(path, encoding="utf-8") as handle:
-        step = int(json.load(handle).get("global_step", 0))
-    if step >= max_steps:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            state = json.load(handle)
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        problem = f"it is not readable JSON ({err})"
+    else:
+        problem = _trainer_state_problem(state)
+    if problem:
+        raise ValueError(
+            f"Cannot resume from {checkpoint!r}: its trainer_state.json is not one transformers' Trainer wrote "
+            f"({problem}). Resume from a complete checkpoint of the run (resume_from_checkpoint=True picks the last "
+            "one), or start anew without resume_from_checkpoint."
+        )
+    step = state["global_step"]
+    if max_steps > 0 and step >= max_steps:
         raise ValueError(
             f"{checkpoint!r} already reached max_steps ({step} of {max_steps}): there is nothing left to train. Load "
             "its adapter (gradiend_peft.load_gradiend_model), or raise max_steps to train on from it."
         )
+
+
+def _trainer_state_problem(state: Any) -> Optional[str]:
+    """What keeps transformers from resuming from a parsed ``trainer_state.json`` (``None``: nothing): it must be an
+    object of `TrainerState`'s keys with an integer ``global_step`` >= 0, ``train_batch_size`` >= 1 and a
+    ``log_history`` list (every Trainer checkpoint has them; ``{"global_step": 1}`` alone made the Trainer fail with a
+    bare ``TypeError``)."""
+    import dataclasses
+
+    from transformers import TrainerState
+
+    if not isinstance(state, dict):
+        return "it is not a JSON object"
+    unknown = sorted(set(state) - {f.name for f in dataclasses.fields(TrainerState)})
+    if unknown:
+        return f"it has keys a Trainer never writes: {unknown[:5]}"
+    for key, least in (("global_step", 0), ("train_batch_size", 1)):
+        value = state.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            return f"its {key} is {value!r}, not an integer >= {least}"
+    if not isinstance(state.get("log_history"), list):
+        return "it has no log_history list"
+    return None
 
 
 def check_checkpoint_fits(checkpoint: str, config, adapter: str, shards: int = 1) -> dict[str, Any]:

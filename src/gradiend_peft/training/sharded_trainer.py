@@ -25,7 +25,7 @@ Trainer methods overridden, and why (each is private in transformers; there is n
   parameters differ (its start-up check compares shapes). The objective never runs the model's forward, so DDP would
   do nothing else; the model gets a thin wrapper instead, which also tells the Trainer not to hand it to accelerate.
 - ``_save``: the Trainer saves from process 0 only; a sharded adapter needs every shard's tensors
-  (`gradiend_peft.hub.save_sharded_adapter`, collective and atomic). ``save_model`` calls ``_save`` on every process,
+  (`gradiend_peft.saving.save_sharded_adapter`, collective and atomic). ``save_model`` calls ``_save`` on every process,
   so ``trainer.save_model(folder)`` works as usual (call it on every process).
 - ``_save_optimizer_and_scheduler`` / ``_load_optimizer_and_scheduler``: one optimizer file per shard,
   ``optimizer-shard-00001-of-00002.pt`` (as FSDP writes per-rank optimizer files), then a barrier, so that a checkpoint
@@ -39,7 +39,6 @@ Trainer methods overridden, and why (each is private in transformers; there is n
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -49,8 +48,8 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_write_bytes
-from ..hub import save_sharded_adapter
-from ..loading import CONFIG_NAME, read_shard_tensors, validate_adapter_config, validate_sharded_weights
+from ..saving import save_sharded_adapter
+from ..tuner.persistence import AdapterFolder, read_adapter
 from ..objective import NonFiniteGradientError
 from ..objective.sharded import Shard, all_reduce_encoder_bias_grad
 from .distributed import average_gradients
@@ -234,16 +233,10 @@ class ShardedTraining:
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         name = self.adapter_name
         folder = resume_from_checkpoint if name == "default" else os.path.join(resume_from_checkpoint, name)
-        with open(os.path.join(folder, CONFIG_NAME), encoding="utf-8") as handle:
-            raw = validate_adapter_config(json.load(handle))
-        index = validate_sharded_weights(folder, raw, values=False)
         own = self.tuner.adapter_state_dict(name, shared=True)
-        loaded = read_shard_tensors(folder, index, set(own))
+        _, loaded = read_adapter(AdapterFolder(folder, True), names=set(own))  # checked as any adapter's files
         with torch.no_grad():
             for key, tensor in own.items():
-                value = loaded[key]
-                if not (torch.isfinite(value).all() if value.is_floating_point() else True):
-                    raise NonFiniteGradientError(f"Checkpoint {resume_from_checkpoint!r} holds non-finite {key!r}.")
-                tensor.copy_(value.to(tensor.device, tensor.dtype))
+                tensor.copy_(loaded[key].to(tensor.device, tensor.dtype))
         logger.info("GRADIEND: shard %d loaded %d tensors from %s.", self._sharding.layout.shard + 1, len(own),
                     resume_from_checkpoint)

@@ -48,6 +48,20 @@ MAX_LATENT_DIM = 4096
 """The largest latent size a config accepts (and the loader trusts): the adapter holds 2 x latent_dim numbers per
 target weight, so larger values only run out of memory."""
 
+# ------------------------------------------------------------------------------------- the files of an adapter
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+INDEX_NAME = "adapter_model.safetensors.index.json"
+"""A module-sharded adapter: the index (tensor name -> shard file) beside ``adapter_model-00001-of-0000N.safetensors``."""
+CARD_NAME = "README.md"
+TRAINING_SUMMARY_NAME = "gradiend_training_summary.json"
+PICKLED_WEIGHTS_NAME = "adapter_model.bin"
+"""What peft's ``save_pretrained(safe_serialization=False)`` writes; gradiend_peft never reads it."""
+SHARD_FILE = r"adapter_model-(\d{5})-of-(\d{5})\.safetensors"
+WEIGHT_FILES = rf"adapter_model\.safetensors|{SHARD_FILE}|adapter_model\.safetensors\.index\.json"
+"""The names of an adapter's weight files (single, shards, index): a save deletes those the new set replaces."""
+ADAPTER_FILES = rf"adapter_config\.json|{WEIGHT_FILES}|README\.md|gradiend_training_summary\.json"
+"""Every name gradiend_peft writes into an adapter folder: a commit journal may name these and nothing else."""
 
 def infer_objective(model_or_config: Any, default: Optional[str] = "causal_lm") -> Optional[str]:
     """``"masked_lm"`` or ``"causal_lm"`` for a model (a `peft.PeftModel` is looked through), its config, or a config

@@ -26,7 +26,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 from peft.tuners._buffer_dict import BufferDict
-from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -35,15 +35,17 @@ from .numerics import (
     adapter_dtype,
     as_factor,
     compute_dtype,
+    dtype_name,
     embedding_per_example_dot,
     index_dtype,
     linear_per_example_dot,
-    unmerge_refusal,
 )
+from .layer_merging import LayerMerging
 
 
-class GradiendLayer(BaseTunerLayer):
-    """Mixin holding one target module's share of every GRADIEND adapter (see the module docstring)."""
+class GradiendLayer(LayerMerging, BaseTunerLayer):
+    """Mixin holding one target module's share of every GRADIEND adapter (see the module docstring); merging and
+    unmerging come from `LayerMerging`."""
 
     adapter_layer_names = ("gradiend_encoder", "gradiend_decoder", "gradiend_decoder_bias")
     other_param_names = ("gradiend_kept_indices",)
@@ -60,6 +62,8 @@ class GradiendLayer(BaseTunerLayer):
         # adapter -> (feature_factor tensor, lr, gradient scale) of a merge, to undo it exactly as applied
         self._merge_record: dict[str, tuple[torch.Tensor, float, float]] = {}
         self._original_weights: dict[str, torch.Tensor] = {}
+        # adapter -> the base weight's dtype at its merge and every dtype the weight was cast to since (see `_apply`)
+        self._merge_dtypes: dict[str, list[torch.dtype]] = {}
         # adapter -> (feature_factor tensor, lr, gradient scale) of active run-time steering
         self._steering: dict[str, tuple[torch.Tensor, float, float]] = {}
         self._steering_cache: Optional[tuple[tuple, torch.Tensor]] = None  # (key, shifted weight), see `steer`
@@ -237,31 +241,22 @@ class GradiendLayer(BaseTunerLayer):
         the dtypes allow (merging and steering both use it, so a steered forward equals the merged one exactly).
 
         Raises:
-            `ValueError`: if the result holds NaN or infinite values (nothing is written then); ``what`` names the
-                operation and the adapter in the message.
+            `ValueError`: if the rounded result, the value that would be stored, holds NaN or infinite values (a
+                float32 sum beyond float16's range included; nothing is written then); ``what`` names the operation
+                and the adapter in the message.
         """
         weight = self.get_base_layer().weight
         compute = torch.promote_types(torch.promote_types(weight.dtype, delta.dtype), torch.float32)
         shifted = delta.to(compute).add_(weight.detach().to(compute))  # in delta's own buffer where dtypes agree
-        if not torch.isfinite(shifted).all():
+        stored = shifted.to(weight.dtype)
+        # checked after the rounding: a sum that float32 holds can still overflow float16 (65504) or bfloat16
+        if not torch.isfinite(stored).all():
             raise ValueError(
-                f"{what} would write NaN or infinite values into a {tuple(weight.shape)} weight (the adapter holds "
-                "non-finite values, or lr is too large for the weight's dtype). Nothing was written; use a smaller lr "
-                "or check the adapter."
+                f"{what} would write NaN or infinite values into a {tuple(weight.shape)} {dtype_name(weight.dtype)} "
+                "weight (the adapter holds non-finite values, or lr is too large for the weight's dtype). Nothing was "
+                "written; use a smaller lr or check the adapter."
             )
-        return shifted.to(weight.dtype)
-
-    def _fingerprint(self, adapter_name: str) -> tuple:
-        """Identity and in-place version of every tensor a merge's delta depends on: a change (pruning, a reset,
-        a training step, loading weights) makes the fingerprint differ."""
-        tensors = [container[adapter_name] if adapter_name in container else None
-                   for container in (self.gradiend_decoder, self.gradiend_decoder_bias, self.gradiend_kept_indices)]
-        return tuple((id(t), t._version) if t is not None else None for t in tensors)
-
-    def changed_since_merge(self, adapter_name: str) -> bool:
-        """Whether ``adapter_name`` is merged into this layer and its tensors changed after the merge."""
-        record = self._merge_record.get(adapter_name)
-        return record is not None and record[3] != self._fingerprint(adapter_name)
+        return stored
 
     def per_example_dot(self, probe: torch.Tensor, inputs: torch.Tensor, output_grad: torch.Tensor) -> torch.Tensor:
         """``<P_j, G_i>`` for a probe ``P`` of shape ``(k', *W.shape)`` (e.g. the encoder) and the per-example
@@ -272,79 +267,7 @@ class GradiendLayer(BaseTunerLayer):
         """
         return linear_per_example_dot(probe, inputs, output_grad, self.weight_layout)
 
-    # ------------------------------------------------------------------------------------ merge / steering
-    def merge(
-        self,
-        safe_merge: bool = False,
-        adapter_names: Optional[list[str]] = None,
-        feature_factor: FeatureFactor = 0.0,
-        lr: float = 0.0,
-        gradient_scales: Optional[dict[str, float]] = None,
-        keep_original: bool = False,
-    ) -> int:
-        """Adds ``lr * d(feature_factor) / s`` of each adapter to the base weight.
-
-        The sum is formed in float32 (at least) and rounded once to the weight's dtype, and it is checked for NaN
-        and infinities before anything is written, whatever ``safe_merge`` says (peft's flag, kept for its
-        signature). A base weight in bfloat16/float16 keeps a copy of its original, so that `unmerge` restores it
-        exactly.
-
-        Args:
-            safe_merge (`bool`): Accepted for peft's signature; merges are always checked.
-            adapter_names (`list[str]`, *optional*): Adapters to merge (default: the active ones).
-            feature_factor (`float` or sequence): The latent value to decode (length ``latent_dim``).
-            lr (`float`): The step size of the rewrite.
-            gradient_scales (`dict[str, float]`, *optional*): Each adapter's gradient scale (default 1).
-            keep_original (`bool`): Keep a copy of the weight so that `unmerge` restores it exactly (always on
-                for half-precision weights).
-
-        Returns:
-            `int`: how many entries the shift should have changed (non-zero shift) but did not, because the
-            weight's dtype cannot represent so small a step (0 for float32 weights in practice).
-        """
-        adapter_names = check_adapters_to_merge(self, adapter_names)
-        base = self.get_base_layer()
-        lost = 0
-        for name in adapter_names:
-            if name not in self.gradiend_decoder:
-                continue
-            scale = (gradient_scales or {}).get(name, 1.0)
-            factor = as_factor(feature_factor, self.gradiend_decoder[name].shape[0], "cpu")
-            delta = self.delta_weight(name, factor, lr, scale)
-            moving = delta != 0
-            shifted = self.shifted_weight(delta, f"Merging adapter {name!r}")
-            if base.weight.dtype in (torch.float16, torch.bfloat16):
-                lost = int((moving & (shifted == base.weight.data)).sum())
-                keep_original = True
-            if keep_original:
-                self._original_weights[name] = base.weight.data.detach().clone()
-            base.weight.data.copy_(shifted)
-            self._merge_record[name] = (factor, float(lr), float(scale), self._fingerprint(name))
-            self.merged_adapters.append(name)
-        return lost
-
-    def unmerge(self) -> None:
-        """Undoes every merge, newest first: exactly where the merge kept the original weight, else by subtracting
-        the same shift.
-
-        Raises:
-            `RuntimeError`: if an adapter changed after it was merged and no original was kept (its current decoder
-                would not undo the merge); nothing is changed then.
-        """
-        changed = [name for name in self.merged_adapters
-                   if name not in self._original_weights and self.changed_since_merge(name)]
-        if changed:
-            raise RuntimeError(unmerge_refusal(changed))
-        base = self.get_base_layer()
-        while self.merged_adapters:
-            name = self.merged_adapters.pop()
-            factor, lr, scale, _ = self._merge_record.pop(name)
-            original = self._original_weights.pop(name, None)
-            if original is not None:
-                base.weight.data.copy_(original)
-            else:
-                base.weight.data.sub_(self.delta_weight(name, factor, lr, scale).to(base.weight.dtype))
-
+    # ----------------------------------------------------------------------------------------- steering
     def set_steering(self, adapter_name: str, feature_factor: FeatureFactor, lr: float, gradient_scale: float) -> None:
         """Makes this layer's forward use ``W + lr * d(feature_factor) / gradient_scale`` for ``adapter_name``.
 
@@ -431,6 +354,14 @@ class _GradiendModule(nn.Module, GradiendLayer):
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         return GradiendLayer.forward(self, x, *args, **kwargs)
+
+    def _apply(self, fn, recurse: bool = True):
+        # a cast of merged weights (``model.half()``) rounds them: noted, so that `unmerge` refuses to subtract
+        before = self.get_base_layer().weight.dtype
+        result = super()._apply(fn, recurse)
+        if self.merged_adapters:
+            self.record_cast(before)
+        return result
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         # loading new weights into a merged adapter would leave the merge impossible to undo: refuse before any

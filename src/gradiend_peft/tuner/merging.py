@@ -16,8 +16,8 @@ from typing import Iterator, Optional
 import torch
 from torch import nn
 
-from .layer import Embedding, GradiendLayer, unmerge_refusal
-from .numerics import FeatureFactor
+from .layer import Embedding, GradiendLayer
+from .numerics import FeatureFactor, unmerge_cast_refusal, unmerge_refusal
 
 
 class MergingMixin:
@@ -73,7 +73,8 @@ class MergingMixin:
                       keep_original: bool = False) -> None:
         """Writes ``W += lr * d(feature_factor) / s`` into every target weight (undo with `unmerge_adapter`).
 
-        Merges are computed in float32, checked for NaN/infinities before anything is written, and refused for an
+        Merges are computed in float32, rounded to the weights' dtype, checked for NaN/infinities (the rounded
+        values, so a float16 overflow counts) in every layer before anything is written, and refused for an
         adapter that is already merged with other values (unmerge first). On a bfloat16/float16 base the original
         weights are kept (so that unmerging restores them exactly) and a warning says how many entries the shift
         could not move because the dtype is too coarse.
@@ -131,17 +132,23 @@ class MergingMixin:
                 )
 
     def unmerge_adapter(self) -> None:
-        """Undoes all merges (exactly where the original was kept, else by subtracting the same shift).
+        """Undoes all merges (exactly where the original was kept, cast to the weights' present dtype, else by
+        subtracting the same shift).
 
         Raises:
-            `RuntimeError`: if a merged adapter changed after its merge (pruned, reset, trained, loaded anew) and no
-                original was kept: its current decoder would not undo the merge. Nothing is changed then.
+            `RuntimeError`: if a merged adapter changed after its merge (pruned, reset, trained, loaded anew), or the
+                merged weights were cast to another dtype since (``model.half()``, also cast back), and no original
+                was kept: subtracting would not restore the base weights. Nothing is changed then.
         """
         layers = self.gradiend_layers().values()
         changed = {name for layer in layers for name in layer.merged_adapters
                    if name not in layer._original_weights and layer.changed_since_merge(name)}
         if changed:
             raise RuntimeError(unmerge_refusal(sorted(changed)))
+        casts = {name: path for layer in layers for name in layer.merged_adapters
+                 for path in [layer.casts_since_merge(name)] if path}
+        if casts:
+            raise RuntimeError(unmerge_cast_refusal(casts))
         for layer in layers:
             layer.unmerge()
 
@@ -177,8 +184,7 @@ class MergingMixin:
         """
         self.merge_adapter(adapter_names, safe_merge=safe_merge, feature_factor=feature_factor, lr=lr)
         for layer in self.gradiend_layers().values():
-            layer.merged_adapters.clear()
-            layer._merge_record.clear()
+            layer.clear_merges()
         return self._unload_and_optionally_merge(merge=False)
 
     def set_steering(self, feature_factor: FeatureFactor, lr: float, adapter_names: Optional[list[str]] = None,

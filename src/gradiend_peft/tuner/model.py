@@ -11,9 +11,10 @@ from peft.tuners._buffer_dict import BufferDict
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
-from .config import GradiendConfig, check_modules_to_save
+from .config import GradiendConfig, adapter_origin, check_modules_to_save, check_target_shapes
 from .constants import ADAPTER_PREFIX, TRANSFORMERS_MODELS_TO_GRADIEND_TARGET_MODULES_MAPPING, infer_objective
 from .layer import Embedding, GradiendLayer, layer_class_for
+from .file_hooks import PeftFileHooks, never_loaded
 from .merging import MergingMixin
 
 _ACTIVATIONS = {
@@ -29,7 +30,7 @@ _ACTIVATIONS = {
 }
 
 
-class GradiendModel(MergingMixin, BaseTuner):
+class GradiendModel(MergingMixin, PeftFileHooks, BaseTuner):
     """Creates a GRADIEND model (a gradient encoder-decoder over target modules) from a transformers model.
 
     Use it through peft: ``get_peft_model(base_model, GradiendConfig(...))``. It does the weight-space maths of the
@@ -72,11 +73,16 @@ class GradiendModel(MergingMixin, BaseTuner):
                     f"{sorted(self.target_module_mapping)}."
                 )
             peft_config.target_modules = default
+        peft_config.check_patterns()  # again: a pattern may have been set after the config was made
         if peft_config.objective == "auto":
             peft_config.objective = infer_objective(self.model)
         return peft_config
 
     def _check_target_module_exists(self, peft_config: GradiendConfig, key: str) -> Any:
+        if peft_config.target_shapes is not None:
+            # a saved (or copied) adapter targets exactly the modules it recorded: no pattern is matched, so a
+            # crafted target_modules regex cannot stall loading
+            return key in peft_config.target_shapes
         if peft_config.include_embeddings:
             if self.__dict__.get("_embedding_target") is None:
                 self.__dict__["_embedding_target"] = self._embedding_name()
@@ -115,6 +121,13 @@ class GradiendModel(MergingMixin, BaseTuner):
             if "not found in the base model" not in str(err) and "No modules were targeted" not in str(err):
                 raise
             candidates = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if layer_class_for(m)})
+            if loading:
+                raise type(err)(
+                    f"This GRADIEND adapter ({adapter_origin(config)}) does not fit this model: it targets modules "
+                    f"{sorted(config.target_shapes)[:5]} (its target_shapes), and this model has none of them (its "
+                    f"Linear/Conv1D/Embedding module names end in {candidates}). Load it onto the base model it was "
+                    "trained on."
+                ) from err
             raise type(err)(
                 f"{err} GRADIEND found no module matching target_modules={config.target_modules!r}. The model's "
                 f"Linear/Conv1D/Embedding module names end in: {candidates}. Pass some of these, a regular expression "
@@ -130,7 +143,7 @@ class GradiendModel(MergingMixin, BaseTuner):
                 "records only targeted modules; remove these entries or add the modules to target_modules."
             )
         if loading:
-            _check_shapes(config, shapes)
+            check_target_shapes(config, shapes)
         else:
             config.target_shapes = shapes
         self._cast_adapter_dtype(adapter_name, autocast_adapter_dtype)  # the encoder bias joins its layers' dtype
@@ -419,6 +432,9 @@ class GradiendModel(MergingMixin, BaseTuner):
         """
         recorded = self.peft_config[adapter_name].target_shapes
         held = self.gradiend_layers(adapter_name)
+        meta = [name for name, layer in held.items() if any(t.is_meta for t in layer.adapter_tensors(adapter_name))]
+        if meta or self.gradiend_encoder_bias[adapter_name].is_meta:
+            raise RuntimeError(never_loaded(adapter_name, what, meta))
         if recorded is not None and len(held) < len(recorded):
             raise RuntimeError(
                 f"{what} needs the whole adapter {adapter_name!r}, but this model holds {len(held)} of its "
@@ -455,6 +471,8 @@ class GradiendModel(MergingMixin, BaseTuner):
         factor = sign if config.source == "alternative" else -sign
         return factor if strengthen else -factor
 
+
+
 def tuner_of(model: Any) -> GradiendModel:
     """The `GradiendModel` of a `peft.PeftModel` around GRADIEND (``model.base_model``), or the tuner itself.
 
@@ -470,22 +488,3 @@ def tuner_of(model: Any) -> GradiendModel:
         )
     return tuner
 
-
-def _check_shapes(config: GradiendConfig, shapes: dict[str, list[int]]) -> None:
-    """Refuses an adapter whose recorded target shapes differ from this model's (checked in module order)."""
-    expected = {name: list(shape) for name, shape in (config.target_shapes or {}).items()}
-    origin = f"made for {config.base_model_name_or_path!r}" if config.base_model_name_or_path else "made for another model"
-    missing = [name for name in expected if name not in shapes]
-    extra = [name for name in shapes if name not in expected]
-    if missing or extra:
-        raise ValueError(
-            f"This GRADIEND adapter ({origin}) does not fit this model: modules missing here: {missing[:5]}, "
-            f"modules matched here but absent from the adapter: {extra[:5]}. Load it onto the base model it was "
-            "trained on."
-        )
-    for name, shape in shapes.items():
-        if expected[name] != shape:
-            raise ValueError(
-                f"Module {name!r} has weight shape {tuple(shape)} in this model but {tuple(expected[name])} in the "
-                f"GRADIEND adapter ({origin}). Load it onto the base model it was trained on."
-            )

@@ -60,6 +60,24 @@ def unmerge_refusal(adapters: Sequence[str]) -> str:
     )
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float16`` -> ``"float16"``, for messages."""
+    return str(dtype).removeprefix("torch.")
+
+
+def unmerge_cast_refusal(casts: dict[str, Sequence[torch.dtype]]) -> str:
+    """The message refusing to unmerge adapters whose merged base weights changed dtype after the merge (``casts``:
+    adapter -> the dtypes the weights had, from the merge's on)."""
+    paths = "; ".join(f"{name!r}: {' -> '.join(dtype_name(d) for d in path)} since its merge"
+                      for name, path in sorted(casts.items()))
+    return (
+        f"Cannot unmerge: the base weights changed dtype after the merge ({paths}; model.half(), .to(dtype) or "
+        "similar). Each cast rounded the merged weights, so subtracting the shift would not restore the original "
+        "weights, and no copy of them was kept. Nothing was changed. Reload the base model; next time unmerge before "
+        "casting, or merge with keep_original=True (the kept original is then restored, cast to the new dtype)."
+    )
+
+
 def linear_per_example_dot(
     encoder: torch.Tensor, inputs: torch.Tensor, output_grad: torch.Tensor, layout: str
 ) -> torch.Tensor:

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ...objective.gradients import max_positions
 from ...tuner.constants import OBJECTIVES, infer_objective
 from .._common import batches, eval_mode, model_device
 from ..metrics import _pad_id, logits_of
@@ -102,6 +103,19 @@ def _encode(
         offsets = enc["offset_mapping"]
         keep = [k and any(end > a and start < b for a, b in spans) for k, (start, end) in zip(keep, offsets)]
     return ids, keep
+
+
+def _check_lengths(model: nn.Module, lengths: Sequence[int], text_of: Any, desc: str) -> None:
+    """Refuses a text longer than the model's positions, naming it (the ``i``-th text, ``text_of(i)``) and ``desc``
+    (a benchmark's name where the suite scores), before any batch is built."""
+    limit = max_positions(model)
+    for i, n in enumerate(lengths):
+        if limit is not None and n > limit:
+            raise ValueError(
+                f"{desc}: text {i} ({text_of(i)[:100]!r}) is {n} tokens long, more than the {limit} positions of the "
+                "model, so it cannot be scored. Score a model with more positions, or leave this benchmark out "
+                "(benchmarks=... of run_bias_benchmarks; --benchmarks of gradiend-peft bias-eval)."
+            )
 
 
 def _progress(iterable: Any, desc: str, progress: Optional[bool], total: Optional[int] = None) -> Any:
@@ -181,6 +195,7 @@ def causal_log_likelihoods(
                 "scored; with spans, no token overlaps them)."
             )
         encoded.append((ids, positions))
+    _check_lengths(model, [len(ids) for ids, _ in encoded], lambda i: texts[i], desc)
     return _causal_scores(model, encoded, _pad_id(tokenizer), batch_size, desc, progress)
 
 
@@ -258,6 +273,7 @@ def pseudo_log_likelihoods(
         if not positions:
             raise ValueError(f"text {i} ({text[:60]!r}) has no token to score.")
         encoded.append((ids, positions))
+    _check_lengths(model, [len(ids) for ids, _ in encoded], lambda i: texts[i], desc)
     return _masked_scores(model, encoded, mask_id, pad, batch_size, desc, progress)
 
 
@@ -336,6 +352,7 @@ def shared_token_pseudo_log_likelihoods(
         if not shared:
             raise ValueError(f"pair {i} ({first[:40]!r} / {second[:40]!r}) shares no token to score.")
         encoded += [(ids_a, [a for a, _ in shared]), (ids_b, [b for _, b in shared])]
+    _check_lengths(model, [len(ids) for ids, _ in encoded], lambda i: pairs[i // 2][i % 2], desc)
     scores = _masked_scores(model, encoded, mask_id, pad, batch_size, desc, progress)
     return [(scores[2 * i], scores[2 * i + 1]) for i in range(len(pairs))]
 
@@ -388,6 +405,7 @@ def masked_word_log_probs(
             token_ids.append(pieces[0])
         encoded.append((ids, positions[0]))
         targets.append(token_ids)
+    _check_lengths(model, [len(ids) for ids, _ in encoded], lambda i: texts[i], desc)
     device = model_device(model)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
     result: list[list[float]] = [[] for _ in encoded]
