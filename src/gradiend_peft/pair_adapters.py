@@ -10,42 +10,52 @@ after training, ``gradiend_training_summary.json``), plus the index ``<folder>/g
      "pairs": [{"classes": ["A", "B"], "adapter": "A-vs-B", "folder": "A-vs-B",
                 "class_signs": {"A": 1.0, "B": -1.0}}, ...]}
 
-All files are staged and committed as one set (`gradiend_peft.atomic`): a crash leaves the old set or the new one.
+All files, the sub-folders' included, are staged and committed as one set under one journal in ``<folder>``
+(`gradiend_peft.atomic.commit_staging` with ``subfolders=True``): a crash leaves the old set or the new one, or a
+journal that loads refuse until the next `save_pair_adapters` (or the owner's `finish_interrupted_pair_save`)
+finishes the commit.
 
-`load_pair_adapters` reads the index strictly (`read_pair_index`: a JSON object of exactly this form, no key twice;
-every folder a plain name, letters, digits, ``_`` and ``-``, naming a real sub-folder, not a symbolic link, and no
-file read inside one a link either), then loads every pair's adapter onto one base model with the checks of
-`gradiend_peft.load_gradiend_model` (JSON and safetensors only; the config and every tensor checked before loading),
-and refuses an adapter whose classes or signs differ from the index's.
+`load_pair_adapters` is read-only. Holding the folder's shared lock (a save commits under the exclusive one), it
+refuses a folder holding a journal, reads the index strictly (`read_pair_index`: a JSON object of exactly this form,
+no key twice; every folder a plain name, letters, digits, ``_`` and ``-``, naming a real sub-folder, not a symbolic
+link), checks every chosen pair's config and weight headers (`gradiend_peft.tuner.persistence.check_adapter_files`)
+and that its classes and signs are the index's, and only then loads the adapters onto one base model with
+`gradiend_peft.load_gradiend_model` and `gradiend_peft.loading.load_gradiend_adapter`, whose checks every file
+passes (JSON and safetensors only, a pair's files read under its folder's shared lock, every tensor checked before it
+is loaded). A refusal leaves the base model as it was.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .atomic import abort_staging, atomic_write_json, begin_staging, commit_staging, recover_directory
+from .atomic import (
+    UntrustedAdapterError,
+    abort_staging,
+    atomic_write_json,
+    begin_staging,
+    commit_staging,
+    folder_lock,
+    open_regular_file,
+    recover_directory,
+    refuse_interrupted_commit,
+)
 from .data.class_pairs import pair_label, pairs_of_classes
 from .data.feature import Feature
-from .hub import TRAINING_SUMMARY_FILE, write_model_card
+from .loading import load_gradiend_adapter, load_gradiend_model
+from .saving import finish_interrupted_save, superseded_weight_files, write_model_card
 from .tuner.config import GradiendConfig
-from .loading import (
-    CONFIG_NAME,
-    INDEX_NAME,
-    MAX_CONFIG_BYTES,
-    WEIGHTS_NAME,
-    UntrustedAdapterError,
-    load_gradiend_model,
-    validate_adapter_config,
-    validate_adapter_weights,
-)
+from .tuner.constants import ADAPTER_FILES, CARD_NAME, CONFIG_NAME, TRAINING_SUMMARY_NAME, WEIGHT_FILES, WEIGHTS_NAME
+from .tuner.persistence import AdapterFolder, check_adapter_files
 
-__all__ = ["PAIR_INDEX_NAME", "PairEntry", "PairIndex", "is_pair_folder", "load_pair_adapters", "read_pair_index",
-           "save_pair_adapters"]
+__all__ = ["PAIR_INDEX_NAME", "PairEntry", "PairIndex", "finish_interrupted_pair_save", "is_pair_folder",
+           "load_pair_adapters", "read_pair_index", "save_pair_adapters"]
 
 PAIR_INDEX_NAME = "gradiend_pairs.json"
 """The index file of a folder of pair adapters."""
@@ -54,6 +64,14 @@ INDEX_FORMAT = "gradiend-pairs"
 INDEX_VERSION = 1
 MAX_PAIR_INDEX_BYTES = 4 * 1024 * 1024
 MAX_NAME_CHARS = 200
+_FOLDER = rf"[A-Za-z0-9_-]{{1,{MAX_NAME_CHARS}}}"  # a pair's folder: what `_plain_name` accepts
+_PAIR_FILES = re.compile(rf"{re.escape(PAIR_INDEX_NAME)}|{_FOLDER}/(?:{ADAPTER_FILES})").fullmatch
+"""The names a pair folder's commit journal may move: the index, and each pair's adapter files."""
+_PAIR_WEIGHT_FILES = re.compile(rf"{_FOLDER}/(?:{WEIGHT_FILES})").fullmatch
+"""The names it may delete: a pair's weight files that the new set replaces under other names (the shards)."""
+_LOAD_FIX = ("Save the pair adapters into the folder again (save_pair_adapters first checks the journal, then finishes "
+             "the interrupted save), or, if the folder is yours, finish it with "
+             "gradiend_peft.pair_adapters.finish_interrupted_pair_save(folder).")
 
 
 def _plain_name(value: Any) -> bool:
@@ -191,7 +209,8 @@ def _regular_file(path: str, what: str) -> None:
 
 def read_pair_index(directory: str) -> PairIndex:
     """Reads and checks ``<directory>/gradiend_pairs.json`` (see the module docstring), and that every folder it
-    names is a real sub-folder of ``directory`` (not a link) with a regular ``adapter_config.json``.
+    names is a real sub-folder of ``directory`` (not a link). The adapter files inside are checked when they are
+    loaded (`load_pair_adapters`).
 
     Raises:
         `UntrustedAdapterError`: naming the file, the key or the folder, and what was expected.
@@ -202,7 +221,9 @@ def read_pair_index(directory: str) -> PairIndex:
         raise FileNotFoundError(f"{directory!r} holds no {PAIR_INDEX_NAME}: it is not a folder of pair adapters "
                                 "(save_pair_adapters writes one; a single adapter loads with load_gradiend_model).")
     _regular_file(path, "The pair index")
-    _expect(os.path.getsize(path) <= MAX_PAIR_INDEX_BYTES, f"{path} is larger than {MAX_PAIR_INDEX_BYTES} bytes.")
+    with os.fdopen(open_regular_file(path), "rb") as handle:
+        data = handle.read(MAX_PAIR_INDEX_BYTES + 1)
+    _expect(len(data) <= MAX_PAIR_INDEX_BYTES, f"{path} is larger than {MAX_PAIR_INDEX_BYTES} bytes.")
 
     def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         keys = [key for key, _ in pairs]
@@ -210,9 +231,8 @@ def read_pair_index(directory: str) -> PairIndex:
         return dict(pairs)
 
     try:
-        with open(path, encoding="utf-8") as handle:
-            raw = json.load(handle, object_pairs_hook=no_duplicates,
-                            parse_constant=lambda c: _expect(False, f"{path} holds {c}, which is not JSON."))
+        raw = json.loads(data.decode("utf-8"), object_pairs_hook=no_duplicates,
+                         parse_constant=lambda c: _expect(False, f"{path} holds {c}, which is not JSON."))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UntrustedAdapterError(f"{path} is not valid JSON: {err}") from err
     index = PairIndex.from_dict(raw, path)
@@ -225,21 +245,23 @@ def read_pair_index(directory: str) -> PairIndex:
                 and os.path.dirname(os.path.realpath(folder)) == root,
                 f"{folder!r} (pair {pair_label(entry.pair)}) is not a folder inside {directory!r} (a symbolic link?); "
                 "gradiend_peft reads only real sub-folders.")
-        for name in (CONFIG_NAME, WEIGHTS_NAME):
-            _regular_file(os.path.join(folder, name), f"Pair {pair_label(entry.pair)}'s")
-        _expect(not os.path.lexists(os.path.join(folder, INDEX_NAME)),
-                f"{folder!r} holds a sharded adapter; pair adapters are saved as one file each (save_pair_adapters).")
     return index
 
 
 def save_pair_adapters(model: Any, directory: str, feature: Feature, adapters: Mapping[Sequence[str], str],
                        training_summaries: Optional[Mapping[Sequence[str], Mapping[str, Any]]] = None) -> str:
-    """Saves the pairs' adapters of ``model`` into ``directory`` with the index (see the module docstring); returns
-    ``directory``.
+    """Saves the pairs' adapters of ``model`` into ``directory`` with the index, as one commit (see the module
+    docstring); returns ``directory``.
+
+    An interrupted save into ``directory`` is finished first, and so is one into a pair's sub-folder (a
+    `gradiend_peft.save_adapter` there), each after the strict check of its journal; a crafted journal is refused and
+    nothing is written.
 
     Args:
         model (`peft.PeftModel`): The model holding the adapters (``train_pairs(...).model``).
-        directory (`str`): The folder. Files of the folder that the save does not write stay as they are.
+        directory (`str`): The folder. Files of the folder that the save does not write stay as they are, except a
+            pair's previous sharded weights (the index and the shards a valid GRADIEND index names in its sub-folder),
+            which the single-file weights replace in the same commit.
         feature (`Feature`): The feature whose classes and words the index records.
         adapters (`Mapping[tuple[str, str], str]`): Pair -> adapter name (``train_pairs(...).adapters``).
         training_summaries (`Mapping[tuple[str, str], dict]`, *optional*): Pair -> ``training_summary``, saved
@@ -249,6 +271,9 @@ def save_pair_adapters(model: Any, directory: str, feature: Feature, adapters: M
         `ValueError`: for a pair that is not one of ``feature``'s, an adapter the model lacks, an adapter named
             ``default`` or with other characters than letters, digits, ``_`` and ``-``, an adapter whose classes are
             not its pair's, or a ``directory`` that holds a single adapter (``adapter_config.json``) of its own.
+        `IsADirectoryError` / `FileExistsError`: if a file or a pair's folder the save writes is taken by something
+            else (a folder, a link, a file): nothing is written.
+        `UntrustedAdapterError`: for an interrupted commit whose journal fails the checks (nothing is written).
     """
     pairs = pairs_of_classes(feature, [tuple(pair) for pair in adapters])
     names = {tuple(pair): name for pair, name in adapters.items()}
@@ -273,10 +298,16 @@ def save_pair_adapters(model: Any, directory: str, feature: Feature, adapters: M
                          "folder of their own.")
     index = PairIndex(classes={k: tuple(v) for k, v in feature.classes.items()}, name=feature.name,
                       entries=tuple(entries))
-    staging = begin_staging(directory)
+    files = [CONFIG_NAME, WEIGHTS_NAME, CARD_NAME]
+    targets = [PAIR_INDEX_NAME] + [f"{entry.folder}/{name}" for entry in entries
+                                   for name in files + ([TRAINING_SUMMARY_NAME] if entry.pair in summaries else [])]
+    staging = begin_staging(directory, targets)  # refuses a pair's folder that is a link or a file
     try:
+        for entry in entries:
+            if os.path.isdir(os.path.join(directory, entry.folder)):
+                finish_interrupted_save(os.path.join(directory, entry.folder))
         model.save_pretrained(staging, selected_adapters=[e.adapter_name for e in entries])
-        readme = os.path.join(staging, "README.md")
+        readme = os.path.join(staging, CARD_NAME)
         if os.path.lexists(readme):
             os.unlink(readme)  # peft's generic card for the whole model: each pair's folder gets its own card
         for entry in entries:
@@ -285,32 +316,49 @@ def save_pair_adapters(model: Any, directory: str, feature: Feature, adapters: M
             write_model_card(model, folder, adapter_name=entry.adapter_name,
                              training_summary=dict(summary) if summary is not None else None)
             if summary is not None:
-                atomic_write_json(os.path.join(folder, TRAINING_SUMMARY_FILE), dict(summary))
+                atomic_write_json(os.path.join(folder, TRAINING_SUMMARY_NAME), dict(summary))
         atomic_write_json(os.path.join(staging, PAIR_INDEX_NAME), index.to_dict())
     except BaseException:
         abort_staging(staging)
         raise
-    commit_staging(directory, staging)
+    commit_staging(directory, staging, _PAIR_FILES, _PAIR_WEIGHT_FILES, _superseded,
+                   first=[f"{entry.folder}/{CONFIG_NAME}" for entry in entries], subfolders=True)
     return directory
 
 
-def _check_adapter(folder: str, base_model: Any) -> dict[str, Any]:
-    """The checks `load_gradiend_model` makes of a folder's config and weights (for adapters added to a model)."""
-    config_path = os.path.join(folder, CONFIG_NAME)
-    _expect(os.path.getsize(config_path) <= MAX_CONFIG_BYTES, f"{config_path} is larger than {MAX_CONFIG_BYTES} bytes.")
-    with open(config_path, encoding="utf-8") as handle:
-        try:
-            raw = json.load(handle)
-        except json.JSONDecodeError as err:
-            raise UntrustedAdapterError(f"{config_path} is not valid JSON: {err}") from err
-    validate_adapter_config(raw)
-    validate_adapter_weights(os.path.join(folder, WEIGHTS_NAME), raw, base_model)
-    return raw
+def _superseded(directory: str, staged: list[str]) -> list[str]:
+    """`gradiend_peft.saving.superseded_weight_files` of every pair's sub-folder, as ``sub/file`` names."""
+    by_folder: dict[str, list[str]] = {}
+    for name in staged:
+        folder, _, file = name.rpartition("/")
+        if folder:
+            by_folder.setdefault(folder, []).append(file)
+    return [f"{folder}/{file}" for folder, files in by_folder.items()
+            for file in superseded_weight_files(os.path.join(directory, folder), files)]
+
+
+def _check_classes(directory: str, entry: PairEntry, classes: Any, signs: Any) -> None:
+    """A pair's adapter must have the classes and signs its index entry gives (else the folders are mixed up)."""
+    _expect(isinstance(classes, list) and classes == list(entry.pair) and signs == entry.class_signs,
+            f"{os.path.join(directory, entry.folder)!r} holds an adapter of classes {classes} with signs {signs}, but "
+            f"the index lists pair {pair_label(entry.pair)} with signs {entry.class_signs}: a mixed-up folder.")
+
+
+def finish_interrupted_pair_save(directory: str) -> None:
+    """Completes the `save_pair_adapters` into ``directory`` that a crash interrupted (loads refuse a folder holding
+    its journal, and do not change it): for the folder's owner. The next `save_pair_adapters` into the folder does
+    the same on its own.
+
+    Raises:
+        `UntrustedAdapterError`: if the journal names anything but the index and the pairs' adapter files, or its
+            paths are links (see `gradiend_peft.atomic.commit_staging`); nothing is written.
+    """
+    recover_directory(directory, _PAIR_FILES, _PAIR_WEIGHT_FILES)
 
 
 def load_pair_adapters(base_model: Any, directory: str, *, pairs: Optional[Sequence[Sequence[str]]] = None,
                        is_trainable: bool = False) -> tuple[Any, PairIndex]:
-    """Loads the pairs' adapters of a folder (`save_pair_adapters`) onto one base model.
+    """Loads the pairs' adapters of a folder (`save_pair_adapters`) onto one base model; writes nothing.
 
     Args:
         base_model (`nn.Module`): The transformers model the adapters were trained on.
@@ -323,33 +371,45 @@ def load_pair_adapters(base_model: Any, directory: str, *, pairs: Optional[Seque
         name (the first one active), and the index (restricted to the loaded pairs).
 
     Raises:
-        `UntrustedAdapterError`: for a malformed index or folder (see `read_pair_index`), adapter files that
-            `load_gradiend_model` refuses, or an adapter whose classes or signs are not the index's.
+        `UntrustedAdapterError`: for a folder holding the journal of an interrupted save (it is not finished: see
+            `finish_interrupted_pair_save`), a malformed index or folder (see `read_pair_index`), adapter files that
+            `load_gradiend_model` refuses, or an adapter whose classes or signs are not the index's. ``base_model``
+            is then left as it was (the adapters loaded before the refusal are unloaded again).
         `ValueError`: for ``pairs`` the index does not hold.
+        `FileNotFoundError`: when ``directory`` is not a folder of pair adapters.
     """
-    recover_directory(directory)  # finish a save that a crash interrupted
-    index = read_pair_index(directory)
-    entries = list(index.entries)
-    if pairs is not None:
-        wanted = [tuple(pair) for pair in pairs]
-        known = {entry.pair: entry for entry in entries}
-        missing = [pair_label(pair) for pair in wanted if pair not in known]
-        if missing or not wanted:
-            raise ValueError(f"{directory!r} holds the pairs {[pair_label(e.pair) for e in entries]}; "
-                             f"{missing or 'none'} asked for.")
-        entries = [known[pair] for pair in wanted]
-    model = None
-    for entry in entries:
-        folder = os.path.join(directory, entry.folder)
-        if model is None:
-            model = load_gradiend_model(base_model, folder, adapter_name=entry.adapter_name, is_trainable=is_trainable)
-        else:
-            _check_adapter(folder, model.get_base_model())
-            model.load_adapter(folder, adapter_name=entry.adapter_name, is_trainable=is_trainable)
-        config = model.peft_config[entry.adapter_name]
-        signs = {k: float(v) for k, v in (config.class_signs or {}).items()}
-        _expect(list(config.feature_classes or []) == list(entry.pair) and signs == entry.class_signs,
-                f"{folder!r} holds an adapter of classes {config.feature_classes} with signs {signs}, but the index "
-                f"lists pair {pair_label(entry.pair)} with signs {entry.class_signs}: a mixed-up folder.")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{directory!r} is not a folder: no pair adapters to load (save_pair_adapters writes "
+                                "them).")
+    with folder_lock(directory, shared=True):  # a save commits under the exclusive lock: one save's files
+        refuse_interrupted_commit(directory, fix=_LOAD_FIX)
+        index = read_pair_index(directory)
+        entries = list(index.entries)
+        if pairs is not None:
+            wanted = [tuple(pair) for pair in pairs]
+            known = {entry.pair: entry for entry in entries}
+            missing = [pair_label(pair) for pair in wanted if pair not in known]
+            if missing or not wanted:
+                raise ValueError(f"{directory!r} holds the pairs {[pair_label(e.pair) for e in entries]}; "
+                                 f"{missing or 'none'} asked for.")
+            entries = [known[pair] for pair in wanted]
+        for entry in entries:  # every pair's files and classes before the base model is touched
+            raw = check_adapter_files(AdapterFolder(os.path.join(directory, entry.folder), True))
+            _check_classes(directory, entry, raw.get("feature_classes"), raw.get("class_signs"))
+        model = None
+        try:
+            for entry in entries:
+                folder = os.path.join(directory, entry.folder)
+                if model is None:
+                    model = load_gradiend_model(base_model, folder, adapter_name=entry.adapter_name,
+                                                is_trainable=is_trainable)
+                else:
+                    load_gradiend_adapter(model, folder, entry.adapter_name, is_trainable=is_trainable)
+                config = model.peft_config[entry.adapter_name]  # the config loaded, as read under its folder's lock
+                _check_classes(directory, entry, config.feature_classes, config.class_signs)
+        except BaseException:
+            if model is not None:
+                model.unload()  # base_model's modules as they were
+            raise
     model.set_adapter(entries[0].adapter_name)
     return model, PairIndex(classes=index.classes, name=index.name, entries=tuple(entries))
