@@ -41,7 +41,15 @@ class ModelArguments:
 class DataArguments:
     """The feature and the text it is mined from."""
 
-    classes: str = field(default="M:he,F:she", metadata={"help": "Two classes with their words, e.g. 'M:he,F:she'."})
+    classes: str = field(
+        default="M:he,F:she",
+        metadata={"help": "Classes with their words, e.g. 'M:he,F:she'; three or more (train, evaluate, rewrite): one "
+                          "adapter per pair of classes."},
+    )
+    pairs: Optional[str] = field(
+        default=None,
+        metadata={"help": "With three or more classes: the pairs, e.g. 'A-B,A-C' (default: every pair)."},
+    )
     training_rows: str = field(
         default="corpus",
         metadata={"help": "Training rows: corpus (mined from --corpus/--text_file), or for he/she: occupations "

@@ -20,6 +20,7 @@ Typical use::
 Nothing here loads a model or touches the network unless a Hub dataset id is given as the source.
 """
 
+from .class_pairs import pair_adapter_names, pair_feature, pair_label, pairs_of_classes, parse_class_pairs
 from .collators import OBJECTIVES, CausalLMCollator, MaskedLMCollator, check_single_token, collator_for
 from .corpora import available_corpora, corpus_info, load_corpus, load_names
 from .feature import MASK_PLACEHOLDER, Feature, copy_casing
@@ -73,6 +74,11 @@ __all__ = [
     "neutral_context_rows",
     "occupation_rows",
     "occupation_split",
+    "pair_adapter_names",
+    "pair_feature",
+    "pair_label",
+    "pairs_of_classes",
+    "parse_class_pairs",
     "pronoun_classes",
     "split_sentences",
 ]
