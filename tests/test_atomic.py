@@ -115,6 +115,28 @@ def test_a_save_that_writes_a_subfolder_is_refused_before_anything_moves(tmp_pat
     assert os.listdir(target) == []
 
 
+def test_a_commit_with_subfolders_moves_their_files_as_one_set_and_goes_one_level_deep_only(tmp_path):
+    target = tmp_path / "pairs"
+    (target / "a").mkdir(parents=True)
+    (target / "a" / "notes.txt").write_text("mine")
+    nested = re.compile(r"index\.json|[a-z]/(config\.json|weights\.bin)").fullmatch
+    with atomic_files(str(target), nested, subfolders=True) as folder:
+        for sub in ("a", "b"):
+            os.mkdir(os.path.join(folder, sub))
+            for name in ("config.json", "weights.bin"):
+                atomic_write_text(os.path.join(folder, sub, name), f"{sub} {name}")
+        atomic_write_text(os.path.join(folder, "index.json"), "index")
+    assert _tree(target) == {"a": "dir", "b": "dir", "index.json": b"index", "a/notes.txt": b"mine",
+                             "a/config.json": b"a config.json", "a/weights.bin": b"a weights.bin",
+                             "b/config.json": b"b config.json", "b/weights.bin": b"b weights.bin"}
+    before = _tree(target)
+    with pytest.raises(ValueError, match="not a plain top-level file or a file of a sub-folder"):
+        with atomic_files(str(target), nested, subfolders=True) as folder:
+            os.makedirs(os.path.join(folder, "a", "deeper"))
+            atomic_write_text(os.path.join(folder, "a", "config.json"), "new")
+    assert _tree(target) == before
+
+
 def _interrupted(target):
     """The state a kill between the two moves of a commit leaves: config.json moved, weights.bin still staged."""
     with atomic_files(str(target), NAMES) as folder:

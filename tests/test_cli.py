@@ -152,3 +152,25 @@ def test_bias_eval_scores_a_model_and_an_adapters_rewrite(tmp_path, tiny_model_d
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("base", "rewrite"))]
     assert [line.split()[0] for line in lines] == ["base", "rewrite"]
     assert main(argv) == 1 and "--feature_factor F --lr L" in capsys.readouterr().err  # no rewrite given
+
+
+def test_bias_eval_scores_race_and_religion_and_compares_item_by_item(tmp_path, tiny_model_dir, capsys):
+    import shutil
+
+    out, other = str(tmp_path / "bias"), str(tmp_path / "other")
+    shutil.copytree(tiny_model_dir, other)
+    argv = ["bias-eval", "--model", tiny_model_dir, "--compare_to", other, "--output_dir", out,
+            "--max_items", "3", "--domain", "race,religion"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "Bias benchmarks, race:" in printed and "Bias benchmarks, religion:" in printed
+    assert printed.count("Paired changes") == 2 and "CC BY-SA 4.0" in printed
+    assert not any(line.startswith("Wino") for line in printed.splitlines())  # Wino measures gender only
+    saved = sorted(f for f in os.listdir(os.path.join(out, "metrics")) if f.startswith("bias_"))
+    assert len(saved) == 4 and sum(f.endswith("_race.json") for f in saved) == 2
+    report = json.load(open(os.path.join(out, "metrics", saved[0])))
+    assert report["domain"] == "race" and len(report["items"]["crows_pairs"]["ids"]) == 3
+    assert main(["bias-eval", "--model", tiny_model_dir, "--output_dir", out, "--domain", "age"]) == 1
+    assert "unknown bias domain 'age'" in capsys.readouterr().err
+    assert main(["bias-eval", "--model", tiny_model_dir, "--compare_to", tiny_model_dir, "--output_dir", out]) == 1
+    assert "--compare_to names the model --model already scores" in capsys.readouterr().err

@@ -16,7 +16,7 @@ from gradiend_peft.evaluation import EncoderReport, evaluate_encoder, neutral_sl
 from gradiend_peft.objective import expected_sign
 
 from batches import ROWS
-from test_evaluation_metrics import one_thread  # noqa: F401  (autouse fixture)
+from test_evaluation_scoring import one_thread  # noqa: F401  (autouse fixture)
 from tiny import CORPUS, MODEL_BUILDERS, TOKENIZER_KIND, word_tokenizer
 
 MINED = [

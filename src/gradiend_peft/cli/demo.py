@@ -50,6 +50,9 @@ def run(run_args, model_args, data_args, rewrite_args, train_args) -> dict:
     """The whole workflow (see the module docstring); prints the tables and returns them."""
     from ..evaluation.bias import compare_reports
 
+    if data_args.pairs:
+        raise ValueError("--pairs chooses pairs for gradiend-peft train with three or more classes; the demo trains "
+                         "one adapter of two classes. Leave --pairs out.")
     setup(run_args)
     if run_args.fast:
         data_args, train_args, rewrite_args = fast_mode(data_args, train_args, rewrite_args)

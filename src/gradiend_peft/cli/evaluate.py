@@ -8,7 +8,13 @@ from .steps import evaluate, load_adapter, load_base, mine, setup
 
 
 def run(run_args, model_args, data_args, output) -> Any:
-    """Loads ``<output_dir>/adapter`` (or ``--adapter``) and writes the encoder report; returns it."""
+    """Loads ``<output_dir>/adapter`` (or ``--adapter``) and writes the encoder report; returns it. On pair adapters
+    (three or more classes), every pair's report and the matrices (`gradiend_peft.cli.class_pairs`)."""
+    from . import class_pairs
+
+    if class_pairs.is_pair_output(run_args, output.output_dir):
+        return class_pairs.evaluate(run_args, model_args, data_args, output)
+    class_pairs.check_single_adapter_run(run_args, data_args, output.output_dir)
     setup(run_args)
     base, tokenizer = load_base(model_args)
     peft_model = load_adapter(base, run_args, output.output_dir)

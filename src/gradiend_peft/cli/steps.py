@@ -20,20 +20,35 @@ from ..data import Feature, context_controls, load_corpus, mine_neutral, mine_pa
 logger = logging.getLogger(__name__)
 
 
-def parse_classes(spec: str) -> Feature:
-    """Parses ``"M:he,F:she"`` (or ``"SG:he|she|it,PL:they"``) into a two-class `Feature`.
+def parse_class_words(spec: str) -> dict[str, list[str]]:
+    """Parses ``"M:he,F:she"`` (or ``"SG:he|she|it,PL:they"``, or three or more classes) into ``{class: words}``.
 
     Raises:
-        `ValueError`: naming the malformed part and the expected form.
+        `ValueError`: naming the malformed part (or a class given twice) and the expected form.
     """
     classes: dict[str, list[str]] = {}
     for part in [p.strip() for p in spec.split(",") if p.strip()]:
         name, sep, words = part.partition(":")
         if not sep or not name.strip() or not words.strip():
             raise ValueError(f"Cannot read class {part!r} of {spec!r}: write CLASS:word|word, e.g. 'M:he,F:she'.")
+        if name.strip() in classes:
+            raise ValueError(f"Class {name.strip()!r} is given twice in {spec!r}; list all its words once: "
+                             f"{name.strip()}:word|word.")
         classes[name.strip()] = [w.strip() for w in words.split("|") if w.strip()]
+    return classes
+
+
+def parse_classes(spec: str) -> Feature:
+    """Parses ``"M:he,F:she"`` (or ``"SG:he|she|it,PL:they"``) into a two-class `Feature`.
+
+    Raises:
+        `ValueError`: naming the malformed part and the expected form.
+    """
+    classes = parse_class_words(spec)
     if len(classes) != 2:
-        raise ValueError(f"GRADIEND needs exactly two classes, got {len(classes)} in {spec!r} (e.g. 'M:he,F:she').")
+        raise ValueError(f"This needs exactly two classes, got {len(classes)} in {spec!r} (e.g. 'M:he,F:she'). "
+                         "Three or more classes train one adapter per pair with gradiend-peft train; evaluate and "
+                         "rewrite then work on its output.")
     return Feature(classes=classes)
 
 
@@ -279,15 +294,19 @@ def gradiend_config(model: torch.nn.Module, model_args, feature, init_seed: Opti
     )
 
 
-def mine(data_args, tokenizer, peft_model) -> FeatureData:
-    """Mines the feature's rows, neutral texts and control rows (keeping those the tokenizer and model can use)."""
+def mine(data_args, tokenizer, peft_model, feature: Optional[Feature] = None) -> FeatureData:
+    """Mines the feature's rows (``--classes``, or ``feature``), neutral texts and control rows (keeping those the
+    tokenizer and model can use); ``peft_model`` may also be the base model (its objective is then inferred)."""
     from ..data import collator_for
+    from ..tuner.constants import infer_objective
 
-    config = peft_model.get_base_model().config
+    config = (peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model).config
     max_length = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    objective = peft_model.peft_config[peft_model.active_adapter].objective
+    adapters = getattr(peft_model, "peft_config", None)
+    objective = adapters[peft_model.active_adapter].objective if adapters else infer_objective(peft_model)
     return prepare_feature_data(
-        parse_classes(data_args.classes), corpus=data_args.corpus, text_file=data_args.text_file,
+        parse_classes(data_args.classes) if feature is None else feature, corpus=data_args.corpus,
+        text_file=data_args.text_file,
         min_context_words=data_args.min_context_words, max_rows_per_class=data_args.max_rows_per_class,
         max_test_rows=data_args.max_test_rows, neutral_rows=data_args.neutral_rows,
         n_controls=data_args.control_rows, seed=data_args.mining_seed, collator=collator_for(tokenizer, objective),

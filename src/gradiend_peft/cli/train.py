@@ -11,7 +11,12 @@ logger = logging.getLogger(__name__)
 
 
 def run(run_args, model_args, data_args, train_args) -> dict[str, Any]:
-    """Trains and evaluates; returns the training summary (see `gradiend_peft.cli.steps`)."""
+    """Trains and evaluates; returns the training summary (see `gradiend_peft.cli.steps`). Three or more classes:
+    one adapter per pair (`gradiend_peft.cli.class_pairs`), and each pair's summary by pair label."""
+    from . import class_pairs
+
+    if class_pairs.uses_pairs(data_args):
+        return class_pairs.train(run_args, model_args, data_args, train_args)
     setup(run_args)
     base, tokenizer = load_base(model_args)
     peft_model = attach(base, model_args, parse_classes(data_args.classes), train_args.seed)

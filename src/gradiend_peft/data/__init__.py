@@ -21,6 +21,7 @@ Nothing here loads a model or touches the network unless a Hub dataset id is giv
 """
 
 from .attributes import ATTRIBUTE_FRAMES, ATTRIBUTE_WORDS, attribute_evaluation_rows, attribute_rows, attribute_words
+from .class_pairs import pair_adapter_names, pair_feature, pair_label, pairs_of_classes, parse_class_pairs
 from .collators import OBJECTIVES, CausalLMCollator, MaskedLMCollator, check_single_token, collator_for
 from .corpora import available_corpora, corpus_info, load_corpus, load_names
 from .feature import MASK_PLACEHOLDER, Feature, copy_casing
@@ -82,6 +83,11 @@ __all__ = [
     "neutral_context_rows",
     "occupation_rows",
     "occupation_split",
+    "pair_adapter_names",
+    "pair_feature",
+    "pair_label",
+    "pairs_of_classes",
+    "parse_class_pairs",
     "pronoun_classes",
     "split_sentences",
 ]

@@ -16,7 +16,16 @@ The `evaluate` metrics shipped here load offline: ``evaluate.load(metric_path("e
 import os
 
 from .encoder import EncoderReport, GroupStats, evaluate_encoder, neutral_slot_rows
-from .metrics import (
+from .class_pairs import (
+    CrossEncodingMatrix,
+    DecoderCosineMatrix,
+    PairEvaluation,
+    cross_encoding_matrix,
+    decoder_cosine_matrix,
+    evaluate_pairs,
+    pair_adapters_of,
+)
+from .scoring import (
     LMSInputs,
     LMSResult,
     SlotInputs,
@@ -63,12 +72,15 @@ __all__ = [
     "Balance",
     "Candidate",
     "CandidateMetrics",
+    "CrossEncodingMatrix",
+    "DecoderCosineMatrix",
     "Debias",
     "EncoderReport",
     "Favour",
     "GroupStats",
     "LMSInputs",
     "LMSResult",
+    "PairEvaluation",
     "Policy",
     "RewriteInputs",
     "RewriteResult",
@@ -77,13 +89,17 @@ __all__ = [
     "Weaken",
     "bias_indices",
     "class_words_from_rows",
+    "cross_encoding_matrix",
+    "decoder_cosine_matrix",
     "evaluate_encoder",
+    "evaluate_pairs",
     "language_modeling_score",
     "lms_token_scores",
     "masked_token_predictions",
     "measure_rewrites",
     "metric_path",
     "neutral_slot_rows",
+    "pair_adapters_of",
     "parse_policy",
     "prepare_lms",
     "prepare_slots",

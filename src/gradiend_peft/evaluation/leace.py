@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ._common import as_rows, eval_mode, model_device
-from .metrics import logits_of, prepare_slots
+from .scoring import logits_of, prepare_slots
 
 __all__ = ["LEACE_INSTALL", "LeaceBaseline", "MissingLeaceError"]
 

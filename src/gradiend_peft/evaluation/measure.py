@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ._common import as_rows, as_texts, eval_mode, model_parts
-from .metrics import (
+from .scoring import (
     bias_indices,
     class_words_from_rows,
     language_modeling_score,

@@ -43,7 +43,7 @@ class CandidateMetrics:
         feature_factor (`float`): the candidate's feature factor, the latent value decoded (``0`` for the base
             model).
         lr (`float`): the candidate's learning rate, the step size of the rewrite (``0`` for the base model).
-        lms: the language-modelling score on neutral text (see `gradiend_peft.evaluation.metrics`).
+        lms: the language-modelling score on neutral text (see `gradiend_peft.evaluation.scoring.language_modeling_score`).
         class_probs: ``mean_i P_i(C)`` over all rows, per class ``C``.
         probs_by_class: ``probs_by_class[D][C] = mean P_i(C)`` over the rows ``i`` of class ``D``.
         row_counts: the number of rows of each class ``D``.

@@ -81,7 +81,7 @@ class BlockSkip:
     @torch.no_grad()
     def capture(self, model: nn.Module, batches: Sequence[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
         """The hidden states entering block ``first`` for every batch (one forward up to that block each)."""
-        from .metrics import logits_of
+        from .scoring.forward import logits_of
 
         hidden: list[torch.Tensor] = []
 
@@ -118,7 +118,7 @@ class BlockSkip:
     def verified(self, model: nn.Module, batch: dict[str, torch.Tensor], hidden: torch.Tensor) -> bool:
         """Whether the skipping forward on ``hidden`` gives the full forward's logits on ``batch`` (to float32
         round-off of the logits' magnitude)."""
-        from .metrics import logits_of
+        from .scoring.forward import logits_of
 
         device = next(model.parameters()).device
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)

@@ -10,11 +10,14 @@ Typical use::
     trainer.train()                      # trains once
     trainer.training_summary["converged"]
 
-``train_with_restarts(trainer, num_seeds=3)`` tries several seeds and keeps the best attempt. See docs/training.md
+``train_with_restarts(trainer, num_seeds=3)`` tries several seeds and keeps the best attempt. ``train_pairs(model,
+feature, rows_by_pair, args, tokenizer=..., config=...)`` trains one adapter per pair of classes of a feature of three
+or more classes, all in one PeftModel. See docs/training.md
 for the loss scale, batching, callbacks, resume, several processes and mixed precision.
 """
 
 from .arguments import GradiendTrainingArguments
+from .class_pairs import PairResult, PairTraining, train_pairs
 from .callbacks import (
     BestAdapterCallback,
     ConvergenceCallback,
@@ -36,6 +39,8 @@ __all__ = [
     "ConvergenceVerdict",
     "GradiendTrainer",
     "GradiendTrainingArguments",
+    "PairResult",
+    "PairTraining",
     "SeedReport",
     "SeedResult",
     "SignNormalizationCallback",
@@ -43,5 +48,6 @@ __all__ = [
     "convergence_verdict",
     "normalize_sign",
     "restore_adapter_snapshot",
+    "train_pairs",
     "train_with_restarts",
 ]

