@@ -165,9 +165,10 @@ def prepare_feature_data(feature: Feature, *, corpus: str = "english", text_file
         pairs = mine_pairs(texts, feature, seed=seed, min_context_words=min_context_words,
                            max_rows_per_class=max_rows_per_class)
     elif training_rows in TEMPLATE_ROWS:
-        from .. import data as template_data
+        from ..data import attribute_rows, definitional_rows, name_rows, occupation_rows
 
-        make = getattr(template_data, TEMPLATE_ROWS[training_rows])
+        make = {"occupation_rows": occupation_rows, "name_rows": name_rows, "definitional_rows": definitional_rows,
+                "attribute_rows": attribute_rows}[TEMPLATE_ROWS[training_rows]]
         pairs = make(feature, seed=seed)
     else:
         raise ValueError(f"training_rows must be one of {['corpus', *TEMPLATE_ROWS]}, got {training_rows!r}.")
