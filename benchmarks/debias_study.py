@@ -5,7 +5,7 @@ trainer's defaults otherwise, ``init_seed`` 42), and its rewrite is chosen by th
 split of the neutral-context rows (380 rows, 200 control rows that may not lose accuracy, LMS >= 0.99 x base, 48
 neutral corpus sentences; feature factors -1..1, rates 1-1000, one refinement round). Every reported number is
 measured on the *report* split (400 rows of other templates and occupations, 200 control rows of other subjects)
-and on StereoSet/CrowS-Pairs/Wino (`gradiend_peft.evaluation.bias`).
+and on StereoSet/CrowS-Pairs/Wino (`gradiend_peft.bias.benchmarks`).
 
     python benchmarks/debias_study.py train corpus names occupations   # adapters into --out/adapters/<kind>-20-29
     python benchmarks/debias_study.py search corpus names occupations  # the debias search + the held-out report
@@ -48,7 +48,8 @@ def neutral_texts(n: int = 48) -> list[str]:
 
 def training_rows(kind: str, tokenizer):
     from gradiend_peft.cli.steps import drop_unusable_rows
-    from gradiend_peft.data import collator_for, load_corpus, mine_pairs, name_rows, occupation_rows
+    from gradiend_peft.data import collator_for, load_corpus, mine_pairs
+    from gradiend_peft.bias.gender import name_rows, occupation_rows
 
     if kind == "corpus":
         pairs = mine_pairs(load_corpus("english"), _feature(), min_context_words=5, max_rows_per_class=400)
@@ -65,7 +66,7 @@ def training_rows(kind: str, tokenizer):
 def load(out: str, kind: str):
     """SmolLM2 with the trained adapter ``kind`` (trained first if missing)."""
     import gradiend_peft
-    from gradiend_peft.pretrained import load_model_and_tokenizer
+    from gradiend_peft.embedded_models import load_model_and_tokenizer
 
     base, tokenizer = load_model_and_tokenizer("smollm2-135m")
     folder = os.path.join(out, "adapters", f"{kind}-20-29")
@@ -94,7 +95,7 @@ def load(out: str, kind: str):
 def held_out(model, tokenizer, rewrite: tuple[float, float] | None, adapter: str = "default") -> dict:
     """Base and ``rewrite`` on the report split: gap, probabilities, stereotype preference, controls, LMS (``None``:
     the model as it is, e.g. with LEACE's hooks)."""
-    from gradiend_peft.data import context_controls, neutral_context_rows
+    from gradiend_peft.bias.gender import context_controls, neutral_context_rows
     from gradiend_peft.evaluation import measure_rewrites
     from gradiend_peft.evaluation.measure import preference
 
@@ -112,7 +113,7 @@ def held_out(model, tokenizer, rewrite: tuple[float, float] | None, adapter: str
 
 
 def search(model, tokenizer, feature_factors=None, adapter: str = "default") -> dict:
-    from gradiend_peft.data import context_controls, neutral_context_rows
+    from gradiend_peft.bias.gender import context_controls, neutral_context_rows
     from gradiend_peft.evaluation import search_rewrite
 
     options = dict(SEARCH, feature_factors=feature_factors or SEARCH["feature_factors"])
@@ -160,7 +161,7 @@ def main() -> None:
         results["search"] = search(model, tokenizer, feature_factors=[0.0])
         print(json.dumps(results["projection"]), json.dumps(results["search"].get("held_out")), flush=True)
     else:
-        from gradiend_peft.evaluation.bias import BiasBenchmarkReport, compare_reports, run_bias_benchmarks
+        from gradiend_peft.bias.benchmarks import BiasBenchmarkReport, compare_reports, run_bias_benchmarks
 
         reports = {}
         for item in args.items:  # kind:feature_factor:lr
@@ -171,7 +172,7 @@ def main() -> None:
             with model.base_model.steer(float(ff), float(lr), cache=True):
                 reports[item] = run_bias_benchmarks(model, tokenizer, batch_size=32, progress=False)
         if args.leace:
-            from gradiend_peft.evaluation.leace import LeaceBaseline
+            from gradiend_peft.bias.leace import LeaceBaseline
 
             layers = [int(x) for x in args.leace.split(",")]
             rows = list(training_rows("occupations", tokenizer)["train"])

@@ -16,7 +16,7 @@ peak is ``VmHWM - baseline``: model loading, the adapter, the data and the phase
 The planner gets the same model (its config), targets, dtypes, rows and the padded length the collator produced, and
 plans the peak of one process. bfloat16 cases load a bfloat16 copy of the model saved once (`prepare`); ``setup_peak``
 records the high-water mark after loading, before the phase. The table lists planned, measured and the error ``(planned - measured) / measured``.
-SmolLM2-135M loads from its cached conversion (``gradiend_peft.pretrained``); the tiny models are ``tests/tiny.py``'s.
+SmolLM2-135M loads from its cached conversion (``gradiend_peft.embedded_models``); the tiny models are ``tests/tiny.py``'s.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def _load(case: dict[str, Any]):
 
         family = case["model"].split(":", 1)[1]
         return MODEL_BUILDERS[family]().to(dtype), word_tokenizer(TOKENIZER_KIND[family])
-    from gradiend_peft.pretrained import load_model_and_tokenizer
+    from gradiend_peft.embedded_models import load_model_and_tokenizer
 
     return load_model_and_tokenizer(case.get("folder", case["model"]), dtype=dtype)
 

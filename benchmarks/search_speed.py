@@ -31,7 +31,8 @@ GRID = {"lrs": [1.0, 3.0, 10.0, 30.0, 100.0, 300.0], "feature_factors": [-1.0, -
 def prepare_inputs(path: str) -> None:
     """The rows (64 mined test rows), neutral texts (48) and control rows (24) of the demo at the issue's start."""
     sys.path.insert(0, os.path.join(ROOT, "src"))
-    from gradiend_peft.data import Feature, context_controls, load_corpus, mine_neutral, mine_pairs
+    from gradiend_peft.data import Feature, load_corpus, mine_neutral, mine_pairs
+    from gradiend_peft.bias.gender import context_controls
 
     feature = Feature({"M": ["he"], "F": ["she"]})
     texts = load_corpus("english")
@@ -51,7 +52,7 @@ def worker(inputs_path: str, adapter: str, threads: int) -> dict:
     torch.set_num_threads(threads)
     import gradiend_peft
     from gradiend_peft.evaluation import search_rewrite
-    from gradiend_peft.pretrained import load_model_and_tokenizer
+    from gradiend_peft.embedded_models import load_model_and_tokenizer
 
     with open(inputs_path, encoding="utf-8") as handle:
         inputs = json.load(handle)

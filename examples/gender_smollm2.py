@@ -54,11 +54,11 @@ def main() -> None:
     from peft import get_peft_model
 
     from gradiend_peft import GradiendConfig, evaluate_encoder, search_rewrite
-    from gradiend_peft.data import (Feature, context_controls, load_corpus, mine_neutral, mine_pairs,
-                                    neutral_context_rows)
+    from gradiend_peft.data import Feature, load_corpus, mine_neutral, mine_pairs
+    from gradiend_peft.bias.gender import context_controls, neutral_context_rows
     from gradiend_peft.plotting import (plot_convergence, plot_encoder_distributions, plot_probability_shifts,
                                         plot_rewrite_grid)
-    from gradiend_peft.pretrained import MissingModelPackageError, load_model_and_tokenizer
+    from gradiend_peft.embedded_models import MissingModelPackageError, load_model_and_tokenizer
     from gradiend_peft.training import GradiendTrainer, GradiendTrainingArguments
 
     # 1. The model: SmolLM2-135M-Instruct (Apache-2.0), converted once from its GGUF and cached -----------------

@@ -58,7 +58,7 @@ def main() -> None:
     from gradiend_peft.data import Feature, check_single_token, load_corpus, mine_neutral, mine_pairs
     from gradiend_peft.plotting import (plot_convergence, plot_encoder_distributions, plot_probability_shifts,
                                         plot_rewrite_grid)
-    from gradiend_peft.pretrained import MissingModelPackageError, load_model_and_tokenizer
+    from gradiend_peft.embedded_models import MissingModelPackageError, load_model_and_tokenizer
     from gradiend_peft.training import GradiendTrainer, GradiendTrainingArguments
 
     try:

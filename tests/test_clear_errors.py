@@ -12,7 +12,7 @@ from gradiend_peft.cli import main, parse_command
 from gradiend_peft.cli.steps import layer_targets
 from gradiend_peft.data import mine_pairs
 from gradiend_peft.data.text import iter_texts
-from gradiend_peft.pretrained import EMBEDDED_MODELS, load_model_and_tokenizer
+from gradiend_peft.embedded_models import EMBEDDED_MODELS, load_model_and_tokenizer
 from gradiend_peft.training import GradiendTrainer
 
 from test_training_fixtures import arguments, pairs, peft_model, tokenizer
@@ -98,7 +98,7 @@ def test_an_unreachable_hub_id_says_no_such_folder_and_what_the_hub_said(tmp_pat
 def test_bias_benchmarks_on_a_model_with_few_positions_name_the_benchmark_and_its_sentence():
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from gradiend_peft.evaluation.bias import load_crows_pairs, run_bias_benchmarks
+    from gradiend_peft.bias.benchmarks import load_crows_pairs, run_bias_benchmarks
 
     tok = word_tokenizer("gpt2")
     model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, n_positions=16,

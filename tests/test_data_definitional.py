@@ -5,13 +5,12 @@ from collections import Counter
 
 import pytest
 
-from gradiend_peft.data import (
+from gradiend_peft.data import PAIR_COLUMNS, Feature
+from gradiend_peft.bias.gender import (
     ATTRIBUTE_FRAMES,
     ATTRIBUTE_WORDS,
     DEFINITIONAL_NOUNS,
-    PAIR_COLUMNS,
     TRAIN_TEMPLATES,
-    Feature,
     attribute_evaluation_rows,
     attribute_rows,
     attribute_words,

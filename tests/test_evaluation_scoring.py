@@ -25,7 +25,7 @@ from gradiend_peft.evaluation import (
     prepare_slots,
     slot_probabilities,
 )
-from gradiend_peft.evaluation.bias import blank_fill_spans
+from gradiend_peft.bias.benchmarks import blank_fill_spans
 from gradiend_peft.evaluation.scoring import (
     causal_log_likelihoods,
     conditional_log_likelihoods,

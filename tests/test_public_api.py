@@ -12,8 +12,9 @@ import gradiend_peft
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src", "gradiend_peft")
 
 # Which of the package's parts each part may import (a part is a top-level module or subpackage). The layers:
-# tuner (weight-space maths) <- objective (gradients from rows) <- training / evaluation / pruning <- cli. The tuner
-# also holds the package's constants and the masked/causal rule (tuner.constants), which data and pretrained read.
+# tuner (weight-space maths) <- objective (gradients from rows) <- training / evaluation / pruning <- bias (the study of
+# social bias with the method) <- cli. The tuner also holds the package's constants and the masked/causal rule
+# (tuner.constants), which data and embedded_models read.
 ALLOWED = {
     "__init__": {"registration", "tuner", "atomic", "saving", "loading", "pruning", "training", "evaluation"},
     "registration": {"tuner"},
@@ -29,10 +30,11 @@ ALLOWED = {
     "training": {"atomic", "data", "saving", "loading", "objective", "tuner"},
     "evaluation": {"atomic", "data", "editing", "objective", "tuner"},
     "plotting": {"atomic"},
-    "pretrained": {"atomic", "tuner"},
-    "planning": {"objective", "pretrained", "tuner"},
-    "cli": {"atomic", "data", "evaluation", "saving", "loading", "pair_adapters", "planning", "plotting", "pretrained",
-            "training", "tuner"},
+    "embedded_models": {"atomic", "tuner"},
+    "planning": {"objective", "embedded_models", "tuner"},
+    "bias": {"atomic", "data", "editing", "evaluation", "objective", "tuner"},
+    "cli": {"atomic", "bias", "data", "evaluation", "saving", "loading", "pair_adapters", "planning", "plotting",
+            "embedded_models", "training", "tuner"},
 }
 
 

@@ -25,7 +25,7 @@ def real_model_run(output_dir: str, steps: int = 125, threads: int = 1, eval_ste
 
     from gradiend_peft import GradiendConfig
     from gradiend_peft.data import load_corpus, mine_pairs
-    from gradiend_peft.pretrained import load_model_and_tokenizer
+    from gradiend_peft.embedded_models import load_model_and_tokenizer
     from gradiend_peft.training import GradiendTrainer, GradiendTrainingArguments
 
     class StepTimer(TrainerCallback):

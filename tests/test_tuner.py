@@ -70,7 +70,7 @@ def test_one_rule_decides_masked_or_causal_for_the_tuner_the_loader_and_the_scor
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
     from gradiend_peft.evaluation.scoring import infer_objective as scorers_rule
-    from gradiend_peft.pretrained import _auto_class_for
+    from gradiend_peft.embedded_models import _auto_class_for
     from gradiend_peft.tuner.constants import infer_objective
 
     assert scorers_rule is infer_objective

@@ -6,7 +6,8 @@ work for GRADIEND adapters. Import it before loading an adapter with peft.
 
 The names below are the whole top-level API; everything else lives in its submodule (`gradiend_peft.data`,
 `gradiend_peft.objective`, `gradiend_peft.training`, `gradiend_peft.evaluation`, `gradiend_peft.plotting`,
-`gradiend_peft.pair_adapters`, `gradiend_peft.pretrained`, `gradiend_peft.planning`, `gradiend_peft.cli`). Only the
+`gradiend_peft.pair_adapters`, `gradiend_peft.embedded_models`, `gradiend_peft.planning`, `gradiend_peft.cli`), and
+the study of social bias with the method (benchmarks, debiasing, baselines) lives in `gradiend_peft.bias`. Only the
 adapter (`GradiendConfig`, `GradiendModel`) is imported eagerly; the rest loads on first use, so
 ``import gradiend_peft`` pulls in no training, evaluation or CLI code.
 """
@@ -27,20 +28,18 @@ _LAZY_NAMES = {
     "train_with_restarts": "training",
     "evaluate_encoder": "evaluation",
     "search_rewrite": "evaluation",
-    "run_bias_benchmarks": "evaluation.bias",
-    "load_gradiend_model": "loading",
+        "load_gradiend_model": "loading",
     "UntrustedAdapterError": "loading",
     "save_adapter": "saving",
     "push_adapter_to_hub": "saving",
     "prune_adapter": "pruning",
     "pre_prune_adapter": "pruning",
 }
-_SUBMODULES = ("atomic", "cli", "data", "editing", "evaluation", "loading", "objective", "pair_adapters", "planning",
-               "plotting", "pretrained", "pruning", "saving", "training", "tuner")
+_SUBMODULES = ("atomic", "bias", "cli", "data", "editing", "embedded_models", "evaluation", "loading", "objective",
+               "pair_adapters", "planning", "plotting", "pruning", "saving", "training", "tuner")
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .evaluation import evaluate_encoder, search_rewrite
-    from .evaluation.bias import run_bias_benchmarks
     from .loading import UntrustedAdapterError, load_gradiend_model
     from .pruning import pre_prune_adapter, prune_adapter
     from .saving import push_adapter_to_hub, save_adapter
@@ -72,7 +71,6 @@ __all__ = [
     "pre_prune_adapter",
     "prune_adapter",
     "push_adapter_to_hub",
-    "run_bias_benchmarks",
     "save_adapter",
     "search_rewrite",
     "train_with_restarts",

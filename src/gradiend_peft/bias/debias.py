@@ -1,7 +1,7 @@
 """Debiasing steps of the command line: the held-out report of a chosen rewrite and the bias benchmarks.
 
 The rewrite search of the ``debias`` policy runs on the *search* split of the neutral-context rows
-(`gradiend_peft.data.neutral_context_rows`: templates x occupations whose context does not decide the pronoun) with
+(`gradiend_peft.bias.gender.neutral_context_rows`: templates x occupations whose context does not decide the pronoun) with
 the search split's control rows (`context_controls`). What is reported is measured on the *report* split: other
 templates, other occupations and other control subjects, none of which the search (or the occupation training rows)
 saw, so the numbers measure how the edit generalises.
@@ -14,7 +14,7 @@ import os
 from typing import Any, Optional, Sequence
 
 from ..atomic import atomic_write_json
-from ..data import context_controls, neutral_context_rows, pronoun_classes
+from .gender.templates import context_controls, neutral_context_rows, pronoun_classes
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def bias_benchmarks(peft_model, tokenizer, chosen: Optional[tuple[float, float]]
                     max_items: Optional[int] = None) -> dict[str, Any]:
     """StereoSet, CrowS-Pairs and Wino (gender) of the base and of the chosen rewrite (steered); each report saved
     as ``metrics/bias_<name>.json`` (``max_items``: at most this many items per benchmark, for smoke tests)."""
-    from ..evaluation.bias import run_bias_benchmarks
+    from .benchmarks import run_bias_benchmarks
 
     options = dict(batch_size=batch_size, max_items=max_items)
     reports = {"base": run_bias_benchmarks(peft_model, tokenizer, **options)}

@@ -22,8 +22,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from ._common import as_rows, eval_mode, model_device
-from .scoring import logits_of, prepare_slots
+from ..evaluation._common import as_rows, eval_mode, model_device
+from ..evaluation.scoring import logits_of, prepare_slots
 
 __all__ = ["LEACE_INSTALL", "LeaceBaseline", "MissingLeaceError"]
 

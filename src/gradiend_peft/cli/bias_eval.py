@@ -1,5 +1,5 @@
 """``gradiend-peft bias-eval``: the field's bias benchmarks (StereoSet, CrowS-Pairs, Wino; see
-`gradiend_peft.evaluation.bias`) for the domains gender, race and religion, on a base model, an adapter's rewrite, or
+`gradiend_peft.bias.benchmarks`) for the domains gender, race and religion, on a base model, an adapter's rewrite, or
 a merged folder, as a before/after table with paired statistics.
 
 - ``--model M``: scores ``M`` (an embedded name, a Hub id or a folder, e.g. ``<out>/merged``); ``--compare_to B``
@@ -49,7 +49,7 @@ def run(run_args, model_args, output, bias_args) -> dict[str, dict[str, Any]]:
     ``{domain: {name: BiasBenchmarkReport}}``."""
     from dataclasses import replace
 
-    from ..evaluation.bias import bias_domain, compare_reports, run_bias_benchmarks
+    from ..bias.benchmarks import bias_domain, compare_reports, run_bias_benchmarks
 
     setup(run_args)
     domains = _names(bias_args.domain, "--domain")

@@ -1,11 +1,11 @@
 """``gradiend-peft demo``: the whole debiasing workflow on a real model (SmolLM2-135M by default).
 
 1. train GRADIEND on he/she rows (by default stereotyped occupations with the stereotypical pronoun, see
-   `gradiend_peft.data.occupation_rows`) and evaluate the encoder on held-out rows;
+   `gradiend_peft.bias.gender.occupation_rows`) and evaluate the encoder on held-out rows;
 2. search the rewrite with the ``debias`` policy on the search split of the neutral-context rows, guarded by the
-   LMS and by control rows whose context decides the pronoun (`gradiend_peft.cli.debias`);
+   LMS and by control rows whose context decides the pronoun (`gradiend_peft.bias.debias`);
 3. report base and chosen rewrite on the held-out split (other templates, occupations and control subjects);
-4. score both on StereoSet, CrowS-Pairs and Wino (`gradiend_peft.evaluation.bias`).
+4. score both on StereoSet, CrowS-Pairs and Wino (`gradiend_peft.bias.benchmarks`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 from dataclasses import replace
 
 from .arguments import DEMO_DEFAULTS
-from .debias import bias_benchmarks, held_out_report, report_lines
+from ..bias.debias import bias_benchmarks, held_out_report, report_lines
 from .steps import (
     attach,
     evaluate,
@@ -48,7 +48,7 @@ def adapt_to_model(model_args, rewrite_args, config) -> tuple:
 
 def run(run_args, model_args, data_args, rewrite_args, train_args) -> dict:
     """The whole workflow (see the module docstring); prints the tables and returns them."""
-    from ..evaluation.bias import compare_reports
+    from ..bias.benchmarks import compare_reports
 
     if data_args.pairs:
         raise ValueError("--pairs chooses pairs for gradiend-peft train with three or more classes; the demo trains "

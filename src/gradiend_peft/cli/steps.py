@@ -14,8 +14,9 @@ import torch
 
 from ..atomic import atomic_files, atomic_write_json
 from ..saving import save_adapter
-from .debias import search_rows
-from ..data import Feature, context_controls, load_corpus, mine_neutral, mine_pairs, pronoun_classes
+from ..bias.debias import search_rows
+from ..bias.gender import context_controls, pronoun_classes
+from ..data import Feature, load_corpus, mine_neutral, mine_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ class FeatureData:
 
 
 def control_rows(feature: Feature, count: int, split: str = "search", seed: int = 0) -> list[dict[str, Any]]:
-    """Rows whose class the context decides (`gradiend_peft.data.context_controls`) for a feature with ``he`` and
+    """Rows whose class the context decides (`gradiend_peft.bias.gender.context_controls`) for a feature with ``he`` and
     ``she`` in its two classes; ``[]`` for any other feature (or ``count=0``)."""
     try:
         pronoun_classes(feature)
@@ -155,7 +156,7 @@ def prepare_feature_data(feature: Feature, *, corpus: str = "english", text_file
                          collator: Any = None, max_length: Optional[int] = None,
                          training_rows: str = "corpus") -> FeatureData:
     """Training rows (mined from a corpus or a text file, or for he/she the template rows of
-    `gradiend_peft.data.occupation_rows` / `name_rows`), neutral texts and control rows for ``feature``.
+    `gradiend_peft.bias.gender.occupation_rows` / `name_rows`), neutral texts and control rows for ``feature``.
 
     With a ``collator``, rows it refuses (a causal-LM tokenizer splitting a target, e.g. a capitalised "He" at the
     start of a sentence) are dropped and reported (`drop_unusable_rows`).
@@ -165,7 +166,7 @@ def prepare_feature_data(feature: Feature, *, corpus: str = "english", text_file
         pairs = mine_pairs(texts, feature, seed=seed, min_context_words=min_context_words,
                            max_rows_per_class=max_rows_per_class)
     elif training_rows in TEMPLATE_ROWS:
-        from ..data import attribute_rows, definitional_rows, name_rows, occupation_rows
+        from ..bias.gender import attribute_rows, definitional_rows, name_rows, occupation_rows
 
         make = {"occupation_rows": occupation_rows, "name_rows": name_rows, "definitional_rows": definitional_rows,
                 "attribute_rows": attribute_rows}[TEMPLATE_ROWS[training_rows]]
@@ -269,7 +270,7 @@ def setup(run) -> None:
 
 def load_base(model_args) -> tuple[torch.nn.Module, Any]:
     """Loads the base model and tokenizer (embedded names are converted once and cached)."""
-    from ..pretrained import load_model_and_tokenizer
+    from ..embedded_models import load_model_and_tokenizer
 
     if model_args.dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {model_args.dtype!r}.")
@@ -356,7 +357,7 @@ def rewrite(peft_model, tokenizer, data: FeatureData, out: str, rewrite_args, ru
     """Runs the rewrite search for every policy; saves results and plots; returns them and the summary table.
 
     The ``debias`` policy of a he/she feature searches on the search split of the neutral-context rows (see
-    `gradiend_peft.cli.debias`); the other policies on the held-out mined rows."""
+    `gradiend_peft.bias.debias`); the other policies on the held-out mined rows."""
     from ..evaluation import search_rewrite
 
     classes = list(data.feature.pair)

@@ -1,7 +1,7 @@
 """Measuring rewrites ``theta + lr * d(feature_factor)`` on prepared rows, neutral text and control rows.
 
 `RewriteInputs` tokenises the rows, the neutral texts (for the LMS) and the control rows once, captures the hidden
-states below the first edited block (`gradiend_peft.evaluation.prefix`), and then measures any number of candidates
+states below the first edited block (`gradiend_peft.evaluation.block_skip`), and then measures any number of candidates
 with forward passes only: each candidate is applied in place (run-time steering with a cached shifted weight, or a
 merge that is undone) and removed again. `search_rewrite` measures its grid this way; `measure_rewrites` measures
 given rewrites, e.g. a chosen one on held-out rows the search never saw.
@@ -28,7 +28,7 @@ from .scoring import (
     slot_probabilities,
 )
 from .policies import CandidateMetrics
-from .prefix import BlockSkip
+from .block_skip import BlockSkip
 
 __all__ = ["RewriteInputs", "measure_rewrites"]
 

@@ -158,8 +158,8 @@ class Debias(Policy):
       flips).
 
     Unlike `Balance` (the papers' BPI) it does not reward raising one class's probability. Use it on neutral-context
-    rows (`gradiend_peft.data.neutral_context_rows`), with control rows written in the same frames whose subject
-    decides the class (`gradiend_peft.data.context_controls`) and a ``control_floor`` of 1.0.
+    rows (`gradiend_peft.bias.gender.neutral_context_rows`), with control rows written in the same frames whose subject
+    decides the class (`gradiend_peft.bias.gender.context_controls`) and a ``control_floor`` of 1.0.
     """
 
     mass_floor: float = 0.9

@@ -155,7 +155,7 @@ def search_rewrite(
             candidates the first did not measure. A dict filled with other inputs is refused.
         skip_unchanged (`bool`, *optional*, defaults to ``True``): compute the hidden states below the first edited
             block once per batch and run only the edited blocks per candidate (see
-            `gradiend_peft.evaluation.prefix`; checked against full forward passes, which are used where it does not
+            `gradiend_peft.evaluation.block_skip`; checked against full forward passes, which are used where it does not
             hold). ``False``: full forward passes for every candidate.
     """
     started = time.perf_counter()

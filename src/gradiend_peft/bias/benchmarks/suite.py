@@ -1,7 +1,7 @@
 """Scoring the benchmark items with a model, and `run_bias_benchmarks`, the one entry point.
 
 ```python
-from gradiend_peft.evaluation.bias import compare_reports, run_bias_benchmarks
+from gradiend_peft.bias.benchmarks import compare_reports, run_bias_benchmarks
 
 before = run_bias_benchmarks(base_model, tokenizer)
 with peft_model.base_model.steer(feature_factor=1.0, lr=1e-3):
@@ -19,8 +19,8 @@ from typing import Any, Optional
 
 from torch import nn
 
-from .._common import eval_mode
-from ..scoring.likelihood import (
+from ...evaluation._common import eval_mode
+from ...evaluation.scoring.likelihood import (
     _check_objective,
     conditional_log_likelihoods,
     masked_word_log_probs,

@@ -1,6 +1,6 @@
 """Attribute rows for he/she: a gendered subject, then an attribute word stereotyped for one gender.
 
-The occupation rows of :func:`~gradiend_peft.data.occupation_rows` train one direction of gender bias: which
+The occupation rows of :func:`~gradiend_peft.bias.gender.occupation_rows` train one direction of gender bias: which
 pronoun follows an occupation ("The nurse said that [MASK]"). The field's benchmarks mostly score the other
 direction: which *attribute* follows a gendered word (StereoSet: "My sister is very [caring/ambitious]"). An attribute
 row has that shape:
@@ -36,8 +36,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .definitional import DEFINITIONAL_SPLITS, definitional_nouns
-from .feature import Feature
-from .mining import PAIR_COLUMNS, SPLITS, as_feature, check_split_ratios
+from ...data.feature import Feature
+from ...data.mining import PAIR_COLUMNS, SPLITS, as_feature, check_split_ratios
 from .templates import fill, pronoun_classes, to_dataset
 
 if TYPE_CHECKING:

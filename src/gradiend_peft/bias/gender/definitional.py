@@ -3,7 +3,7 @@
 A debiasing edit should leave these alone: "My dad said that [MASK] ..." must keep "he". The inventory below is
 split three ways, with no noun in two splits:
 
-- ``"train"``: for training rows (:func:`~gradiend_peft.data.definitional_rows`), e.g. for an adapter whose
+- ``"train"``: for training rows (:func:`~gradiend_peft.bias.gender.definitional_rows`), e.g. for an adapter whose
   directions are kept out of a debiasing edit;
 - ``"search"``: for the controls the rewrite search guards with;
 - ``"report"``: for the controls of the reported numbers.

@@ -28,7 +28,7 @@ import io
 import random
 from dataclasses import dataclass
 
-from .corpora import _folder, _manifest
+from ...data.corpora import _folder, _manifest
 
 __all__ = ["EVALUATION_SPLITS", "Occupation", "load_occupations", "occupation_split"]
 

@@ -5,7 +5,7 @@ Rows mined from real text mostly have a context that decides the pronoun ("My mo
 
 - :func:`neutral_context_rows`: an occupation in a sentence that does not decide the pronoun ("On Friday,
   the nurse was tired, so [MASK] went home early."). The *factual* is the occupation's stereotypical pronoun (BLS share of
-  women >= 50%: she, else he; see :mod:`~gradiend_peft.data.occupations`), the *alternative* the other
+  women >= 50%: she, else he; see :mod:`~gradiend_peft.bias.gender.occupations`), the *alternative* the other
   one, so a model's probabilities by class read as "stereotypical vs anti-stereotypical".
 - :func:`context_controls`: the same frames with a subject that decides the pronoun: a gendered noun
   ("my mother", "the king") or a first name that is clearly one gender ("Linda", "Douglas").
@@ -18,9 +18,9 @@ tokenizer adds no BOS token (SmolLM2) barely uses a text-initial subject (measur
 
 Two evaluation splits, ``"search"`` (rows the rewrite search may look at) and ``"report"`` (rows kept for
 the reported numbers), share no template (:data:`SEARCH_TEMPLATES` and :data:`REPORT_TEMPLATES`, 10
-each), no occupation (:func:`~gradiend_peft.data.occupations.occupation_split`), no gendered noun and no
+each), no occupation (:func:`~gradiend_peft.bias.gender.occupations.occupation_split`), no gendered noun and no
 first name; both are fixed by ``split_seed`` (same value everywhere) and independent of ``seed``, which
-only draws and orders rows. The training rows of :mod:`~gradiend_peft.data.training_rows` use a third
+only draws and orders rows. The training rows of :mod:`~gradiend_peft.bias.gender.training_rows` use a third
 template set, :data:`TRAIN_TEMPLATES`, and first names that no control uses.
 
 Occupations: WinoGender (Rudinger et al., NAACL 2018, rudinger/winogender-schemas, MIT) and WinoBias
@@ -37,10 +37,10 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .corpora import _folder, _manifest
+from ...data.corpora import _folder, _manifest
 from .definitional import SURNAMES, definitional_nouns
-from .feature import MASK_PLACEHOLDER, Feature, normalize_word
-from .mining import PAIR_COLUMNS, as_feature
+from ...data.feature import MASK_PLACEHOLDER, Feature, normalize_word
+from ...data.mining import PAIR_COLUMNS, as_feature
 from .occupations import check_evaluation_split, occupation_split
 
 if TYPE_CHECKING:
@@ -110,7 +110,7 @@ TRAIN_TEMPLATES: Mapping[str, str] = {
     "train-23": "After the storm, {subject} was relieved because [MASK] was safe.",
     "train-24": "Once again, {subject} was sleepy, so [MASK] made some tea.",
 }
-"""Frames for training rows (:func:`~gradiend_peft.data.name_rows`, :func:`~gradiend_peft.data.occupation_rows`)."""
+"""Frames for training rows (:func:`~gradiend_peft.bias.gender.name_rows`, :func:`~gradiend_peft.bias.gender.occupation_rows`)."""
 
 NAME_DOMINANCE = 20.0
 """A first name on both census lists counts as one gender when its share there is at least this many times
@@ -331,8 +331,8 @@ def context_controls(
     The frames are the split's neutral templates (those of :func:`neutral_context_rows`), so a control differs from
     a neutral-context row only in its subject: "On Sunday, my father was bored, so [MASK] read a book." beside "On
     Sunday, the nurse was bored, so [MASK] read a book.". The subjects are the split's pool of
-    :data:`~gradiend_peft.data.definitional.DEFINITIONAL_NOUNS` (kinship nouns, titles, gendered role nouns and
-    person nouns; :func:`~gradiend_peft.data.definitional.definitional_nouns`) and 50 first names per gender
+    :data:`~gradiend_peft.bias.gender.definitional.DEFINITIONAL_NOUNS` (kinship nouns, titles, gendered role nouns and
+    person nouns; :func:`~gradiend_peft.bias.gender.definitional.definitional_nouns`) and 50 first names per gender
     (:func:`clear_names`); no noun and no name is in both splits, nor in the nouns of the ``"train"`` pool.
 
     Args:

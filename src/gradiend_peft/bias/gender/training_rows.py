@@ -2,11 +2,11 @@
 
 Both functions return a :class:`datasets.DatasetDict` with ``"train"``, ``"validation"`` and ``"test"`` in
 exactly the columns of :func:`~gradiend_peft.data.mine_pairs` (:data:`~gradiend_peft.data.PAIR_COLUMNS`), so
-they can replace or join mined rows. Their frames are :data:`~gradiend_peft.data.templates.TRAIN_TEMPLATES`
+they can replace or join mined rows. Their frames are :data:`~gradiend_peft.bias.gender.templates.TRAIN_TEMPLATES`
 (24), which share no template with the evaluation splits.
 
 - :func:`name_rows`: "{name} said that [MASK] would come." with the pronoun of the name's gender as the
-  factual. Names come from the US Census 1990 lists (:func:`~gradiend_peft.data.templates.clear_names`),
+  factual. Names come from the US Census 1990 lists (:func:`~gradiend_peft.bias.gender.templates.clear_names`),
   skipping the 100 most frequent of each gender, which the controls use; validation and test hold out
   names that train never sees.
 - :func:`occupation_rows`: "The nurse said that [MASK] would come." with the stereotypical pronoun, for
@@ -20,8 +20,8 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .feature import Feature
-from .mining import PAIR_COLUMNS, SPLITS, as_feature, check_split_ratios
+from ...data.feature import Feature
+from ...data.mining import PAIR_COLUMNS, SPLITS, as_feature, check_split_ratios
 from .occupations import occupation_split
 from .templates import CONTROL_NAMES_PER_SPLIT, TRAIN_TEMPLATES, clear_names, fill, make_row, pronoun_classes, to_dataset
 
@@ -127,7 +127,7 @@ def occupation_rows(
             at least one occupation of each stereotype.
         seed (`int`, *optional*, defaults to ``0``): draws the occupation split, the balancing and the order.
         split_seed (`int`, *optional*, defaults to ``0``): the search/report split of the occupations; use
-            the value given to :func:`~gradiend_peft.data.neutral_context_rows`.
+            the value given to :func:`~gradiend_peft.bias.gender.neutral_context_rows`.
 
     Returns:
         A :class:`datasets.DatasetDict` with ``"train"``, ``"validation"`` and ``"test"`` in the columns of
@@ -178,7 +178,7 @@ def definitional_rows(
     split_seed: int = 0,
 ) -> datasets.DatasetDict:
     """Training rows whose subject's meaning decides the pronoun: the ``"train"`` pool of definitional nouns
-    ("my grandfather", "the waiter", "the king"; :func:`~gradiend_peft.data.definitional.definitional_nouns`) in
+    ("my grandfather", "the waiter", "the king"; :func:`~gradiend_peft.bias.gender.definitional.definitional_nouns`) in
     every training template, and first names in ``rows_per_name`` templates each.
 
     The nouns and names are those no control uses (the controls take the ``"search"`` and ``"report"`` pools and the

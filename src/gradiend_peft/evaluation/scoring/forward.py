@@ -58,7 +58,7 @@ def logits_of(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.T
               hidden: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The ``(B, T, V)`` logits of any model returning ``.logits``, a tuple or a tensor (no KV cache is kept).
 
-    With ``hidden`` (states captured at the first edited block, see `gradiend_peft.evaluation.prefix`), the model runs
+    With ``hidden`` (states captured at the first edited block, see `gradiend_peft.evaluation.block_skip`), the model runs
     on them as ``inputs_embeds`` instead of embedding ``input_ids``."""
     check_inputs_fit(model, input_ids, attention_mask)
     kwargs = {"use_cache": False} if getattr(getattr(model, "config", None), "use_cache", None) is not None else {}
