@@ -39,9 +39,11 @@ def _feature():
 
 
 def neutral_texts(n: int = 48) -> list[str]:
+    from gradiend_peft.bias.gender import related_forms
     from gradiend_peft.data import load_corpus, mine_neutral
 
-    neutral = mine_neutral(load_corpus("english"), _feature()).shuffle(seed=0)
+    feature = _feature()
+    neutral = mine_neutral(load_corpus("english"), feature, exclude_words=related_forms(feature)).shuffle(seed=0)
     neutral = neutral.filter(lambda r: len(r["text"].split()) * 2 < 2048)
     return [r["text"] for r in neutral.select(range(n))]
 

@@ -32,14 +32,15 @@ def prepare_inputs(path: str) -> None:
     """The rows (64 mined test rows), neutral texts (48) and control rows (24) of the demo at the issue's start."""
     sys.path.insert(0, os.path.join(ROOT, "src"))
     from gradiend_peft.data import Feature, load_corpus, mine_neutral, mine_pairs
-    from gradiend_peft.bias.gender import context_controls
+    from gradiend_peft.bias.gender import context_controls, related_forms
 
     feature = Feature({"M": ["he"], "F": ["she"]})
     texts = load_corpus("english")
     pairs = mine_pairs(texts, feature, min_context_words=5, seed=0, progress=False)
     rows = [dict(r) for r in pairs["test"].shuffle(seed=0).select(range(64))]
     rows = [r for r in rows if r["factual"] in ("he", "she")]  # lower-case pronouns: single tokens for SmolLM2
-    neutral = list(mine_neutral(texts, feature, max_rows=48, max_words=40, seed=0)["text"])
+    neutral = list(mine_neutral(texts, feature, exclude_words=related_forms(feature), max_rows=48, max_words=40,
+                                seed=0)["text"])
     controls = [dict(r) for r in context_controls(feature, "search", count=24)]
     with open(path, "w", encoding="utf-8") as handle:
         json.dump({"rows": rows, "neutral": neutral, "control": controls}, handle)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gradiend_peft.data import Feature, available_corpora, corpus_info, load_corpus, load_names, mine_pairs
+from gradiend_peft.bias.gender import load_names
+from gradiend_peft.data import Feature, available_corpora, corpus_info, load_corpus, mine_pairs
 
 FOLDER = resources.files("gradiend_peft").joinpath("corpora")
 MANIFEST = json.loads(FOLDER.joinpath("manifest.json").read_text(encoding="utf-8"))

@@ -3,7 +3,8 @@
 import datasets
 import pytest
 
-from gradiend_peft.data import Feature, mine_neutral, related_forms
+from gradiend_peft.bias.gender import related_forms
+from gradiend_peft.data import Feature, mine_neutral
 
 TEXTS = [
     "He came home. The dog ran. There she was.",
@@ -16,7 +17,7 @@ TEXTS = [
 
 def test_neutral_sentences_contain_no_word_of_any_class():
     feature = Feature(classes={"3SG": ["he", "she"], "3PL": ["they"]})
-    result = mine_neutral(TEXTS, feature, related=False)
+    result = mine_neutral(TEXTS, feature)  # only the feature's words
     assert isinstance(result, datasets.Dataset)
     assert result.column_names == ["text"]
     assert list(result["text"]) == ["The dog ran.", "Theirs is the shed by the sea.", "His hat fell.", "Her hat stayed.", "Short."]
@@ -26,7 +27,7 @@ def test_the_other_pronoun_forms_of_the_feature_are_excluded_too():
     feature = Feature(classes={"3SG": ["he", "she"], "3PL": ["they"]})
     assert related_forms(feature) == ["him", "his", "himself", "her", "hers", "herself", "them", "their", "theirs",
                                       "themselves"]
-    assert list(mine_neutral(TEXTS, feature)["text"]) == ["The dog ran.", "Short."]
+    assert list(mine_neutral(TEXTS, feature, exclude_words=related_forms(feature))["text"]) == ["The dog ran.", "Short."]
     assert related_forms(Feature({"DER": ["der"], "DIE": ["die"]})) == []  # no English pronouns: nothing added
 
 
@@ -36,7 +37,7 @@ def test_excluded_words_are_matched_whole_and_case_insensitively():
 
 
 def test_word_limits_and_duplicates():
-    result = mine_neutral(TEXTS, {"M": ["he"], "F": ["she"]}, min_words=3, max_words=3, related=False)
+    result = mine_neutral(TEXTS, {"M": ["he"], "F": ["she"]}, min_words=3, max_words=3)
     assert list(result["text"]) == ["The dog ran.", "His hat fell.", "Her hat stayed."]
     with_duplicates = mine_neutral(TEXTS, {"M": ["he"], "F": ["she"]}, max_words=3, deduplicate=False)
     assert list(with_duplicates["text"]).count("The dog ran.") == 2

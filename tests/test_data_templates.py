@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from gradiend_peft.data import PAIR_COLUMNS, Feature, collator_for, load_names, mine_pairs
+from gradiend_peft.data import PAIR_COLUMNS, Feature, collator_for, mine_pairs
 from gradiend_peft.bias.gender import (
     REPORT_TEMPLATES,
     SEARCH_TEMPLATES,
     TRAIN_TEMPLATES,
     context_controls,
     definitional_rows,
+    load_names,
     load_occupations,
     name_rows,
     neutral_context_rows,

@@ -14,8 +14,8 @@ name               language  contents
 ``"fortunes-de"``  de        German fortune cookies of Debian's fortunes-de (GPL-2.0-or-later)
 =================  ========  ===============================================================
 
-First-name lists (US Census 1990, via the MIT-licensed PyPI package ``names``) come from
-:func:`load_names`.
+The folder also holds data files of the bias study (first-name lists, a table of jobs), read by
+`gradiend_peft.bias`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import json
 from importlib import resources
 from typing import Any
 
-__all__ = ["available_corpora", "corpus_info", "load_corpus", "load_names"]
+__all__ = ["available_corpora", "corpus_info", "load_corpus"]
 
 
 def _folder():
@@ -100,31 +100,9 @@ def load_corpus(name: str) -> list[str]:
 
     Examples:
         >>> sentences = load_corpus("english")
-        >>> pairs = mine_pairs(sentences, {"M": ["he"], "F": ["she"]}, min_context_words=5)
+        >>> pairs = mine_pairs(sentences, {"SG": ["is"], "PL": ["are"]}, min_context_words=5)
     """
     sentences: list[str] = []
     for part in _parts(name):
         sentences.extend(_read_part(part))
     return sentences
-
-
-def load_names(kind: str, *, top: int | None = None) -> list[str]:
-    """US first names (1990 census), most frequent first.
-
-    Args:
-        kind: ``"female"`` or ``"male"``. The lists overlap for some names (e.g. "James" is rare but
-            present among female names); filter with the other list where that matters.
-        top: keep only the ``top`` most frequent names.
-
-    Returns:
-        Names capitalised, e.g. ``["Mary", "Patricia", ...]``.
-    """
-    info = _manifest().get("names")
-    if info is None:
-        raise FileNotFoundError("this installation ships no name lists (corpora/names.en.json.gz).")
-    if kind not in info["kinds"]:
-        raise ValueError(f"unknown name list {kind!r}; choose one of {sorted(info['kinds'])}.")
-    with _folder().joinpath(info["file"]).open("rb") as raw, gzip.open(raw, "rt", encoding="ascii") as handle:
-        rows = json.load(handle)[kind]
-    names = [name for name, _ in rows]
-    return names if top is None else names[:top]

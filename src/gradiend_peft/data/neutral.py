@@ -26,35 +26,11 @@ __all__ = ["mine_neutral"]
 logger = logging.getLogger(__name__)
 
 
-PRONOUN_FORMS: dict[str, tuple[str, ...]] = {
-    "he": ("him", "his", "himself"),
-    "she": ("her", "hers", "herself"),
-    "it": ("its", "itself"),
-    "they": ("them", "their", "theirs", "themselves"),
-    "i": ("me", "my", "mine", "myself"),
-    "we": ("us", "our", "ours", "ourselves"),
-    "you": ("your", "yours", "yourself", "yourselves"),
-}
-"""The other English forms of each subject pronoun: a sentence with "his" is not neutral for he/she."""
-
-
-def related_forms(feature: Feature | Mapping[str, Sequence[str]]) -> list[str]:
-    """The English pronoun forms (`PRONOUN_FORMS`) of the feature's pronoun words, e.g. ``him, his, himself, her,
-    hers, herself`` for he/she; empty for a feature without English subject pronouns (German articles...)."""
-    forms: list[str] = []
-    for word in as_feature(feature).words:
-        for form in PRONOUN_FORMS.get(word.lower(), ()):
-            if form not in forms:
-                forms.append(form)
-    return forms
-
-
 def mine_neutral(
     texts: TextSource,
     feature: Feature | Mapping[str, Sequence[str]] | None,
     *,
     exclude_words: Iterable[str] = (),
-    related: bool = True,
     min_words: int = 1,
     max_words: int | None = None,
     max_rows: int | None = None,
@@ -66,18 +42,17 @@ def mine_neutral(
     dataset_split: str = "train",
     progress: bool | None = None,
 ) -> datasets.Dataset:
-    """Collect sentences that contain no word of ``feature`` (every class, not only the pair), none of their
-    other English pronoun forms (`related_forms`: "his" for "he") and no word of ``exclude_words``, all matched
-    whole-word and case-insensitively.
+    """Collect sentences that contain no word of ``feature`` (every class, not only the pair) and no word of
+    ``exclude_words`` (for instance the other forms of the feature's words), all matched whole-word and
+    case-insensitively.
 
     Args:
         texts: a list of strings, a text file path, a :class:`datasets.Dataset` (with ``text_column``)
             or a Hub dataset id, as for :func:`~gradiend_peft.data.mine_pairs`.
         feature: the feature whose words must be absent, a ``{class: words}`` mapping, or ``None``
             (then only ``exclude_words`` are excluded).
-        exclude_words: more words to exclude (a feature's pronoun forms are excluded already).
-        related (`bool`, *optional*, defaults to ``True``): also exclude the `related_forms` of the feature's
-            words.
+        exclude_words: more words to exclude, e.g. the other forms of the feature's words (``["den", "dem", "des"]``
+            beside the articles ``der``/``die``/``das``).
         min_words (`int`, *optional*, defaults to ``1``): skip sentences with fewer words.
         max_words (`int`, *optional*, defaults to ``None``): skip sentences with more words (``None``: no upper
             limit).
@@ -99,14 +74,13 @@ def mine_neutral(
         ValueError: when there is nothing to exclude, or no sentence qualifies.
 
     Examples:
-        >>> mine_neutral(["He came. The dog ran. There she was. I saw his dog."], {"M": ["he"], "F": ["she"]})["text"]
-        ['The dog ran.']
+        >>> list(mine_neutral(["Der Hund lief. Ein Hund lief. Die Katze sah den Hund."], {"M": ["der"], "F": ["die"]},
+        ...                   exclude_words=["den"])["text"])
+        ['Ein Hund lief.']
     """
     import datasets
 
     words = list(as_feature(feature).words) if feature is not None else []
-    if feature is not None and related:
-        words += related_forms(feature)
     if isinstance(exclude_words, str):
         raise TypeError(f"exclude_words must be a list of words, not the string {exclude_words!r}.")
     words += list(exclude_words)

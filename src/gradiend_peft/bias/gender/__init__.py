@@ -1,6 +1,7 @@
 """The he/she data of the study: templates whose context leaves the pronoun open (neutral contexts, stereotypical vs
 anti-stereotypical occupations), controls whose context decides it, training rows (occupations, first names,
-definitional nouns, attributes), the occupation table and the definitional nouns.
+definitional nouns, attributes), the occupation table, the definitional nouns, first names by gender and the other
+forms of the pronouns.
 
 ```python
 from gradiend_peft.data import Feature
@@ -16,7 +17,9 @@ train = occupation_rows(feature)                         # DatasetDict train/val
 
 from .attributes import ATTRIBUTE_FRAMES, ATTRIBUTE_WORDS, attribute_evaluation_rows, attribute_rows, attribute_words
 from .definitional import DEFINITIONAL_NOUNS, DefinitionalNoun, definitional_nouns
+from .names import load_names
 from .occupations import EVALUATION_SPLITS, Occupation, load_occupations, occupation_split
+from .pronouns import PRONOUN_FORMS, related_forms
 from .templates import (
     REPORT_TEMPLATES,
     SEARCH_TEMPLATES,
@@ -33,6 +36,7 @@ __all__ = [
     "ATTRIBUTE_WORDS",
     "DEFINITIONAL_NOUNS",
     "EVALUATION_SPLITS",
+    "PRONOUN_FORMS",
     "REPORT_TEMPLATES",
     "SEARCH_TEMPLATES",
     "TRAIN_TEMPLATES",
@@ -45,10 +49,12 @@ __all__ = [
     "context_controls",
     "definitional_nouns",
     "definitional_rows",
+    "load_names",
     "load_occupations",
     "name_rows",
     "neutral_context_rows",
     "occupation_rows",
     "occupation_split",
     "pronoun_classes",
+    "related_forms",
 ]
