@@ -166,6 +166,7 @@ def main() -> None:
     from gradiend_peft.evaluation import (evaluate_encoder, language_modeling_score, prepare_lms, prepare_slots,
                                           search_rewrite, slot_probabilities)
     from gradiend_peft.loading import load_gradiend_model
+    from gradiend_peft.cli.demo import STUDY
     from gradiend_peft.cli.steps import gradiend_config, load_base, mine, parse_classes
 
     model_args = ModelArguments(model="smollm2-135m", layers="20-29")
@@ -185,7 +186,7 @@ def main() -> None:
         assert parameter_bytes(model, adapter=False) == model_bytes
         entries = sum(layer.num_entries(model.active_adapter)
                       for layer in model.base_model.gradiend_layers().values())
-        data = mine(data_args, tokenizer, model)
+        data = mine(data_args, tokenizer, model, study=STUDY)  # the demo's rows: controls as before
         test, neutral, control = data.pairs["test"], data.neutral, data.control
         setup_s = time.perf_counter() - started
         loading_peak = max_rss_so_far()

@@ -30,7 +30,15 @@ def test_a_merge_policy_outside_the_policies_fails_before_anything_loads(capsys,
     assert "--policies balance,strengthen:F" in err  # the fix
     assert main(["demo", "--model", str(tmp_path / "absent"), "--merge_policy", "balance"]) == 2  # demo: debias
     assert "not among --policies 'debias'" in capsys.readouterr().err
-    parse_command("rewrite", ["--policies", "balance, strengthen:F", "--merge_policy", "strengthen:F"])  # fine
+    parse_command("rewrite", ["--classes", "SG:is,PL:are", "--policies", "balance, strengthen:F",
+                              "--merge_policy", "strengthen:F"])  # fine
+
+
+def test_the_general_commands_need_classes_and_the_demo_has_its_studys(capsys, tmp_path):
+    for command in ("train", "evaluate", "rewrite"):  # refused before the (absent) model is loaded
+        assert main([command, "--model", str(tmp_path / "absent"), "--output_dir", str(tmp_path)]) == 1
+        assert "--classes is required" in capsys.readouterr().err
+    assert parse_command("demo", [])[2].classes == "M:he,F:she"
 
 
 @pytest.mark.parametrize("text, key, expected", [
@@ -39,7 +47,7 @@ def test_a_merge_policy_outside_the_policies_fails_before_anything_loads(capsys,
     ("lrs: {a: 1}\n", "lrs", "must be a list of numbers (or null), got the dict {'a': 1}"),
     ("lms_floor: high\n", "lms_floor", "must be a number, got 'high'"),
     ("plots: maybe\n", "plots", "must be true or false, got 'maybe'"),
-    ("classes: [M, F]\n", "classes", "must be a string, got the list ['M', 'F']"),
+    ("classes: [M, F]\n", "classes", "must be a string (or null), got the list ['M', 'F']"),
 ])
 def test_a_config_value_of_the_wrong_type_is_named(tmp_path, capsys, text, key, expected):
     config = tmp_path / "run.yaml"

@@ -119,7 +119,7 @@ def test_demo_fast_mode_on_a_masked_lm_folder(tmp_path, capsys):
 def test_train_then_evaluate_then_rewrite_with_merge(tmp_path, tiny_model_dir):
     out = str(tmp_path / "run")
     common = ["--model", tiny_model_dir, "--min_context_words", "0", "--max_rows_per_class", "40", "--max_test_rows", "12",
-              "--neutral_rows", "8", "--control_rows", "4", "--plots", "false"]
+              "--neutral_rows", "8", "--control_rows", "4", "--plots", "false", "--classes", "M:he,F:she"]
     assert main(["train", *common, "--output_dir", out, "--max_steps", "2", "--rows_per_gradient", "4",
                  "--eval_steps", "1", "--save_steps", "1", "--report_to", "none"]) == 0
     assert main(["evaluate", *common, "--output_dir", out]) == 0

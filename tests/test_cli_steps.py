@@ -3,7 +3,8 @@
 import pytest
 
 from gradiend_peft.data import Feature
-from gradiend_peft.cli.steps import control_rows, format_table, parse_classes, parse_layers
+from gradiend_peft.bias.debias import control_rows
+from gradiend_peft.cli.steps import format_table, parse_classes, parse_layers
 
 
 def test_parse_classes_reads_names_and_words():

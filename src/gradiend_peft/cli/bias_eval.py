@@ -1,14 +1,15 @@
-"""``gradiend-peft bias-eval``: the field's bias benchmarks (StereoSet, CrowS-Pairs, Wino; see
-`gradiend_peft.bias.benchmarks`) for the domains gender, race and religion, on a base model, an adapter's rewrite, or
-a merged folder, as a before/after table with paired statistics.
+"""``gradiend-peft bias-eval``: the bias study's benchmarks (`gradiend_peft.bias.benchmarks`) for each of its domains
+(`DOMAINS`), on a base model, an adapter's rewrite, or a merged folder, as a before/after table with paired
+statistics.
 
 - ``--model M``: scores ``M`` (an embedded name, a Hub id or a folder, e.g. ``<out>/merged``); ``--compare_to B``
   scores ``B`` beside it (its base), and the table gives the paired change from ``B`` to ``M``.
 - ``--model M --adapter A`` with ``--feature_factor F --lr L`` (or ``--rewrite_result`` of a saved search): scores the
   base ``M`` and ``M`` steered by the rewrite, without writing any weight.
-- ``--domain gender,race,religion``: one table per domain.
+- ``--domain A,B``: one table per domain (default: `DEFAULT_DOMAIN`).
 
-Every report is written to ``<output_dir>/metrics/bias_<name>.json`` (``bias_<name>_<domain>.json`` outside gender);
+Every report is written to ``<output_dir>/metrics/bias_<name>.json`` (``bias_<name>_<domain>.json`` outside
+`DEFAULT_DOMAIN`);
 each table is printed with the data's licence.
 """
 
@@ -40,7 +41,7 @@ def _rewrite_values(args) -> tuple[float, float]:
 def _names(value: str, option: str) -> list[str]:
     names = [part.strip() for part in value.split(",") if part.strip()]
     if not names:
-        raise ValueError(f"{option} names nothing; give a comma-separated list, e.g. {option} gender,race.")
+        raise ValueError(f"{option} names nothing; give a comma-separated list (see gradiend-peft bias-eval --help).")
     return names
 
 
@@ -49,10 +50,10 @@ def run(run_args, model_args, output, bias_args) -> dict[str, dict[str, Any]]:
     ``{domain: {name: BiasBenchmarkReport}}``."""
     from dataclasses import replace
 
-    from ..bias.benchmarks import bias_domain, compare_reports, run_bias_benchmarks
+    from ..bias.benchmarks import DEFAULT_DOMAIN, bias_domain, compare_reports, run_bias_benchmarks
 
     setup(run_args)
-    domains = _names(bias_args.domain, "--domain")
+    domains = _names(bias_args.domain or DEFAULT_DOMAIN, "--domain")
     for domain in domains:
         bias_domain(domain)  # an unknown domain is refused before any model is loaded
     if bias_args.compare_to and bias_args.compare_to == model_args.model:
@@ -79,7 +80,7 @@ def run(run_args, model_args, output, bias_args) -> dict[str, dict[str, Any]]:
         for domain in domains:
             reports[domain][model_args.model] = run_bias_benchmarks(base, tokenizer, domain=domain, **options)
     for domain, named in reports.items():
-        suffix = "" if domain == "gender" else f"_{domain}"
+        suffix = "" if domain == DEFAULT_DOMAIN else f"_{domain}"
         for name, report in named.items():
             report.save_json(os.path.join(output.output_dir, "metrics", f"bias_{format_safe_name(name)}{suffix}.json"))
         print(compare_reports(named))

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import fields, replace
+from dataclasses import replace
 from typing import Any, Optional
 
 from ..data import Feature
 from ..data.class_pairs import pair_feature, pair_label, pairs_of_classes, parse_class_pairs
 from ..pair_adapters import PairIndex, is_pair_folder, load_pair_adapters, save_pair_adapters
-from .arguments import DataArguments
 from .steps import (
     FeatureData,
     format_table,
@@ -43,12 +42,12 @@ from .steps import (
 
 logger = logging.getLogger(__name__)
 
-_DEFAULT_CLASSES = next(f.default for f in fields(DataArguments) if f.name == "classes")
-
-
 def uses_pairs(data_args) -> bool:
     """Whether ``--classes`` names three or more classes (one adapter per pair); two classes with ``--pairs`` are
-    refused."""
+    refused, and so is no ``--classes`` (only pair adapters, whose index names the classes, go without)."""
+    if data_args.classes is None:
+        raise ValueError("--classes is required: the feature's classes with their words, e.g. --classes "
+                         "'SG:is,PL:are' (three or more classes train one adapter per pair).")
     count = len(parse_class_words(data_args.classes))
     if count <= 2 and data_args.pairs:
         raise ValueError(f"--pairs chooses pairs among three or more classes; --classes {data_args.classes!r} names "
@@ -166,9 +165,9 @@ def train(run_args, model_args, data_args, train_args) -> dict[str, Any]:
 
 
 def _feature_of(index: PairIndex, data_args, folder: str) -> Feature:
-    """The index's feature, with the words of ``--classes`` when it names the same classes; the default ``--classes``
-    of another feature stands for "not given"."""
-    if data_args.classes == _DEFAULT_CLASSES and set(parse_class_words(data_args.classes)) != set(index.classes):
+    """The index's feature, with the words of ``--classes`` when it names the same classes (the index's without
+    ``--classes``)."""
+    if data_args.classes is None:
         return index.feature()
     given = parse_class_words(data_args.classes)
     if set(given) != set(index.classes):

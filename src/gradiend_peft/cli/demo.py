@@ -1,11 +1,11 @@
 """``gradiend-peft demo``: the whole debiasing workflow on a real model (SmolLM2-135M by default).
 
-1. train GRADIEND on he/she rows (by default stereotyped occupations with the stereotypical pronoun, see
-   `gradiend_peft.bias.gender.occupation_rows`) and evaluate the encoder on held-out rows;
-2. search the rewrite with the ``debias`` policy on the search split of the neutral-context rows, guarded by the
-   LMS and by control rows whose context decides the pronoun (`gradiend_peft.bias.debias`);
-3. report base and chosen rewrite on the held-out split (other templates, occupations and control subjects);
-4. score both on StereoSet, CrowS-Pairs and Wino (`gradiend_peft.bias.benchmarks`).
+1. train GRADIEND on the study's rows (its settings and rows: `gradiend_peft.bias.debias`) and evaluate the encoder
+   on held-out rows;
+2. search the rewrite with the ``debias`` policy on the study's search rows, guarded by the LMS and by control rows
+   whose context decides the class;
+3. report base and chosen rewrite on the study's held-out split;
+4. score both on the study's benchmarks (`gradiend_peft.bias.benchmarks`).
 """
 
 from __future__ import annotations
@@ -13,9 +13,20 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 
-from .arguments import DEMO_DEFAULTS
-from ..bias.debias import bias_benchmarks, held_out_report, report_lines
+from ..bias.debias import (
+    DEMO_DEFAULTS,
+    benchmark_lines,
+    bias_benchmarks,
+    control_rows,
+    held_out_heading,
+    held_out_report,
+    neutral_exclude_words,
+    report_lines,
+    search_rows,
+    template_training_rows,
+)
 from .steps import (
+    StudyRows,
     attach,
     evaluate,
     fast_mode,
@@ -30,6 +41,10 @@ from .steps import (
     train,
     training_line,
 )
+
+STUDY = StudyRows(training_rows=template_training_rows, exclude_words=neutral_exclude_words,
+                  control_rows=control_rows, search_rows=search_rows)
+"""The bias study's rows, which the demo's general steps use."""
 
 def adapt_to_model(model_args, rewrite_args, config) -> tuple:
     """The demo's SmolLM2-135M settings left at their defaults, adapted to another model: its block range 20-29
@@ -48,8 +63,6 @@ def adapt_to_model(model_args, rewrite_args, config) -> tuple:
 
 def run(run_args, model_args, data_args, rewrite_args, train_args) -> dict:
     """The whole workflow (see the module docstring); prints the tables and returns them."""
-    from ..bias.benchmarks import compare_reports
-
     if data_args.pairs:
         raise ValueError("--pairs chooses pairs for gradiend-peft train with three or more classes; the demo trains "
                          "one adapter of two classes. Leave --pairs out.")
@@ -61,7 +74,7 @@ def run(run_args, model_args, data_args, rewrite_args, train_args) -> dict:
     model_args, rewrite_args = adapt_to_model(model_args, rewrite_args, base.config)
     feature = parse_classes(data_args.classes)
     peft_model = attach(base, model_args, feature, train_args.seed)
-    data = mine(data_args, tokenizer, peft_model)
+    data = mine(data_args, tokenizer, peft_model, study=STUDY)
     summary = train(peft_model, tokenizer, data, train_args, run_args)
     report = evaluate(peft_model, tokenizer, data, out, run_args)
     results, _ = rewrite(peft_model, tokenizer, data, out, rewrite_args, run_args)
@@ -78,14 +91,11 @@ def run(run_args, model_args, data_args, rewrite_args, train_args) -> dict:
         f"training: {training_line(summary)}",
         f"encoder on held-out rows: {report.summary()}",
         "",
-        f"Rewrite chosen by the {policy} policy on the search split (neutral-context rows, {len(data.control)} "
-        "control rows that may not lose accuracy, LMS >= 0.99 x base); measured on the held-out split (other "
-        "templates, occupations and control subjects):",
+        held_out_heading(policy, len(data.control)),
         format_table(held_out),
         *report_lines(held_out),
         "",
-        "Gender bias benchmarks of the base model and the chosen rewrite (StereoSet gender, CrowS-Pairs, Wino):",
-        compare_reports(benchmarks),
+        *benchmark_lines(benchmarks),
         "",
         f"Everything is in {os.path.abspath(out)} (adapter/, metrics/, plots/).",
     ]

@@ -8,21 +8,20 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
 from ..atomic import atomic_files, atomic_write_json
 from ..saving import save_adapter
-from ..bias.debias import search_rows
-from ..bias.gender import context_controls, pronoun_classes
 from ..data import Feature, load_corpus, mine_neutral, mine_pairs
 
 logger = logging.getLogger(__name__)
 
 
 def parse_class_words(spec: str) -> dict[str, list[str]]:
-    """Parses ``"M:he,F:she"`` (or ``"SG:he|she|it,PL:they"``, or three or more classes) into ``{class: words}``.
+    """Parses ``"SG:is,PL:are"`` (or ``"SG:is|was|has,PL:are|were|have"``, or three or more classes, e.g.
+    ``"M:der,F:die,N:das"``) into ``{class: words}``.
 
     Raises:
         `ValueError`: naming the malformed part (or a class given twice) and the expected form.
@@ -31,7 +30,7 @@ def parse_class_words(spec: str) -> dict[str, list[str]]:
     for part in [p.strip() for p in spec.split(",") if p.strip()]:
         name, sep, words = part.partition(":")
         if not sep or not name.strip() or not words.strip():
-            raise ValueError(f"Cannot read class {part!r} of {spec!r}: write CLASS:word|word, e.g. 'M:he,F:she'.")
+            raise ValueError(f"Cannot read class {part!r} of {spec!r}: write CLASS:word|word, e.g. 'SG:is,PL:are'.")
         if name.strip() in classes:
             raise ValueError(f"Class {name.strip()!r} is given twice in {spec!r}; list all its words once: "
                              f"{name.strip()}:word|word.")
@@ -40,14 +39,14 @@ def parse_class_words(spec: str) -> dict[str, list[str]]:
 
 
 def parse_classes(spec: str) -> Feature:
-    """Parses ``"M:he,F:she"`` (or ``"SG:he|she|it,PL:they"``) into a two-class `Feature`.
+    """Parses ``"SG:is,PL:are"`` (or ``"SG:is|was,PL:are|were"``) into a two-class `Feature`.
 
     Raises:
         `ValueError`: naming the malformed part and the expected form.
     """
     classes = parse_class_words(spec)
     if len(classes) != 2:
-        raise ValueError(f"This needs exactly two classes, got {len(classes)} in {spec!r} (e.g. 'M:he,F:she'). "
+        raise ValueError(f"This needs exactly two classes, got {len(classes)} in {spec!r} (e.g. 'SG:is,PL:are'). "
                          "Three or more classes train one adapter per pair with gradiend-peft train; evaluate and "
                          "rewrite then work on its output.")
     return Feature(classes=classes)
@@ -106,16 +105,28 @@ class FeatureData:
     control: list[dict[str, Any]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     max_length: Optional[int] = None
+    search: Optional[list[dict[str, Any]]] = None
+    """The rows the ``debias`` policy searches on, where a study supplies them (`StudyRows.search_rows`)."""
 
 
-def control_rows(feature: Feature, count: int, split: str = "search", seed: int = 0) -> list[dict[str, Any]]:
-    """Rows whose class the context decides (`gradiend_peft.bias.gender.context_controls`) for a feature with ``he`` and
-    ``she`` in its two classes; ``[]`` for any other feature (or ``count=0``)."""
-    try:
-        pronoun_classes(feature)
-    except ValueError:
-        return []
-    return list(context_controls(feature, split, count=count, seed=seed)) if count else []
+@dataclass(frozen=True)
+class StudyRows:
+    """What a study adds to the general steps; every field is optional, and the general commands (``train``,
+    ``evaluate``, ``rewrite``) pass none, so they treat every feature alike. The ``demo`` passes the bias study's
+    (`gradiend_peft.bias.debias`).
+
+    Attributes:
+        training_rows: ``(name, feature, seed=)`` -> a train/validation/test `datasets.DatasetDict`, for a
+            ``--training_rows`` other than ``corpus``.
+        exclude_words: ``feature`` -> words neutral text leaves out beside the feature's own.
+        control_rows: ``(feature, count, seed=)`` -> rows whose context decides the class (the control guard).
+        search_rows: ``feature`` -> the rows the ``debias`` policy searches on (``None``: the held-out mined rows).
+    """
+
+    training_rows: Optional[Callable[..., Any]] = None
+    exclude_words: Optional[Callable[[Feature], Sequence[str]]] = None
+    control_rows: Optional[Callable[..., list]] = None
+    search_rows: Optional[Callable[[Feature], Optional[list]]] = None
 
 
 def drop_unusable_rows(rows: Any, collator: Any, what: str = "rows", max_length: Optional[int] = None) -> Any:
@@ -145,34 +156,26 @@ def drop_unusable_rows(rows: Any, collator: Any, what: str = "rows", max_length:
     return rows
 
 
-TEMPLATE_ROWS = {"occupations": "occupation_rows", "names": "name_rows", "definitional": "definitional_rows",
-                 "attributes": "attribute_rows"}
-"""``--training_rows`` values other than ``corpus``: the he/she template rows of `gradiend_peft.data` they name."""
-
-
 def prepare_feature_data(feature: Feature, *, corpus: str = "english", text_file: Optional[str] = None,
                          min_context_words: int = 5, max_rows_per_class: Optional[int] = None, max_test_rows: int = 200,
                          neutral_rows: int = 200, n_controls: int = 200, seed: int = 0,
                          collator: Any = None, max_length: Optional[int] = None,
-                         training_rows: str = "corpus") -> FeatureData:
-    """Training rows (mined from a corpus or a text file, or for he/she the template rows of
-    `gradiend_peft.bias.gender.occupation_rows` / `name_rows`), neutral texts and control rows for ``feature``.
+                         training_rows: str = "corpus", study: Optional[StudyRows] = None) -> FeatureData:
+    """Training rows (mined from a corpus or a text file, or the ``study``'s rows that ``training_rows`` names),
+    neutral texts and, where the ``study`` supplies them, control rows and the ``debias`` search's rows.
 
-    With a ``collator``, rows it refuses (a causal-LM tokenizer splitting a target, e.g. a capitalised "He" at the
+    With a ``collator``, rows it refuses (a causal-LM tokenizer splitting a target, e.g. a capitalised "Die" at the
     start of a sentence) are dropped and reported (`drop_unusable_rows`).
     """
     texts: Any = text_file if text_file else load_corpus(corpus)
     if training_rows == "corpus":
         pairs = mine_pairs(texts, feature, seed=seed, min_context_words=min_context_words,
                            max_rows_per_class=max_rows_per_class)
-    elif training_rows in TEMPLATE_ROWS:
-        from ..bias.gender import attribute_rows, definitional_rows, name_rows, occupation_rows
-
-        make = {"occupation_rows": occupation_rows, "name_rows": name_rows, "definitional_rows": definitional_rows,
-                "attribute_rows": attribute_rows}[TEMPLATE_ROWS[training_rows]]
-        pairs = make(feature, seed=seed)
+    elif study is not None and study.training_rows is not None:
+        pairs = study.training_rows(training_rows, feature, seed=seed)
     else:
-        raise ValueError(f"training_rows must be one of {['corpus', *TEMPLATE_ROWS]}, got {training_rows!r}.")
+        raise ValueError(f"training_rows must be 'corpus' here (rows mined from --corpus or --text_file), got "
+                         f"{training_rows!r}; the demo takes its study's rows.")
     if collator is not None:
         for split in list(pairs):
             pairs[split] = drop_unusable_rows(pairs[split], collator, f"{split} rows", max_length)
@@ -180,17 +183,21 @@ def prepare_feature_data(feature: Feature, *, corpus: str = "english", text_file
         pairs["test"] = pairs["test"].shuffle(seed=seed).select(range(max_test_rows))
     if len(pairs["validation"]) > max_test_rows:
         pairs["validation"] = pairs["validation"].shuffle(seed=seed).select(range(max_test_rows))
-    neutral = mine_neutral(texts, feature)  # no feature word, nor its other pronoun forms ("his" for "he")
+    exclude = list(study.exclude_words(feature)) if study is not None and study.exclude_words is not None else []
+    neutral = mine_neutral(texts, feature, exclude_words=exclude)  # no feature word, nor the study's other forms
     neutral = neutral.shuffle(seed=seed)
     if max_length is not None:  # words are at least one token: a cheap bound keeps long texts out
         neutral = neutral.filter(lambda row: len(row["text"].split()) * 2 < max_length)
     neutral_texts = [row["text"] for row in neutral.select(range(min(neutral_rows, len(neutral))))]
     counts = {split: len(pairs[split]) for split in pairs}
     logger.info("Mined %s rows and %d neutral texts.", counts, len(neutral_texts))
-    controls = control_rows(feature, n_controls, seed=seed)
+    controls: list[dict[str, Any]] = []
+    if study is not None and study.control_rows is not None and n_controls:
+        controls = list(study.control_rows(feature, n_controls, seed=seed))
     if collator is not None and controls:
         controls = drop_unusable_rows(controls, collator, "control rows", max_length)
-    return FeatureData(feature, pairs, neutral_texts, controls, counts, max_length)
+    search = study.search_rows(feature) if study is not None and study.search_rows is not None else None
+    return FeatureData(feature, pairs, neutral_texts, controls, counts, max_length, search)
 
 
 def summary_row(name: str, metrics: Any, classes: Sequence[str], words: dict[str, str]) -> dict[str, Any]:
@@ -296,9 +303,10 @@ def gradiend_config(model: torch.nn.Module, model_args, feature, init_seed: Opti
     )
 
 
-def mine(data_args, tokenizer, peft_model, feature: Optional[Feature] = None) -> FeatureData:
-    """Mines the feature's rows (``--classes``, or ``feature``), neutral texts and control rows (keeping those the
-    tokenizer and model can use); ``peft_model`` may also be the base model (its objective is then inferred)."""
+def mine(data_args, tokenizer, peft_model, feature: Optional[Feature] = None,
+         study: Optional[StudyRows] = None) -> FeatureData:
+    """Mines the feature's rows (``--classes``, or ``feature``), neutral texts and the ``study``'s rows (keeping those
+    the tokenizer and model can use); ``peft_model`` may also be the base model (its objective is then inferred)."""
     from ..data import collator_for
     from ..tuner.constants import infer_objective
 
@@ -312,7 +320,7 @@ def mine(data_args, tokenizer, peft_model, feature: Optional[Feature] = None) ->
         min_context_words=data_args.min_context_words, max_rows_per_class=data_args.max_rows_per_class,
         max_test_rows=data_args.max_test_rows, neutral_rows=data_args.neutral_rows,
         n_controls=data_args.control_rows, seed=data_args.mining_seed, collator=collator_for(tokenizer, objective),
-        max_length=max_length, training_rows=data_args.training_rows,
+        max_length=max_length, training_rows=data_args.training_rows, study=study,
     )
 
 
@@ -356,8 +364,8 @@ def evaluate(peft_model, tokenizer, data: FeatureData, out: str, run) -> Any:
 def rewrite(peft_model, tokenizer, data: FeatureData, out: str, rewrite_args, run) -> tuple[dict[str, Any], list]:
     """Runs the rewrite search for every policy; saves results and plots; returns them and the summary table.
 
-    The ``debias`` policy of a he/she feature searches on the search split of the neutral-context rows (see
-    `gradiend_peft.bias.debias`); the other policies on the held-out mined rows."""
+    The ``debias`` policy searches on the study's rows where ``data`` has them (`FeatureData.search`, the demo's);
+    every other policy, and ``debias`` without them, on the held-out mined rows."""
     from ..evaluation import search_rewrite
 
     classes = list(data.feature.pair)
@@ -366,9 +374,9 @@ def rewrite(peft_model, tokenizer, data: FeatureData, out: str, rewrite_args, ru
     table: list[dict[str, Any]] = []
     measurements: dict[str, dict] = {}  # per row set: candidates measured for one policy are not measured again
     for policy in [p.strip() for p in rewrite_args.policies.split(",") if p.strip()]:
-        # debiasing balances rows whose context does not decide the class (the search split of the template rows);
+        # debiasing balances rows whose context does not decide the class (the study's search rows);
         # the other policies act on the held-out mined rows
-        neutral_rows = search_rows(data.feature) if policy == "debias" else None
+        neutral_rows = data.search if policy == "debias" else None
         rows_kind = "neutral-context" if neutral_rows is not None else "test"
         result = search_rewrite(
             peft_model, neutral_rows if neutral_rows is not None else data.pairs["test"], data.neutral,

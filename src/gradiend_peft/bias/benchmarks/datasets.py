@@ -100,6 +100,8 @@ DOMAINS = {
     "religion": BiasDomain("religion", stereoset="religion", crows_pairs="religion"),
 }
 """The benchmark domains: StereoSet's and CrowS-Pairs' bias types for each (they name race differently)."""
+DEFAULT_DOMAIN = "gender"
+"""The domain ``gradiend-peft bias-eval`` scores without ``--domain`` (its reports' file names carry no domain)."""
 
 
 def bias_domain(name: str) -> BiasDomain:
