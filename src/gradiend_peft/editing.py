@@ -2,10 +2,10 @@
 
 A GRADIEND rewrite moves the weights along ``d(ff) / s = (ff D + c) / s`` (raw-gradient units). Two adapters trained on
 different rows of the same feature learn different directions: one trained on rows whose context decides the class
-(names, kinship words: "Mary said that [MASK]") learns the *definitional* direction, one trained on stereotyped
-occupations with the stereotypical pronoun ("The nurse said that [MASK]") learns a direction that also carries the
-stereotype. `project_out` removes from one adapter's direction its component along other adapters' directions, the
-way hard debiasing neutralises occupation words but not definitional ones: with ``v`` the edited adapter's direction
+learns the *definitional* direction, one trained on rows whose context only goes along with a class (an attribute
+associated with it) learns a direction that also carries that association. `project_out` removes from one adapter's
+direction its component along other adapters' directions, the way hard debiasing neutralises associated words but
+not definitional ones: with ``v`` the edited adapter's direction
 and ``u_1..u_m`` an orthonormal basis (Gram-Schmidt, over all target entries jointly) of the other directions,
 ``v' = v - sum_i <v, u_i> u_i``. To first order the projected edit leaves unchanged every loss whose gradient lies in
 the span of the ``u_i``.

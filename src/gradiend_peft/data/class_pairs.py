@@ -5,7 +5,7 @@ A feature of three or more classes (say ``A``, ``B``, ``C``) is learned as one a
 rows label ``first`` +1 and ``second`` -1 (`Feature.label_of` of `pair_feature`), and its adapter, once its sign is
 normalised, encodes ``first`` to +1.
 
-    >>> feature = Feature(classes={"A": ["he"], "B": ["she"], "C": ["they"]}, pair=("A", "B"))
+    >>> feature = Feature(classes={"A": ["der"], "B": ["die"], "C": ["das"]}, pair=("A", "B"))
     >>> pairs_of_classes(feature)
     (('A', 'B'), ('A', 'C'), ('B', 'C'))
     >>> parse_class_pairs("C-A,B-C", feature)

@@ -11,8 +11,8 @@ Both collators take a list of rows (dicts with ``text``, ``factual``, ``alternat
 - ``label``: ``FloatTensor (B,)``, the row's ``label`` (``0.0`` when a row has none).
 
 A target's tokens are always computed in context, as the tokenizer would produce them in the text:
-the tokens of ``context + word`` minus the tokens of ``context`` (so a byte-level BPE gets ``" he"``
-after a space and ``"He"`` at the start of a text).
+the tokens of ``context + word`` minus the tokens of ``context`` (so a byte-level BPE gets ``" der"``
+after a space and ``"Der"`` at the start of a text).
 
 Masked LM (:class:`MaskedLMCollator`): the ``[MASK]`` slot becomes ``m`` mask tokens, ``m`` the larger
 of the factual's and the alternative's piece counts; each label sequence fills the first of those
@@ -199,7 +199,7 @@ class MaskedLMCollator(_SlotCollator):
         ValueError: when the tokenizer has no mask token.
 
     Examples:
-        >>> batch = MaskedLMCollator(tok)([{"text": "[MASK] came.", "factual": "She", "alternative": "He", "label": -1.0}])
+        >>> batch = MaskedLMCollator(tok)([{"text": "[MASK] Hund kam.", "factual": "Der", "alternative": "Die", "label": 1.0}])
         >>> sorted(batch)
         ['alternative_labels', 'attention_mask', 'factual_labels', 'input_ids', 'label']
     """
@@ -319,10 +319,10 @@ def check_single_token(tokenizer: Any, words: Feature | Iterable[str]) -> dict[s
 
     Returns:
         ``{form: pieces}`` for every form that is not a single token, the form written as it stands in
-        the text (``" she"`` mid-sentence, ``"She"`` at the start); empty when all are single tokens.
+        the text (``" die"`` mid-sentence, ``"Die"`` at the start); empty when all are single tokens.
 
     Examples:
-        >>> check_single_token(gpt2_tokenizer, ["he", "nurse"])
+        >>> check_single_token(gpt2_tokenizer, ["it", "nurse"])
         {' nurse': ['Ġn', 'urse'], 'Nurse': ['N', 'urse']}
     """
     words = words.words if isinstance(words, Feature) else list(words)

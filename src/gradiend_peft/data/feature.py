@@ -1,15 +1,15 @@
 """A feature: named classes of target words, matched as whole words in text.
 
-A GRADIEND feature is a set of classes, each with target words, for example grammatical gender of
-third-person pronouns::
+A GRADIEND feature is a set of classes, each with target words, for example the German definite articles of
+masculine and feminine nouns::
 
-    >>> feature = Feature(classes={"M": ["he"], "F": ["she"]})
+    >>> feature = Feature(classes={"M": ["der"], "F": ["die"]})
     >>> feature.label_of("M"), feature.label_of("F")
     (1.0, -1.0)
 
-Matching is whole-word and case-insensitive: ``he`` matches "He", "he's" (as "He" before "'s") and
-"HE", never the "he" inside "the", "there" or "she". A word joined to a letter, digit, underscore or
-hyphen is not a match ("she-wolf", "he2"), so compounds do not turn into pronoun rows.
+Matching is whole-word and case-insensitive: ``it`` matches "It", "it's" (as "It" before "'s") and
+"IT", never the "it" inside "item", "bit" or "its". A word joined to a letter, digit, underscore or
+hyphen is not a match ("it-based", "it2"), so compounds do not turn into rows.
 
 Labels: the first class of the *pair* gets ``+1.0``, the second ``-1.0``. A binary feature's pair is
 its two classes in the order given. A feature with more than two classes must name its ``pair``:
@@ -44,16 +44,16 @@ def copy_casing(template: str, word: str) -> str:
     """Write ``word`` with the casing pattern of ``template``.
 
     Args:
-        template: the surface form to imitate, e.g. ``"She"``.
-        word: the word to re-case, as listed in the feature, e.g. ``"he"``.
+        template: the surface form to imitate, e.g. ``"Die"``.
+        word: the word to re-case, as listed in the feature, e.g. ``"der"``.
 
     Returns:
         ``word`` in upper case when ``template`` is all capitals (and longer than one letter), with a
         capital first letter when ``template`` starts with one, otherwise ``word`` unchanged.
 
     Examples:
-        >>> copy_casing("She", "he"), copy_casing("SHE", "he"), copy_casing("she", "he")
-        ('He', 'HE', 'he')
+        >>> copy_casing("Die", "der"), copy_casing("DIE", "der"), copy_casing("die", "der")
+        ('Der', 'DER', 'der')
     """
     if len(template) > 1 and template.isupper():
         return word.upper()
@@ -72,12 +72,12 @@ class Feature:
             whitespace matches the space). No word may belong to two classes.
         pair: the two classes that mining labels ``+1.0`` (``pair[0]``) and ``-1.0`` (``pair[1]``).
             Defaults to the two classes of a binary feature; required with more than two classes.
-        name: an optional name for logs and reports, e.g. ``"gender"``.
+        name: an optional name for logs and reports, e.g. ``"number"``.
 
     Examples:
-        >>> number = Feature(classes={"3SG": ["he", "she", "it"], "3PL": ["they"]}, name="number")
-        >>> number.class_of("She")
-        '3SG'
+        >>> number = Feature(classes={"SG": ["is", "was"], "PL": ["are", "were"]}, name="number")
+        >>> number.class_of("Was")
+        'SG'
     """
 
     classes: Mapping[str, Sequence[str]]
@@ -89,7 +89,7 @@ class Feature:
         if not isinstance(self.classes, Mapping) or len(self.classes) < 2:
             raise ValueError(
                 "Feature needs a mapping of at least two classes to their words, "
-                f"e.g. {{'M': ['he'], 'F': ['she']}}; got {self.classes!r}."
+                f"e.g. {{'SG': ['is'], 'PL': ['are']}}; got {self.classes!r}."
             )
         classes: dict[str, tuple[str, ...]] = {}
         lookup: dict[str, str] = {}

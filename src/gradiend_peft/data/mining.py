@@ -10,8 +10,8 @@ Columns of every split (:data:`PAIR_COLUMNS`):
 ========================  ====================================================================
 ``text``                  the sentence with exactly one ``"[MASK]"`` slot (at most ``context_chars``
                           characters on each side of it, see :func:`mine_pairs`)
-``factual``               the target as it occurred, e.g. ``"She"``
-``alternative``           a word of the other class, casing copied from ``factual``, e.g. ``"He"``
+``factual``               the target as it occurred, e.g. ``"Die"``
+``alternative``           a word of the other class, casing copied from ``factual``, e.g. ``"Der"``
 ``factual_class``         the class of ``factual``
 ``alternative_class``     the class of ``alternative``
 ``label``                 ``+1.0`` when ``factual_class`` is ``feature.pair[0]``, ``-1.0`` for ``pair[1]``
@@ -76,7 +76,7 @@ def as_feature(feature: Feature | Mapping[str, Sequence[str]]) -> Feature:
     if isinstance(feature, Mapping):
         return Feature(classes=feature)
     raise TypeError(
-        f"feature must be a Feature or a mapping of classes to words such as {{'M': ['he'], 'F': ['she']}}; "
+        f"feature must be a Feature or a mapping of classes to words such as {{'SG': ['is'], 'PL': ['are']}}; "
         f"got {type(feature).__name__}."
     )
 
@@ -306,10 +306,10 @@ def mine_pairs(
             class and its words).
 
     Examples:
-        >>> rows = mine_pairs(["She said that he would come."], {"M": ["he"], "F": ["she"]},
+        >>> rows = mine_pairs(["Die Katze sieht, dass der Hund kommt."], {"M": ["der"], "F": ["die"]},
         ...                   balance=False, split_ratios=(1, 0, 0))
         >>> sorted(rows["train"]["text"])
-        ['She said that [MASK] would come.', '[MASK] said that he would come.']
+        ['Die Katze sieht, dass [MASK] Hund kommt.', '[MASK] Katze sieht, dass der Hund kommt.']
     """
     import datasets
 

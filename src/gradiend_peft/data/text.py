@@ -59,8 +59,8 @@ def split_sentences(text: str) -> list[str]:
         The non-empty sentences, each with its whitespace collapsed to single spaces.
 
     Examples:
-        >>> split_sentences("Dr. Smith came home. She was tired!  “Why?” he asked.")
-        ['Dr. Smith came home.', 'She was tired!', '“Why?” he asked.']
+        >>> split_sentences("Dr. Smith came home. It was late!  “Why?” they asked.")
+        ['Dr. Smith came home.', 'It was late!', '“Why?” they asked.']
     """
     sentences: list[str] = []
     for paragraph in re.split(r"\n\s*\n", text):

@@ -54,7 +54,7 @@ def applied(tuner, name: str, feature_factor: float, lr: float, apply: str) -> I
 
 def preference(probs: torch.Tensor, row_classes: Sequence[Optional[str]], classes: Sequence[str]) -> float:
     """The share of rows whose own class (``row_classes``) is more probable than every other class: the control
-    accuracy on control rows, the stereotype preference on rows whose ``factual_class`` is the stereotype."""
+    accuracy on control rows, or the preference for the class each row's ``factual_class`` names on other rows."""
     own = torch.tensor([classes.index(c) for c in row_classes])
     own_p = probs[torch.arange(len(own)), own]
     others = probs.clone()

@@ -93,7 +93,7 @@ def paired_bootstrap_interval(
     interval (see the module docstring).
 
     Args:
-        before: per item, the value under the first condition (e.g. 100 where a model chose the stereotype, else 0).
+        before: per item, the value under the first condition (e.g. 100 where a model preferred the first sentence, else 0).
         after: per item, the value under the second condition, in the same item order.
         n_resamples: how many resamples of the items to draw.
         confidence: the interval's coverage, in (0, 1).
@@ -162,7 +162,7 @@ def mcnemar_exact(before: Sequence[bool], after: Sequence[bool]) -> McNemarResul
     """The exact McNemar test (see the module docstring) of per-item yes/no outcomes measured before and after.
 
     Args:
-        before: per item, the outcome under the first condition (e.g. "the model chose the stereotype").
+        before: per item, the outcome under the first condition (e.g. "the model preferred the first sentence").
         after: per item, the outcome under the second condition, in the same item order.
 
     Returns:

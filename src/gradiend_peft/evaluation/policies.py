@@ -5,8 +5,8 @@ guards decide feasibility; the feasible candidate with the highest score is chos
 
 - LMS floor: ``lms >= lms_floor * base.lms`` (default ``0.99``);
 - control guard (when control rows were given): ``control_accuracy >= control_floor * base.control_accuracy``
-  (default ``0.95``), where control accuracy is the share of rows whose class is fixed by their context ("My mother
-  said that [MASK]") for which ``P(own class) > P(every other class)``.
+  (default ``0.95``), where control accuracy is the share of rows whose class is fixed by their context ("The dogs
+  [MASK] hungry") for which ``P(own class) > P(every other class)``.
 
 Ties go to the smaller ``lr``, then the smaller ``|feature_factor|`` (the gentlest edit). With
 ``require_improvement`` (default) a winner must beat the base model's own score.
@@ -158,8 +158,8 @@ class Debias(Policy):
       flips).
 
     Unlike `Balance` (the papers' BPI) it does not reward raising one class's probability. Use it on neutral-context
-    rows (`gradiend_peft.bias.gender.neutral_context_rows`), with control rows written in the same frames whose subject
-    decides the class (`gradiend_peft.bias.gender.context_controls`) and a ``control_floor`` of 1.0.
+    rows (rows whose context leaves the class open), with control rows written in the same frames whose subject decides
+    the class and a ``control_floor`` of 1.0 (the bias study's rows, `gradiend_peft.bias`, are such rows).
     """
 
     mass_floor: float = 0.9

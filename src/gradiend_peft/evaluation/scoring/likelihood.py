@@ -300,9 +300,9 @@ def shared_token_pseudo_log_likelihoods(
     *,
     batch_size: int = 16,
     progress: Optional[bool] = None,
-    desc: str = "CrowS pseudo-log-likelihood",
+    desc: str = "shared-token pseudo-log-likelihood",
 ) -> list[tuple[SentenceScore, SentenceScore]]:
-    """The CrowS-Pairs masked-LM metric (Nangia et al. 2020): for each pair of sentences, the tokens both share
+    """The masked-LM metric of paired sentences by Nangia et al. (2020): for each pair of sentences, the tokens both share
     (the matching blocks of `difflib.SequenceMatcher` over the token ids, special tokens excluded) are masked one
     at a time in each sentence and ``log P(token | rest)`` is summed; the differing tokens are never scored.
 
