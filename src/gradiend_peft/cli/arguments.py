@@ -91,6 +91,23 @@ class RewriteArguments:
 
 
 @dataclass
+class DemoArguments:
+    """The demo's specific edit (``demo`` only): the adapters trained beside the occupation adapter and how their
+    edits combine (see `gradiend_peft.cli.debias`)."""
+
+    definitional_steps: int = field(
+        default=60, metadata={"help": "Training steps of the adapter on definitional rows, whose directions are projected "
+                                      "out of the edits (0: no projection)."})
+    attribute_steps: int = field(
+        default=100, metadata={"help": "Training steps of the adapter on gender -> attribute rows (0: no attribute "
+                                       "edit)."})
+    attribute_lrs: list[float] = field(
+        default_factory=lambda: [100.0, 300.0, 1000.0, 2000.0, 4000.0],
+        metadata={"help": "Learning rates of the attribute edit's search (attribute rows of the search split, LMS "
+                          "guard)."})
+
+
+@dataclass
 class BiasEvalArguments:
     """Which models the bias benchmarks score (``bias-eval``)."""
 
@@ -209,7 +226,7 @@ DEMO_DEFAULTS: dict[str, Any] = {
     "control_rows": 200,
     "control_floor": 1.0,
     "lrs": [1.0, 3.0, 10.0, 30.0, 100.0, 300.0],
-    "feature_factors": [-1.0, -0.5, 0.0, 0.5, 1.0],
+    "feature_factors": [0.0],
     "refine_rounds": 1,
 }
 """The demo's settings: SmolLM2-135M, blocks 20-29 (35.4M target weights), trained on stereotyped-occupation rows
@@ -230,7 +247,7 @@ def _dataclasses_for(command: str) -> tuple:
         return base + (OutputArguments, RewriteArguments)
     if command == "bias-eval":
         return (RunArguments, ModelArguments, OutputArguments, BiasEvalArguments)
-    return base + (RewriteArguments, _training_arguments_class())
+    return base + (RewriteArguments, DemoArguments, _training_arguments_class())
 
 
 def _read_config(path: str) -> dict[str, Any]:

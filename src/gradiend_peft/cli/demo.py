@@ -12,20 +12,22 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
+from typing import Any
 
 from .arguments import DEMO_DEFAULTS
-from .debias import bias_benchmarks, held_out_report, report_lines
+from ..data import attribute_evaluation_rows, pronoun_classes
+from .debias import COMBINED, bias_benchmarks, held_out_report, report_lines, train_side_adapter
 from .steps import (
     attach,
     evaluate,
     fast_mode,
     format_table,
     load_base,
-    maybe_merge,
     mine,
     parse_classes,
     parse_layers,
     rewrite,
+    save_merged,
     setup,
     train,
     training_line,
@@ -46,7 +48,57 @@ def adapt_to_model(model_args, rewrite_args, config) -> tuple:
     return model_args, rewrite_args
 
 
-def run(run_args, model_args, data_args, rewrite_args, train_args) -> dict:
+def specific_edit(peft_model, tokenizer, data, out, model_args, data_args, rewrite_args, demo_args, train_args,
+                  run_args) -> dict[str, Any]:
+    """Trains the side adapters, projects the definitional directions out of the two edits, searches each edit's
+    learning rate on its search rows and combines the chosen edits into one adapter (`gradiend_peft.cli.debias`)."""
+    from ..editing import combine_edits, project_out
+    from ..evaluation import search_neutral_rewrite
+
+    sides = {"definitional": demo_args.definitional_steps, "attribute": demo_args.attribute_steps}
+    summaries = {name: train_side_adapter(peft_model, tokenizer, name, steps, model_args, data_args, train_args,
+                                          run_args, seed=train_args.seed + i + 1)
+                 for i, (name, steps) in enumerate(sides.items()) if steps > 0}
+    projections = {}
+    if "definitional" in summaries:
+        for name in ["default"] + (["attribute"] if "attribute" in summaries else []):
+            projections[name] = project_out(peft_model, name, ["definitional"], drop_weight=True)
+    results, _ = rewrite(peft_model, tokenizer, data, out, rewrite_args, run_args)
+    best = results["debias"].best if "debias" in results else None
+    edits = {} if best is None else {"default": (best.feature_factor, best.lr)}
+    attribute = None
+    if "attribute" in summaries:
+        rows = list(attribute_evaluation_rows(data.feature, "search"))
+        attribute = search_neutral_rewrite(peft_model, tokenizer, rows, data.neutral, demo_args.attribute_lrs,
+                                           adapter_name="attribute", lms_floor=rewrite_args.lms_floor)
+        attribute.save_json(os.path.join(out, "metrics", "attribute_search.json"))
+        if attribute.best is not None:
+            edits["attribute"] = (attribute.best.feature_factor, attribute.best.lr)
+    combined = combine_edits(peft_model, edits, COMBINED) if edits else None
+    return {"summaries": summaries, "projections": projections, "results": results, "attribute": attribute,
+            "edits": edits, "combined": combined}
+
+
+def edit_lines(edit: dict[str, Any]) -> list[str]:
+    """What the specific edit is made of, in words: the side adapters' training, the projections, the choices."""
+    lines = [f"{name} adapter: {training_line(summary)}" for name, summary in edit["summaries"].items()]
+    for name, projection in edit["projections"].items():
+        cosines = ", ".join(f"{c:+.3f}" for c in projection.cosines["bias"])
+        lines.append(f"{name} edit: definitional directions projected out (cosines of its bias with them {cosines}; "
+                     f"norm kept {projection.kept_norm['bias']:.3f})")
+    chosen = edit["edits"]
+    pronoun = chosen.get("default")
+    lines.append(f"pronoun edit chosen by the debias policy on the search split: "
+                 + ("none passed the guards" if pronoun is None else f"ff {pronoun[0]:+g}, lr {pronoun[1]:.3g}"))
+    if edit["attribute"] is not None:
+        picked = chosen.get("attribute")
+        lines += ["attribute edit, search split (mean log-odds of the stereotyped attribute; closest to 0 with LMS "
+                  ">= the floor):", edit["attribute"].summary(),
+                  "attribute edit chosen: " + ("none" if picked is None else f"ff {picked[0]:+g}, lr {picked[1]:.3g}")]
+    return lines
+
+
+def run(run_args, model_args, data_args, rewrite_args, demo_args, train_args) -> dict:
     """The whole workflow (see the module docstring); prints the tables and returns them."""
     from ..evaluation.bias import compare_reports
 
@@ -56,20 +108,23 @@ def run(run_args, model_args, data_args, rewrite_args, train_args) -> dict:
     setup(run_args)
     if run_args.fast:
         data_args, train_args, rewrite_args = fast_mode(data_args, train_args, rewrite_args)
+        demo_args = replace(demo_args, definitional_steps=min(demo_args.definitional_steps, 2),
+                            attribute_steps=min(demo_args.attribute_steps, 2), attribute_lrs=demo_args.attribute_lrs[:2])
     out = train_args.output_dir
     base, tokenizer = load_base(model_args)
     model_args, rewrite_args = adapt_to_model(model_args, rewrite_args, base.config)
     feature = parse_classes(data_args.classes)
+    pronoun_classes(feature)  # the demo is the he/she study: refuse other classes before training
     peft_model = attach(base, model_args, feature, train_args.seed)
     data = mine(data_args, tokenizer, peft_model)
-    summary = train(peft_model, tokenizer, data, train_args, run_args)
+    summary = train(peft_model, tokenizer, data, train_args, run_args, adapter_name="default")
     report = evaluate(peft_model, tokenizer, data, out, run_args)
-    results, _ = rewrite(peft_model, tokenizer, data, out, rewrite_args, run_args)
-    policy = next(iter(results))
-    best = results[policy].best
-    chosen = None if best is None else (best.feature_factor, best.lr)
-    held_out = held_out_report(peft_model, tokenizer, feature, data.neutral, chosen, data_args.control_rows, out)
-    benchmarks = bias_benchmarks(peft_model, tokenizer, chosen, out, batch_size=32,
+    edit = specific_edit(peft_model, tokenizer, data, out, model_args, data_args, rewrite_args, demo_args,
+                         train_args, run_args)
+    combined = edit["combined"]
+    held_out = held_out_report(peft_model, tokenizer, feature, data.neutral, combined, data_args.control_rows, out,
+                               attributes=demo_args.attribute_steps > 0)
+    benchmarks = bias_benchmarks(peft_model, tokenizer, combined, out, batch_size=32,
                                  max_items=16 if run_args.fast else None)
     lines = [
         "",
@@ -78,17 +133,21 @@ def run(run_args, model_args, data_args, rewrite_args, train_args) -> dict:
         f"training: {training_line(summary)}",
         f"encoder on held-out rows: {report.summary()}",
         "",
-        f"Rewrite chosen by the {policy} policy on the search split (neutral-context rows, {len(data.control)} "
-        "control rows that may not lose accuracy, LMS >= 0.99 x base); measured on the held-out split (other "
-        "templates, occupations and control subjects):",
+        *edit_lines(edit),
+        "",
+        f"The combined edit on the held-out split (other templates, occupations, control subjects and attribute "
+        f"words); controls: {data_args.control_rows} definitional nouns and {data_args.control_rows} first names in "
+        "the same frames, margin = mean log P(right)/P(wrong):",
         format_table(held_out),
         *report_lines(held_out),
         "",
-        "Gender bias benchmarks of the base model and the chosen rewrite (StereoSet gender, CrowS-Pairs, Wino):",
+        "Gender bias benchmarks of the base model and the combined edit (StereoSet gender, CrowS-Pairs, Wino):",
         compare_reports(benchmarks),
         "",
-        f"Everything is in {os.path.abspath(out)} (adapter/, metrics/, plots/).",
+        f"Everything is in {os.path.abspath(out)} (adapter/, definitional/, attribute/, metrics/, plots/).",
     ]
     print("\n".join(lines))
-    maybe_merge(peft_model, tokenizer, results, rewrite_args, out)
-    return {"held_out": held_out, "benchmarks": benchmarks}
+    if rewrite_args.merge_policy and combined is not None:
+        save_merged(peft_model, tokenizer, os.path.join(out, "merged"), feature_factor=0.0, lr=1.0,
+                    adapter_name=combined)
+    return {"held_out": held_out, "benchmarks": benchmarks, "edit": edit}
