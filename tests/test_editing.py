@@ -114,3 +114,21 @@ def test_combining_refuses_names_in_use_other_targets_and_non_finite_edits():
     with pytest.raises(TypeError, match="PeftModel"):
         combine_edits(model.base_model, {"default": (0.0, 1.0)}, "x")
     assert "x" not in model.peft_config  # nothing half-made
+
+
+def test_steering_an_inactive_adapter_acts_like_merging_it():
+    """The steering names what acts: steering "def" while "default" is the active adapter shifts by "def"'s edit (it
+    was silently the base model before), bit for bit what merging "def" gives; the combined adapter is steered the
+    same way without being made active."""
+    model = _two_adapters()
+    assert model.active_adapter == "default"
+    ids = torch.tensor([[1, 5, 9, 3, 7]])
+    with torch.no_grad():
+        base = model(input_ids=ids).logits
+        with model.base_model.steer(1.0, 2.0, ["def"]):
+            steered = model(input_ids=ids).logits
+        model.base_model.merge_adapter(["def"], feature_factor=1.0, lr=2.0, keep_original=True)
+        merged = model(input_ids=ids).logits
+        model.base_model.unmerge_adapter()
+    assert not torch.allclose(steered, base, atol=1e-4) and torch.equal(steered, merged)
+    assert model.active_adapter == "default"
