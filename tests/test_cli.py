@@ -58,13 +58,13 @@ def test_demo_settings_adapt_to_another_model_unless_given():
     from gradiend_peft.cli.demo import adapt_to_model
 
     two_blocks = GPT2Config(n_layer=2)
-    _, model_args, _, rewrite_args, _ = parse_command("demo", ["--model", "folder"])
+    _, model_args, _, rewrite_args, _, _ = parse_command("demo", ["--model", "folder"])
     model_args, rewrite_args = adapt_to_model(model_args, rewrite_args, two_blocks)
     assert model_args.layers is None and rewrite_args.lrs is None  # every block; the search's default grid
-    _, model_args, _, rewrite_args, _ = parse_command("demo", ["--model", "folder", "--layers", "0-1", "--lrs", "0.1", "1"])
+    _, model_args, _, rewrite_args, _, _ = parse_command("demo", ["--model", "folder", "--layers", "0-1", "--lrs", "0.1", "1"])
     model_args, rewrite_args = adapt_to_model(model_args, rewrite_args, two_blocks)
     assert model_args.layers == "0-1" and rewrite_args.lrs == [0.1, 1.0]  # what the user gave stays
-    _, model_args, _, rewrite_args, _ = parse_command("demo", [])
+    _, model_args, _, rewrite_args, _, _ = parse_command("demo", [])
     assert adapt_to_model(model_args, rewrite_args, GPT2Config(n_layer=30)) == (model_args, rewrite_args)
 
 
@@ -78,20 +78,31 @@ def test_config_file_sets_values_and_flags_win(tmp_path):
 
 def test_demo_fast_mode_runs_end_to_end(tmp_path, tiny_model_dir, capsys):
     out = tmp_path / "demo"
+    # the tiny tokenizer has none of the attribute words: no attribute adapter here (the slow README test runs it)
     code = main(["demo", "--model", tiny_model_dir, "--fast", "--output_dir", str(out), "--classes", "M:he,F:she",
-                 "--min_context_words", "0", "--threads", "1", "--report_to", "none"])
+                 "--min_context_words", "0", "--threads", "1", "--report_to", "none", "--attribute_steps", "0"])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "Rewrite chosen by the debias policy on the search split" in printed and "validation r = " in printed
-    assert "stereotype_pref" in printed and "control_acc" in printed
+    assert "pronoun edit chosen by the debias policy on the search split" in printed and "validation r = " in printed
+    assert "definitional adapter: " in printed and "attribute adapter: " not in printed
+    assert "default edit: definitional directions projected out" in printed
+    assert "stereotype_pref" in printed and "nouns_margin" in printed and "names_acc" in printed
     assert "intra SS" in printed and "CC BY-SA 4.0" in printed  # the benchmarks, with the data's licence
     assert os.path.isfile(out / "adapter" / "adapter_config.json")
     assert os.path.isfile(out / "adapter" / "adapter_model.safetensors")
+    # the side adapter, saved alone, in peft's folder for a named adapter
+    side = out / "definitional" / "adapter"
+    assert os.listdir(side) == ["definitional"]
+    side_config = json.loads((side / "definitional" / "adapter_config.json").read_text())
+    assert side_config["init_seed"] != json.loads((out / "adapter" / "adapter_config.json").read_text())["init_seed"]
+    assert sorted(os.listdir(side / "definitional")) == sorted(os.listdir(out / "adapter"))
+    assert not os.path.exists(out / "attribute") and not os.path.exists(out / "metrics" / "attribute_search.json")
     for name in ("encoder.json", "summary.json", "rewrite_debias.json", "training_history.json", "debias_report.json",
                  "bias_base.json"):
         assert os.path.isfile(out / "metrics" / name), name
     held_out = json.loads((out / "metrics" / "debias_report.json").read_text())
     assert held_out["table"][0]["model"] == "base" and held_out["rows"] == 400  # the report split's rows
+    assert held_out["controls"] == {"nouns": 8, "names": 8} and held_out["attribute_rows"] == 0
     search = json.loads((out / "metrics" / "rewrite_debias.json").read_text())
     assert search["settings"]["n_rows"] == 380  # the search split's rows: never the reported ones
     for name in ("convergence.png", "encoder.png", "rewrite_debias.png"):
@@ -107,8 +118,8 @@ def test_demo_fast_mode_on_a_masked_lm_folder(tmp_path, capsys):
     tok.save_pretrained(folder)
     out = tmp_path / "demo"
     assert main(["demo", "--model", str(folder), "--fast", "--output_dir", str(out), "--min_context_words", "0",
-                 "--threads", "1", "--report_to", "none", "--plots", "false"]) == 0
-    assert "Rewrite chosen by the debias policy" in capsys.readouterr().out
+                 "--threads", "1", "--report_to", "none", "--plots", "false", "--attribute_steps", "0"]) == 0
+    assert "pronoun edit chosen by the debias policy" in capsys.readouterr().out
     adapter_config = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert adapter_config["objective"] == "masked_lm"
     rewrite = json.loads((out / "metrics" / "rewrite_debias.json").read_text())

@@ -34,7 +34,7 @@ ALLOWED = {
     "embedded_models": {"atomic", "tuner"},
     "planning": {"objective", "embedded_models", "tuner"},
     "bias": {"atomic", "data", "editing", "evaluation", "objective", "tuner"},
-    "cli": {"atomic", "bias", "data", "evaluation", "saving", "loading", "pair_adapters", "planning", "plotting",
+    "cli": {"atomic", "bias", "data", "editing", "evaluation", "saving", "loading", "pair_adapters", "planning", "plotting",
             "embedded_models", "training", "tuner"},
 }
 

@@ -10,11 +10,15 @@ and ``u_1..u_m`` an orthonormal basis (Gram-Schmidt, over all target entries joi
 ``v' = v - sum_i <v, u_i> u_i``. To first order the projected edit leaves unchanged every loss whose gradient lies in
 the span of the ``u_i``.
 
+`combine_edits` writes several adapters' rewrites, each with its own feature factor and learning rate, into one new
+adapter whose rewrite at ``feature_factor=0, lr=1`` is their sum: one adapter to measure, steer, save or merge.
+
 Only weight-space maths on the adapters' tensors; nothing here computes gradients.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +28,7 @@ import torch
 
 from .tuner.model import tuner_of
 
-__all__ = ["Projection", "decoder_directions", "project_out"]
+__all__ = ["Projection", "combine_edits", "decoder_directions", "project_out"]
 
 
 def decoder_directions(model: Any, adapter_name: str) -> dict[str, dict[str, torch.Tensor]]:
@@ -137,3 +141,66 @@ def project_out(model: Any, adapter_name: str, against: Sequence[str],
         for layer in layers.values():
             layer.gradiend_decoder[name].zero_()
     return Projection(cosines=cosines, kept_norm=kept, basis=labels)
+
+
+@torch.no_grad()
+def combine_edits(model: Any, edits: Mapping[str, tuple[float, float]], adapter_name: str) -> str:
+    """Adds the adapter ``adapter_name`` whose rewrite at ``feature_factor=0, lr=1`` equals the sum of the rewrites
+    ``lr_i * d_i(ff_i) / s_i`` of ``edits`` (adapter -> ``(feature_factor, lr)``), in every target weight.
+
+    The new adapter has the targets of the edits' adapters, no gradient normalisation (``s = 1``), a zero decoder
+    weight and the summed shift as its decoder bias, so ``model.merge_and_unload(feature_factor=0, lr=1,
+    adapter_names=[adapter_name])`` writes all the edits at once and ``lr=0.5`` half of each. Its encoder is not
+    trained: it is for rewriting, not for encoding.
+
+    Args:
+        model (`peft.PeftModel`): the model holding the adapters (unmerged).
+        edits (`Mapping[str, tuple[float, float]]`): adapter name -> ``(feature_factor, lr)``.
+        adapter_name (`str`): the new adapter's name (not in use).
+
+    Returns:
+        `str`: ``adapter_name``.
+
+    Raises:
+        `ValueError`: for no edits, a name in use, adapters with different targets, a pruned adapter (its entries
+            differ from the others'), a non-finite shift, or a merged model.
+        `TypeError`: for anything but a `peft.PeftModel` (its tuner alone cannot add an adapter).
+    """
+    tuner = tuner_of(model)
+    if not edits:
+        raise ValueError("combine_edits needs at least one edit: {adapter_name: (feature_factor, lr)}.")
+    if adapter_name in tuner.peft_config:
+        raise ValueError(f"Adapter {adapter_name!r} exists already; choose another name for the combined edit.")
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel):
+        raise TypeError("combine_edits adds an adapter: pass the peft.PeftModel (get_peft_model's result).")
+    tuner.check_unmerged("combine_edits")
+    names = [tuner.resolve_adapter(name) for name in edits]
+    targets = set(tuner.gradiend_layers(names[0]))
+    for name in names:
+        layers = tuner.gradiend_layers(name)
+        if set(layers) != targets:
+            raise ValueError(f"Adapters {names[0]!r} and {name!r} target different modules; combine adapters of the "
+                             "same targets.")
+        if any(layer.is_pruned(name) for layer in layers.values()):
+            raise ValueError(f"Adapter {name!r} is pruned; combine unpruned adapters (their entries must be the same).")
+    shifts: dict[str, torch.Tensor] = {}
+    for name in names:
+        factor, lr = edits[name]
+        if not (math.isfinite(float(lr)) and all(math.isfinite(float(f)) for f in torch.as_tensor(factor).reshape(-1))):
+            raise ValueError(f"The edit of {name!r} must have a finite feature factor and lr, got {(factor, lr)!r}.")
+        scale = tuner.gradient_scale(name)
+        for module, layer in tuner.gradiend_layers(name).items():
+            delta = layer.delta_weight(name, factor, float(lr), scale).double()
+            shifts[module] = delta if module not in shifts else shifts[module] + delta
+    if not all(bool(torch.isfinite(t).all()) for t in shifts.values()):
+        raise ValueError("The combined shift is not finite; use smaller learning rates.")
+    config = copy.deepcopy(tuner.peft_config[names[0]])
+    config.normalize_gradients, config.inference_mode, config.decoder_bias = False, False, True
+    model.add_adapter(adapter_name, config)
+    for module, layer in tuner.gradiend_layers(adapter_name).items():
+        layer.gradiend_decoder[adapter_name].zero_()
+        bias = layer.gradiend_decoder_bias[adapter_name]
+        bias.copy_(layer.select(adapter_name, shifts[module]).reshape(bias.shape).to(bias.dtype))
+    return adapter_name

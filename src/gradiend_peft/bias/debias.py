@@ -1,12 +1,24 @@
-"""Debiasing steps of the command line's ``demo``: its settings, the study's rows for the general steps (training rows
-by name, the neutral text's excluded pronoun forms, control rows, the rows of the ``debias`` search), the held-out
-report of a chosen rewrite and the bias benchmarks.
+"""The he/she study's debiasing steps for the command line's ``demo``: its settings, the study's rows for the general
+steps (training rows by name, the neutral text's excluded pronoun forms, control rows, the rows of the ``debias``
+search), the specific edit's pieces, its held-out report and the bias benchmarks.
 
-The rewrite search of the ``debias`` policy runs on the *search* split of the neutral-context rows
-(`gradiend_peft.bias.gender.neutral_context_rows`: templates x occupations whose context does not decide the pronoun) with
-the search split's control rows (`context_controls`). What is reported is measured on the *report* split: other
-templates, other occupations and other control subjects, none of which the search (or the occupation training rows)
-saw, so the numbers measure how the edit generalises.
+The edit has two parts, each chosen on a *search* split and reported on a held-out *report* split:
+
+- **the pronoun edit**: the occupation adapter's decoder bias (the edit of feature factor 0) with the directions of
+  an adapter trained on definitional rows ("My aunt said that [MASK]") projected out (`gradiend_peft.editing.
+  project_out`), so that to first order the edit leaves the definitional evidence alone; its learning rate is chosen
+  by the ``debias`` policy on the search split of the neutral-context rows (`gradiend_peft.bias.gender.
+  neutral_context_rows`: templates x occupations whose context does not decide the pronoun), guarded by the LMS, the
+  total pronoun probability and same-frame definitional controls (accuracy not below the base's, margin at least
+  0.9 x the base's);
+- **the attribute edit**: the decoder bias of an adapter trained on gender -> attribute rows ("My sister is very
+  [MASK]", `gradiend_peft.bias.gender.attribute_rows`), with the definitional directions projected out too; its learning
+  rate is the one whose mean log-odds of the stereotyped attribute over the search split's attribute rows is closest
+  to none (`gradiend_peft.evaluation.search_neutral_rewrite`), with the LMS at least 0.99 x base.
+
+Both are combined into one adapter, ``debiased`` (`gradiend_peft.editing.combine_edits`). What is reported is
+measured on the *report* split: other templates, occupations, control subjects and attribute words, none of which the
+training or the searches saw, so the numbers measure how the edit generalises.
 """
 
 from __future__ import annotations
@@ -16,6 +28,7 @@ import os
 from typing import Any, Optional, Sequence
 
 from ..atomic import atomic_write_json
+from .gender.attributes import attribute_evaluation_rows
 from .gender.pronouns import related_forms
 from .gender.templates import context_controls, neutral_context_rows, pronoun_classes
 
@@ -37,7 +50,7 @@ DEMO_DEFAULTS: dict[str, Any] = {
     "control_rows": 200,
     "control_floor": 1.0,
     "lrs": [1.0, 3.0, 10.0, 30.0, 100.0, 300.0],
-    "feature_factors": [-1.0, -0.5, 0.0, 0.5, 1.0],
+    "feature_factors": [0.0],
     "refine_rounds": 1,
 }
 """The demo's settings: he/she on SmolLM2-135M, blocks 20-29 (35.4M target weights), trained on stereotyped-occupation
@@ -77,6 +90,33 @@ def control_rows(feature, count: int, split: str = "search", seed: int = 0) -> l
     return list(context_controls(feature, split, count=count, seed=seed)) if count else []
 
 
+SIDE_ROWS = {"definitional": "definitional", "attribute": "attributes"}
+"""The adapters the demo trains beside the occupation adapter, and the ``--training_rows`` each is trained on."""
+COMBINED = "debiased"
+"""The adapter holding the combined edit (`combine_edits`); its rewrite is ``feature_factor=0, lr=1``."""
+
+
+def check_study_feature(feature) -> None:
+    """Refuses a feature without ``he`` and ``she`` in its two classes (the demo's study has rows for he/she only).
+
+    Raises:
+        ValueError: naming what the feature needs.
+    """
+    pronoun_classes(feature)
+
+
+def attribute_search_rows(feature) -> list[dict[str, Any]]:
+    """The attribute rows the attribute edit's search chooses on (`attribute_evaluation_rows`, search split)."""
+    return list(attribute_evaluation_rows(feature, "search"))
+
+
+def held_out_heading(n_controls: int) -> str:
+    """The line above the demo's held-out table: what measures the combined edit."""
+    return (f"The combined edit on the held-out split (other templates, occupations, control subjects and attribute "
+            f"words); controls: {n_controls} definitional nouns and {n_controls} first names in the same frames, "
+            "margin = mean log P(right)/P(wrong):")
+
+
 def search_rows(feature) -> Optional[list[dict[str, Any]]]:
     """The neutral-context rows the ``debias`` search chooses on (``None`` for a feature without he/she)."""
     try:
@@ -86,84 +126,106 @@ def search_rows(feature) -> Optional[list[dict[str, Any]]]:
     return list(neutral_context_rows(feature, "search"))
 
 
-def held_out_report(peft_model, tokenizer, feature, neutral: Sequence[str], chosen: Optional[tuple[float, float]],
-                    n_controls: int, out: str) -> list[dict[str, Any]]:
-    """Base and chosen rewrite on the report split (rows, controls, LMS); one table row each; saved as
-    ``metrics/debias_report.json``."""
+def _measure(peft_model, tokenizer, feature, rows, neutral, controls, rewrites, adapter_name):
     from ..evaluation import measure_rewrites
+
+    return measure_rewrites(peft_model, rows, neutral, rewrites, tokenizer=tokenizer, control=controls,
+                            classes={c: list(feature.classes[c]) for c in feature.pair}, adapter_name=adapter_name)
+
+
+def held_out_report(peft_model, tokenizer, feature, neutral: Sequence[str], adapter_name: Optional[str],
+                    n_controls: int, out: str, attributes: bool = True) -> list[dict[str, Any]]:
+    """Base and the edit (``adapter_name`` at feature factor 0, lr 1; ``None``: no edit) on the report split: the
+    neutral-context rows, definitional-noun and first-name controls in the same frames (accuracy and margin), the
+    attribute rows' mean log-odds and the LMS. One table row per model, saved as ``metrics/debias_report.json``."""
+    import torch
+
+    from ..evaluation import filled_row_log_odds
     from ..evaluation.measure import preference
 
     rows = list(neutral_context_rows(feature, "report"))
-    controls = list(context_controls(feature, "report", count=n_controls))
-    rewrites = [(0.0, 0.0)] + ([chosen] if chosen is not None else [])
-    measured = measure_rewrites(peft_model, rows, neutral, rewrites, tokenizer=tokenizer, control=controls,
-                                classes={c: list(feature.classes[c]) for c in feature.pair})
+    controls = {kind: list(context_controls(feature, "report", count=n_controls, names_share=share))
+                for kind, share in (("nouns", 0.0), ("names", 1.0))}
+    rewrites = [(0.0, 0.0)] + ([(0.0, 1.0)] if adapter_name is not None else [])
+    measured = _measure(peft_model, tokenizer, feature, rows, neutral, controls["nouns"], rewrites, adapter_name)
+    # the name controls: only their metrics are read (a few rows keep the second pass short)
+    names = _measure(peft_model, tokenizer, feature, rows[:8], neutral, controls["names"], rewrites, adapter_name)
+    attribute_rows = list(attribute_evaluation_rows(feature, "report")) if attributes else []
     classes = list(feature.pair)
     words = {c: "/".join(feature.classes[c]) for c in classes}
     row_classes = [r["factual_class"] for r in rows]  # the stereotypical class of each occupation
     table = []
-    for (metrics, probs), name in zip(measured, ["base", "debiased"]):
+    for (metrics, probs), (name_metrics, _), model in zip(measured, names, ["base", "debiased"]):
         a, b = classes
-        table.append({
-            "model": name,
+        entry = {
+            "model": model,
             f"P({words[a]})": metrics.class_probs[a],
             f"P({words[b]})": metrics.class_probs[b],
             "|gap|": metrics.mean_abs_gap,
             "total": metrics.class_probs[a] + metrics.class_probs[b],
             "stereotype_pref": preference(probs, row_classes, classes),
-            "control_acc": metrics.control_accuracy,
-            "LMS": metrics.lms,
-            "ff": None if name == "base" else f"{metrics.feature_factor:+g}",
-            "lr": None if name == "base" else f"{metrics.lr:.3g}",
-        })
+            "nouns_acc": metrics.control_accuracy,
+            "nouns_margin": metrics.control_margin,
+            "names_acc": name_metrics.control_accuracy,
+            "names_margin": name_metrics.control_margin,
+        }
+        if attribute_rows:
+            if model == "base":
+                odds = filled_row_log_odds(peft_model, tokenizer, attribute_rows, progress=False)
+            else:
+                with peft_model.base_model.steer(0.0, 1.0, [adapter_name], cache=True):
+                    odds = filled_row_log_odds(peft_model, tokenizer, attribute_rows, progress=False)
+            entry["attribute_lo"] = float(odds.mean())
+            entry["attribute_pref"] = float((odds > 0).to(torch.float64).mean())
+        entry["LMS"] = metrics.lms
+        table.append(entry)
     atomic_write_json(os.path.join(out, "metrics", "debias_report.json"),
-                      {"rows": len(rows), "controls": len(controls), "table": table})
+                      {"rows": len(rows), "controls": {k: len(v) for k, v in controls.items()},
+                       "attribute_rows": len(attribute_rows), "table": table})
     return table
 
 
 def report_lines(table: list[dict[str, Any]]) -> list[str]:
-    """The held-out verdict in words: the gap cut, the total probability kept, the controls and the LMS."""
+    """The held-out verdict in words: the gap cut, the total probability kept, both control sets, the attribute
+    log-odds and the LMS."""
     if len(table) < 2:
-        return ["No rewrite passed the guards on the search split; nothing to report."]
+        return ["No edit passed the guards on the search split; nothing to report."]
     base, edit = table
 
     def ratio(key: str) -> float:
         return edit[key] / base[key] if base[key] else float("nan")
 
+    attribute = (f"; attribute log-odds {base['attribute_lo']:+.3f} -> {edit['attribute_lo']:+.3f}"
+                 if "attribute_lo" in edit else "")
     return [
         f"held-out mean |gap| {base['|gap|']:.4f} -> {edit['|gap|']:.4f} ({1 - ratio('|gap|'):+.1%} cut); total "
-        f"pronoun probability {ratio('total'):.3f} x base; control accuracy {edit['control_acc']:.3f} (base "
-        f"{base['control_acc']:.3f}); LMS {ratio('LMS'):.4f} x base"
+        f"pronoun probability {ratio('total'):.3f} x base; noun controls accuracy {edit['nouns_acc']:.3f} (base "
+        f"{base['nouns_acc']:.3f}), margin {ratio('nouns_margin'):.3f} x base; name controls accuracy "
+        f"{edit['names_acc']:.3f} (base {base['names_acc']:.3f}), margin {ratio('names_margin'):.3f} x base"
+        f"{attribute}; LMS {ratio('LMS'):.4f} x base"
     ]
 
 
-def bias_benchmarks(peft_model, tokenizer, chosen: Optional[tuple[float, float]], out: str, batch_size: int = 32,
+def bias_benchmarks(peft_model, tokenizer, adapter_name: Optional[str], out: str, batch_size: int = 32,
                     max_items: Optional[int] = None) -> dict[str, Any]:
-    """StereoSet, CrowS-Pairs and Wino (gender) of the base and of the chosen rewrite (steered); each report saved
-    as ``metrics/bias_<name>.json`` (``max_items``: at most this many items per benchmark, for smoke tests)."""
+    """StereoSet, CrowS-Pairs and Wino (gender) of the base and of the edit (``adapter_name`` steered at feature
+    factor 0, lr 1); each report saved as ``metrics/bias_<name>.json`` (``max_items``: at most this many items per
+    benchmark, for smoke tests)."""
     from .benchmarks import run_bias_benchmarks
 
     options = dict(batch_size=batch_size, max_items=max_items)
     reports = {"base": run_bias_benchmarks(peft_model, tokenizer, **options)}
-    if chosen is not None:
-        with peft_model.base_model.steer(*chosen, cache=True):
+    if adapter_name is not None:
+        with peft_model.base_model.steer(0.0, 1.0, [adapter_name], cache=True):
             reports["debiased"] = run_bias_benchmarks(peft_model, tokenizer, **options)
     for name, report in reports.items():
         report.save_json(os.path.join(out, "metrics", f"bias_{name}.json"))
     return reports
 
 
-
-def held_out_heading(policy: str, n_controls: int) -> str:
-    """The line above the demo's held-out table: what chose the rewrite and what measures it."""
-    return (f"Rewrite chosen by the {policy} policy on the search split (neutral-context rows, {n_controls} "
-            "control rows that may not lose accuracy, LMS >= 0.99 x base); measured on the held-out split (other "
-            "templates, occupations and control subjects):")
-
-
 def benchmark_lines(benchmarks: dict[str, Any]) -> list[str]:
     """The demo's benchmark table of base and chosen rewrite (`bias_benchmarks`' reports), with its heading."""
     from .benchmarks import compare_reports
 
-    return ["Gender bias benchmarks of the base model and the chosen rewrite (StereoSet gender, CrowS-Pairs, Wino):",
+    return ["Gender bias benchmarks of the base model and the combined edit (StereoSet gender, CrowS-Pairs, Wino):",
             compare_reports(benchmarks)]

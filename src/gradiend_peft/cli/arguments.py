@@ -92,6 +92,23 @@ class RewriteArguments:
 
 
 @dataclass
+class DemoArguments:
+    """The demo's specific edit (``demo`` only): the adapters trained beside its first adapter and how their edits
+    combine (see `gradiend_peft.bias.debias`)."""
+
+    definitional_steps: int = field(
+        default=60, metadata={"help": "Training steps of the adapter on definitional rows, whose directions are projected "
+                                      "out of the edits (0: no projection)."})
+    attribute_steps: int = field(
+        default=100, metadata={"help": "Training steps of the adapter on the study's attribute rows (0: no "
+                                       "attribute edit)."})
+    attribute_lrs: list[float] = field(
+        default_factory=lambda: [100.0, 300.0, 1000.0, 2000.0, 4000.0],
+        metadata={"help": "Learning rates of the attribute edit's search (attribute rows of the search split, LMS "
+                          "guard)."})
+
+
+@dataclass
 class BiasEvalArguments:
     """Which models the bias benchmarks score (``bias-eval``)."""
 
@@ -208,7 +225,7 @@ def _dataclasses_for(command: str) -> tuple:
         return base + (OutputArguments, RewriteArguments)
     if command == "bias-eval":
         return (RunArguments, ModelArguments, OutputArguments, BiasEvalArguments)
-    return base + (RewriteArguments, _training_arguments_class())
+    return base + (RewriteArguments, DemoArguments, _training_arguments_class())
 
 
 def _read_config(path: str) -> dict[str, Any]:

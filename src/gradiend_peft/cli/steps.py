@@ -255,12 +255,15 @@ MERGED_MODEL_FILES = re.compile(
 `save_merged` may name (besides the files the new save writes)."""
 
 
-def save_merged(model: Any, tokenizer: Any, folder: str, feature_factor: float, lr: float) -> str:
-    """Merges ``lr * d(feature_factor)`` into a copy-free unload of ``model`` and saves it atomically to ``folder``.
+def save_merged(model: Any, tokenizer: Any, folder: str, feature_factor: float, lr: float,
+                adapter_name: Optional[str] = None) -> str:
+    """Merges ``lr * d(feature_factor)`` (of ``adapter_name``, default the active adapter) into a copy-free unload of
+    ``model`` and saves it atomically to ``folder``.
 
     The PEFT model is consumed (its layers are unloaded); reload the base model to continue.
     """
-    merged = model.merge_and_unload(feature_factor=feature_factor, lr=lr)
+    names = {"adapter_names": [adapter_name]} if adapter_name else {}
+    merged = model.merge_and_unload(feature_factor=feature_factor, lr=lr, **names)
     with atomic_files(folder, MERGED_MODEL_FILES.fullmatch) as tmp:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -324,8 +327,9 @@ def mine(data_args, tokenizer, peft_model, feature: Optional[Feature] = None,
     )
 
 
-def train(peft_model, tokenizer, data: FeatureData, train_args, run) -> dict[str, Any]:
-    """Trains the adapter, saves it to ``<output_dir>/adapter`` and the convergence plot; returns the summary."""
+def train(peft_model, tokenizer, data: FeatureData, train_args, run, adapter_name: Optional[str] = None) -> dict[str, Any]:
+    """Trains the active adapter, saves it (``adapter_name``: that adapter only) to ``<output_dir>/adapter`` and the
+    convergence plot; returns the summary."""
     from ..training import GradiendTrainer
 
     out = train_args.output_dir
@@ -338,7 +342,8 @@ def train(peft_model, tokenizer, data: FeatureData, train_args, run) -> dict[str
         train_with_restarts(trainer, num_seeds=run.restarts, resume_from_checkpoint=train_args.resume_from_checkpoint)
     else:
         trainer.train(resume_from_checkpoint=train_args.resume_from_checkpoint)
-    save_adapter(peft_model, os.path.join(out, "adapter"), training_summary=trainer.training_summary)
+    selected = {"selected_adapters": [adapter_name]} if adapter_name else {}
+    save_adapter(peft_model, os.path.join(out, "adapter"), training_summary=trainer.training_summary, **selected)
     save_outputs(out, "training_history", trainer.state.log_history)
     if run.plots:
         from ..plotting import plot_convergence
@@ -435,7 +440,7 @@ def fast_mode(data_args, train_args, rewrite_args) -> tuple:
     data_args = replace(data_args, max_rows_per_class=60, max_test_rows=16, neutral_rows=12, control_rows=8)
     train_args = replace(train_args, max_steps=4, rows_per_gradient=4, per_device_train_batch_size=None,
                          per_device_eval_batch_size=None, eval_steps=2, save_steps=2, logging_steps=1)
-    rewrite_args = replace(rewrite_args, lrs=[0.01, 0.1, 1.0], feature_factors=[-1.0, 0.0, 1.0], refine_rounds=1)
+    rewrite_args = replace(rewrite_args, lrs=[0.01, 0.1, 1.0], feature_factors=[0.0], refine_rounds=1)
     return data_args, train_args, rewrite_args
 
 

@@ -25,12 +25,14 @@ from .class_pairs import (
     evaluate_pairs,
     pair_adapters_of,
 )
+from .neutralise import NeutralCandidate, NeutralSearchResult, search_neutral_rewrite, select_neutral
 from .scoring import (
     LMSInputs,
     LMSResult,
     SlotInputs,
     bias_indices,
     class_words_from_rows,
+    filled_row_log_odds,
     language_modeling_score,
     lms_token_scores,
     masked_token_predictions,
@@ -80,6 +82,8 @@ __all__ = [
     "GroupStats",
     "LMSInputs",
     "LMSResult",
+    "NeutralCandidate",
+    "NeutralSearchResult",
     "PairEvaluation",
     "Policy",
     "RewriteInputs",
@@ -93,6 +97,7 @@ __all__ = [
     "decoder_cosine_matrix",
     "evaluate_encoder",
     "evaluate_pairs",
+    "filled_row_log_odds",
     "language_modeling_score",
     "lms_token_scores",
     "masked_token_predictions",
@@ -105,7 +110,9 @@ __all__ = [
     "prepare_slots",
     "refinement_lrs",
     "score_candidates",
+    "search_neutral_rewrite",
     "search_rewrite",
     "select_best",
+    "select_neutral",
     "slot_probabilities",
 ]

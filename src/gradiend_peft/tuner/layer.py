@@ -295,10 +295,11 @@ class GradiendLayer(LayerMerging, BaseTunerLayer):
         self._steering_cache = None
 
     def steering_delta(self) -> Optional[torch.Tensor]:
-        """The summed weight shift of the active, steered, unmerged adapters (``None``: no steering acts here)."""
+        """The summed weight shift of the steered, unmerged adapters (``None``: no steering acts here). An adapter
+        named in ``set_steering`` acts whether or not it is active: the steering names what acts."""
         delta = None
-        for name in self.active_adapters:
-            if name in self._steering and name in self.gradiend_decoder and name not in self.merged_adapters:
+        for name in sorted(self._steering):
+            if name in self.gradiend_decoder and name not in self.merged_adapters:
                 factor, lr, scale = self._steering[name]
                 step = self.delta_weight(name, factor, lr, scale)
                 delta = step if delta is None else delta + step

@@ -191,6 +191,8 @@ class MergingMixin:
                      cache: bool = False) -> None:
         """Steers at run time: forward passes use ``W + lr * d(feature_factor) / s`` without changing ``W``.
 
+        The adapters named (default: the active ones) act whether or not they are active, and only those.
+
         With ``cache=True`` each layer computes its shifted weight once and reuses it for every forward pass until
         the steering, the adapter or the base weight changes: faster for many batches, at the memory of one copy of
         the targeted weights.

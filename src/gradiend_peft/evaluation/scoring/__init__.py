@@ -6,6 +6,8 @@
   `language_modeling_score`);
 - `gradiend_peft.evaluation.scoring.likelihood`: sentence log-likelihoods (causal) and pseudo-log-likelihoods
   (masked), what the bias benchmarks score;
+- `gradiend_peft.evaluation.scoring.filled_rows`: per-row log-odds of two fillers of a slot, scored as whole
+  sentences (rows whose fillers are free words);
 - `gradiend_peft.evaluation.scoring.forward`: the shared pieces (`logits_of`, the causal lead, padded batches,
   per-token negative log-likelihood).
 
@@ -28,6 +30,7 @@ which are never scored or masked.
 """
 
 from .forward import causal_lead_ids, causal_text_ids, causal_token_nll, label_batches, logits_of
+from .filled_rows import filled_row_log_odds, filled_texts
 from .language_modeling_score import (
     LMSInputs,
     LMSResult,
@@ -59,6 +62,8 @@ __all__ = [
     "causal_text_ids",
     "causal_token_nll",
     "class_words_from_rows",
+    "filled_row_log_odds",
+    "filled_texts",
     "conditional_log_likelihoods",
     "infer_objective",
     "label_batches",
