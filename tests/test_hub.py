@@ -31,7 +31,12 @@ model = build()
 loaded = {loader}
 assert adapter_state(loaded).keys() == adapter_state(model).keys()
 assert all(torch.equal(adapter_state(loaded)[k], v) for k, v in adapter_state(model).items())
-assert torch.equal(logits(loaded), logits(model))
+assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())  # the base model too
+ours, theirs = logits(loaded), logits(model)
+# on a difference, say how large, and whether the same model gives the same logits twice (a kernel that is not
+# deterministic) or the two models differ
+assert torch.equal(ours, theirs), (float((ours - theirs).abs().max()), int((ours != theirs).sum()),
+                                   torch.equal(logits(model), theirs), torch.get_num_threads())
 print("ROUND_TRIP_OK")
 """
 

@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from gradiend_peft import GradiendConfig, UntrustedAdapterError, load_gradiend_model, prune_adapter
 from gradiend_peft.saving import write_model_card
 
+from helpers import shard_saved_adapter as _shard
 from tiny import MODEL_BUILDERS
 
 PEFT_READERS = ("PeftModel.from_pretrained", "load_adapter")
@@ -226,26 +227,6 @@ def test_the_digest_is_that_of_the_tensors_in_the_file(saved):
 
 
 # ------------------------------------------------------------------------------------------- sharded adapters
-def _shard(path, files: int = 2) -> dict:
-    """Turns the single-file adapter at ``path`` into a sharded one (modules dealt round-robin, the shared tensors in
-    file 1), as a module-sharded training run saves it; returns the index."""
-    tensors = load_file(path / "adapter_model.safetensors")
-    modules = sorted({key.rsplit(".", 1)[0] for key in tensors if key.startswith("base_model.model.")})
-    owner = {module: i % files for i, module in enumerate(modules)}
-    parts = [{} for _ in range(files)]
-    for key, value in tensors.items():
-        parts[owner[key.rsplit(".", 1)[0]] if key.startswith("base_model.model.") else 0][key] = value
-    weight_map = {}
-    for i, part in enumerate(parts):
-        name = f"adapter_model-{i + 1:05d}-of-{files:05d}.safetensors"
-        save_file(part, path / name)
-        weight_map.update({key: name for key in part})
-    (path / "adapter_model.safetensors").unlink()
-    index = {"metadata": {"total_size": 0}, "weight_map": weight_map}
-    (path / "adapter_model.safetensors.index.json").write_text(json.dumps(index))
-    return index
-
-
 def _write_index(path, index):
     (path / "adapter_model.safetensors.index.json").write_text(json.dumps(index))
 

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from gradiend_peft import UntrustedAdapterError, load_gradiend_model
 from gradiend_peft.pair_adapters import finish_interrupted_pair_save, load_pair_adapters, save_pair_adapters
 
+from helpers import subprocess_env
 from tiny import tiny_llama
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -117,7 +118,7 @@ def test_a_kill_between_the_moves_of_a_pair_save_is_refused_by_loads_until_a_sav
             commit._move = first_move_then_wait
             save_pair_adapters(marked(2), %r, FEATURE, ADAPTERS)
         """ % str(folder))],
-        env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")])),
+        env=subprocess_env(),
         stdout=subprocess.PIPE, stderr=open(log, "w"), text=True)
     try:
         lines = iter(child.stdout.readline, "")  # until "moved", or the end of the child's output

@@ -14,6 +14,8 @@ import sys
 import pytest
 import torch
 
+from helpers import free_port, subprocess_env
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -64,24 +66,12 @@ def _run(out_dir: str) -> None:
     dist.destroy_process_group()
 
 
-def _env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    env["PYTHONPATH"] = os.pathsep.join([HERE, env.get("PYTHONPATH", "")])
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    return env
-
-
 def test_a_failed_shard_write_raises_on_every_process_and_leaves_the_saved_adapter(tmp_path):
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     launcher = os.path.join(os.path.dirname(sys.executable), "accelerate")
     result = subprocess.run(
         [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "--main_process_port", str(port), os.path.abspath(__file__), str(tmp_path)],
-        env=_env(), capture_output=True, text=True, timeout=300,
+         "--dynamo_backend", "no", "--main_process_port", str(free_port()), os.path.abspath(__file__), str(tmp_path)],
+        env=subprocess_env(), capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     outcomes = [json.load(open(tmp_path / f"outcome-{rank}.json")) for rank in (0, 1)]

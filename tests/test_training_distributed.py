@@ -6,12 +6,13 @@ This file is also the training script: ``python tests/test_training_distributed.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
+
+from helpers import free_port, subprocess_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -38,13 +39,6 @@ def _run(out_dir: str, accumulation: int, per_example: bool) -> None:
     assert trainer.end_training() == (trainer.args.world_size > 1)
 
 
-def _env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    env["PYTHONPATH"] = os.pathsep.join([HERE, env.get("PYTHONPATH", "")])
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    return env
-
-
 def _load(folder):
     from safetensors.torch import load_file
 
@@ -53,25 +47,19 @@ def _load(folder):
     return run, load_file(os.path.join(folder, "final", "adapter_model.safetensors"))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.parametrize("per_example", [False, True], ids=["row-groups", "per-example"])
 def test_two_processes_train_the_same_adapter_as_one(tmp_path, per_example):
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     script = os.path.abspath(__file__)
     launcher = os.path.join(os.path.dirname(sys.executable), "accelerate")
     mode = ["--per-example"] if per_example else []
-    single = subprocess.Popen([sys.executable, script, one, "2", *mode], env=_env(), stdout=subprocess.DEVNULL,
+    single = subprocess.Popen([sys.executable, script, one, "2", *mode], env=subprocess_env(), stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)
     # --multi_gpu selects accelerate's torchrun launcher; without GPUs the processes use CPU and gloo
     double = subprocess.run(
         [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "--main_process_port", str(_free_port()), script, two, "1", *mode],
-        env=_env(), capture_output=True, text=True, timeout=400,
+         "--dynamo_backend", "no", "--main_process_port", str(free_port()), script, two, "1", *mode],
+        env=subprocess_env(), capture_output=True, text=True, timeout=400,
     )
     assert double.returncode == 0, double.stderr[-3000:]
     assert "still referenced" not in double.stderr  # the DDP wrapper was released before the process group

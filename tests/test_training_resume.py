@@ -15,6 +15,8 @@ import time
 import pytest
 import torch
 
+from helpers import subprocess_env
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 MAX_STEPS = 30
 SAVE_STEPS = 15  # mid-epoch (10 row groups per epoch): resuming skips the first 5 groups of epoch 1
@@ -51,12 +53,6 @@ def _script(*arguments: str) -> list[str]:
     return [sys.executable, os.path.abspath(__file__), *arguments]
 
 
-def _env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    env["PYTHONPATH"] = os.pathsep.join([HERE, env.get("PYTHONPATH", "")])
-    return env
-
-
 def _adapter(folder) -> dict:
     from safetensors.torch import load_file
 
@@ -65,9 +61,9 @@ def _adapter(folder) -> dict:
 
 def test_resume_after_sigkill_ends_with_the_same_adapter(tmp_path):
     whole, broken = str(tmp_path / "whole"), str(tmp_path / "broken")
-    uninterrupted = subprocess.Popen(_script(whole), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    uninterrupted = subprocess.Popen(_script(whole), env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      text=True)
-    victim = subprocess.Popen(_script(broken, "--stall-at", str(SAVE_STEPS + 3)), env=_env(), stdout=subprocess.PIPE,
+    victim = subprocess.Popen(_script(broken, "--stall-at", str(SAVE_STEPS + 3)), env=subprocess_env(), stdout=subprocess.PIPE,
                               stderr=subprocess.DEVNULL, text=True)
     try:
         deadline = time.time() + 240
@@ -89,7 +85,7 @@ def test_resume_after_sigkill_ends_with_the_same_adapter(tmp_path):
         head = handle.read(100)
     with open(os.path.join(partial, "adapter_model.safetensors"), "wb") as handle:
         handle.write(head)
-    resumed = subprocess.run(_script(broken, "--resume"), env=_env(), capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(_script(broken, "--resume"), env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert not os.path.isdir(partial) and any(n.startswith(f"checkpoint-{SAVE_STEPS + 3}.incomplete") for n in os.listdir(broken))
     assert uninterrupted.wait(timeout=300) == 0

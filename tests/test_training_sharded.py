@@ -13,13 +13,14 @@ import json
 import os
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 import torch
+
+from helpers import free_port, subprocess_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LATENT = 1
@@ -107,19 +108,6 @@ def _run(out_dir: str, shards: int, accumulation: int, max_steps: int, save_step
 
 
 # ---------------------------------------------------------------------------------------------- launching
-def _env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    env["PYTHONPATH"] = os.pathsep.join([HERE, env.get("PYTHONPATH", "")])
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _command(processes: int, out: str, *options: str) -> list[str]:
     script = os.path.abspath(__file__)
     if processes == 1:
@@ -127,13 +115,13 @@ def _command(processes: int, out: str, *options: str) -> list[str]:
     launcher = os.path.join(os.path.dirname(sys.executable), "accelerate")
     # --multi_gpu selects accelerate's torchrun launcher; without GPUs the processes use CPU and gloo
     return [launcher, "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), script,
+            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), script,
             out, *options]
 
 
 def _start(processes: int, out: str, *options: str) -> subprocess.Popen:
     # a session of its own, so that the launcher and its worker processes can be killed together
-    return subprocess.Popen(_command(processes, out, *options), env=_env(), stdout=subprocess.PIPE,
+    return subprocess.Popen(_command(processes, out, *options), env=subprocess_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 

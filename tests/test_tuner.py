@@ -222,8 +222,13 @@ def test_merge_needs_feature_factor_and_lr():
         model.merge_adapter(feature_factor=1.0, lr=float("nan"))
     with pytest.raises(ValueError, match="feature_factor must be finite"):
         model.merge_adapter(feature_factor=float("inf"), lr=1.0)
-    configured = _peft("bert", feature_factor=1.0, lr=2.0)
-    assert configured.merge_and_unload() is not None
+    # without arguments, the config's feature_factor and lr: the same weights as passing them
+    merged = dict(_peft("bert", feature_factor=1.0, lr=2.0).merge_and_unload().named_parameters())
+    explicit = dict(_peft("bert").merge_and_unload(feature_factor=1.0, lr=2.0).named_parameters())
+    base = dict(MODEL_BUILDERS["bert"]().named_parameters())
+    assert merged.keys() == explicit.keys() == base.keys()
+    assert all(torch.equal(merged[n], explicit[n]) for n in merged)
+    assert not all(torch.equal(merged[n], base[n]) for n in merged)  # the merge changed weights
 
 
 def test_several_adapters_add_set_delete():
