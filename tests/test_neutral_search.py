@@ -115,3 +115,34 @@ def test_the_result_round_trips_through_json(tmp_path):
     data = json.loads(open(result.save_json(str(tmp_path / "n.json")), encoding="utf-8").read())
     assert data["best"]["lr"] == 1.0 and data["base"]["mean_log_odds"] == 0.6 and len(data["candidates"]) == 1
     assert "chosen" in result.summary().splitlines()[2] and result.merge_kwargs() == {"feature_factor": 0.0, "lr": 1.0}
+
+
+def test_select_neutral_keeps_the_controls_accuracy_and_margin():
+    base = NeutralCandidate(0.0, 0.0, 0.6, 0.5, 0.2, control_accuracy=1.0, control_margin=4.0)
+    # hand: lr 1 loses a control row (0.99 < 1.0 x 1.0); lr 2 keeps margin 3.5 >= 0.9 x 4 = 3.6? no: 3.5 < 3.6
+    candidates = [NeutralCandidate(0.0, 1.0, 0.01, 0.5, 0.2, control_accuracy=0.99, control_margin=3.9),
+                  NeutralCandidate(0.0, 2.0, 0.02, 0.5, 0.2, control_accuracy=1.0, control_margin=3.5),
+                  NeutralCandidate(0.0, 3.0, 0.30, 0.5, 0.2, control_accuracy=1.0, control_margin=3.7)]
+    assert select_neutral(candidates, base, 0.99) is candidates[2]
+    assert select_neutral(candidates, base, 0.99, control_floor=0.98, margin_floor=0.85) is candidates[0]
+
+
+def test_the_search_measures_controls_as_measure_rewrites_does():
+    from gradiend_peft.evaluation import measure_rewrites
+
+    model = get_peft_model(tiny_gpt2(), GradiendConfig(init_seed=0, target_modules=r".*h\.1\.mlp\.c_.*"))
+    tok = word_tokenizer("gpt2")
+    control = [{"text": "my mother said that [MASK] would come .", "factual": "she", "alternative": "he",
+                "factual_class": "F", "alternative_class": "M", "label": -1.0},
+               {"text": "my father said that [MASK] went home .", "factual": "he", "alternative": "she",
+                "factual_class": "M", "alternative_class": "F", "label": 1.0}]
+    classes = {"M": ["he"], "F": ["she"]}
+    result = search_neutral_rewrite(model, tok, ROWS, NEUTRAL, lrs=[5.0], control=control, classes=classes,
+                                    lms_floor=0.0, progress=False)
+    measured = measure_rewrites(model, control, NEUTRAL, [(0.0, 0.0), (0.0, 5.0)], tokenizer=tok, control=control,
+                                classes=classes)
+    for candidate, (metrics, _) in zip([result.base, result.candidates[0]], measured):
+        assert candidate.control_accuracy == pytest.approx(metrics.control_accuracy)
+        assert candidate.control_margin == pytest.approx(metrics.control_margin, abs=1e-5)
+    assert result.candidates[0].control_margin != pytest.approx(result.base.control_margin, abs=1e-6)
+    assert "control acc" in result.summary()

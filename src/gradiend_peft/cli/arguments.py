@@ -97,7 +97,7 @@ class DemoArguments:
     combine (see `gradiend_peft.bias.debias`)."""
 
     definitional_steps: int = field(
-        default=60, metadata={"help": "Training steps of the adapter on definitional rows, whose directions are projected "
+        default=100, metadata={"help": "Training steps of the adapter on definitional rows, whose directions are projected "
                                       "out of the edits (0: no projection)."})
     attribute_steps: int = field(
         default=100, metadata={"help": "Training steps of the adapter on the study's attribute rows (0: no "

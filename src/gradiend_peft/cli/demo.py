@@ -73,7 +73,7 @@ def adapt_to_model(model_args, rewrite_args, config) -> tuple:
 
 def train_side_adapter(peft_model, tokenizer, name: str, steps: int, model_args, data_args, train_args, run_args,
                        seed: int) -> dict[str, Any]:
-    """Adds the adapter ``name`` (same targets as the demo's first adapter, init seed ``seed``), trains it for
+    """Adds the adapter ``name`` (same targets and initialisation as the demo's first adapter), trains it for
     ``steps`` steps on its rows (`SIDE_ROWS`), saves it to ``<output_dir>/<name>/adapter``; the first adapter is
     active again after. Returns the training summary."""
     active = peft_model.active_adapter
@@ -97,8 +97,8 @@ def specific_edit(peft_model, tokenizer, data, out, model_args, data_args, rewri
 
     sides = {"definitional": demo_args.definitional_steps, "attribute": demo_args.attribute_steps}
     summaries = {name: train_side_adapter(peft_model, tokenizer, name, steps, model_args, data_args, train_args,
-                                          run_args, seed=train_args.seed + i + 1)
-                 for i, (name, steps) in enumerate(sides.items()) if steps > 0}
+                                          run_args, seed=train_args.seed)
+                 for name, steps in sides.items() if steps > 0}
     projections = {}
     if "definitional" in summaries:
         for name in ["default"] + (["attribute"] if "attribute" in summaries else []):
@@ -109,8 +109,11 @@ def specific_edit(peft_model, tokenizer, data, out, model_args, data_args, rewri
     attribute = None
     if "attribute" in summaries:
         rows = attribute_search_rows(data.feature)
-        attribute = search_neutral_rewrite(peft_model, tokenizer, rows, data.neutral, demo_args.attribute_lrs,
-                                           adapter_name="attribute", lms_floor=rewrite_args.lms_floor)
+        attribute = search_neutral_rewrite(
+            peft_model, tokenizer, rows, data.neutral, demo_args.attribute_lrs, adapter_name="attribute",
+            lms_floor=rewrite_args.lms_floor, control=data.control or None,
+            classes={c: list(data.feature.classes[c]) for c in data.feature.pair},
+            control_floor=rewrite_args.control_floor)
         attribute.save_json(os.path.join(out, "metrics", "attribute_search.json"))
         if attribute.best is not None:
             edits["attribute"] = (attribute.best.feature_factor, attribute.best.lr)
@@ -132,8 +135,8 @@ def edit_lines(edit: dict[str, Any]) -> list[str]:
                  + ("none passed the guards" if pronoun is None else f"ff {pronoun[0]:+g}, lr {pronoun[1]:.3g}"))
     if edit["attribute"] is not None:
         picked = chosen.get("attribute")
-        lines += ["attribute edit, search split (mean log-odds of the stereotyped attribute; closest to 0 with LMS "
-                  ">= the floor):", edit["attribute"].summary(),
+        lines += ["attribute edit, search split (mean log-odds of the stereotyped attribute: closest to 0 within the "
+                  "guards):", edit["attribute"].summary(),
                   "attribute edit chosen: " + ("none" if picked is None else f"ff {picked[0]:+g}, lr {picked[1]:.3g}")]
     return lines
 

@@ -11,7 +11,11 @@ a word cancels in the mean and ``m`` measures the interaction of class and fille
 filler associated with the row's class. A rewrite that removes that association brings ``m`` to 0; one that
 overshoots makes it negative. `search_neutral_rewrite` measures ``m`` and the LMS on neutral text for each candidate
 learning rate (at one feature factor, ``0`` by default: the decoder bias), keeps the candidates whose LMS is at least
-``lms_floor`` x the base's, and chooses the one with the smallest ``|m|``, if it is smaller than the base's.
+``lms_floor`` x the base's and, given control rows (rows whose context decides the class, with the classes' words in
+the slot), whose control accuracy is at least ``control_floor`` x the base's and control margin (mean log-odds of the
+right class's words against the other's) at least ``margin_floor`` x the base's, and chooses the one with the smallest
+``|m|``, if it is smaller than the base's. The controls keep an edit that removes the association from also removing
+the class itself.
 
 Choose on rows kept apart from those you report (the data modules deal search and report splits), and report the
 chosen rewrite on the held-out rows.
@@ -19,6 +23,7 @@ chosen rewrite on the held-out rows.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -49,6 +54,8 @@ class NeutralCandidate:
     mean_log_odds: float
     factual_preferred: float
     lms: float
+    control_accuracy: Optional[float] = None
+    control_margin: Optional[float] = None
 
 
 @dataclass
@@ -62,6 +69,8 @@ class NeutralSearchResult:
     base: NeutralCandidate
     candidates: list[NeutralCandidate] = field(default_factory=list)
     best: Optional[NeutralCandidate] = None
+    control_floor: float = 1.0
+    margin_floor: float = 0.9
 
     def merge_kwargs(self) -> dict[str, float]:
         """``{"feature_factor": ..., "lr": ...}`` of the choice, for ``merge_and_unload`` or ``steer``.
@@ -76,17 +85,22 @@ class NeutralSearchResult:
 
     def summary(self) -> str:
         """One line per candidate (the base first), the choice marked."""
-        lines = [f"{'model':<10} {'ff':>4} {'lr':>8} {'mean log-odds':>14} {'factual pref':>13} {'LMS':>7}  "
-                 f"(LMS floor {self.lms_floor:g} x base; {self.rows} rows)"]
+        controls = self.base.control_margin is not None
+        guards = f"LMS >= {self.lms_floor:g} x base" + (
+            f", control accuracy >= {self.control_floor:g} x base, control margin >= {self.margin_floor:g} x base"
+            if controls else "")
+        lines = [f"{'model':<10} {'ff':>4} {'lr':>8} {'mean log-odds':>14} {'factual pref':>13} {'LMS':>7}"
+                 + (f" {'control acc':>11} {'margin':>7}" if controls else "") + f"  ({guards}; {self.rows} rows)"]
         for name, c in [("base", self.base)] + [("", c) for c in self.candidates]:
             mark = "chosen" if c is self.best else ("base" if name else "")
             ff, lr = ("-", "-") if name else (f"{c.feature_factor:+g}", f"{c.lr:.3g}")
             lines.append(f"{mark:<10} {ff:>4} {lr:>8} {c.mean_log_odds:>+14.4f} {c.factual_preferred:>13.3f} "
-                         f"{c.lms:>7.4f}")
+                         f"{c.lms:>7.4f}" + (f" {c.control_accuracy:>11.3f} {c.control_margin:>7.3f}" if controls else ""))
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
         return {"adapter_name": self.adapter_name, "rows": self.rows, "lms_floor": self.lms_floor,
+                "control_floor": self.control_floor, "margin_floor": self.margin_floor,
                 "base": asdict(self.base), "candidates": [asdict(c) for c in self.candidates],
                 "best": None if self.best is None else asdict(self.best)}
 
@@ -96,11 +110,21 @@ class NeutralSearchResult:
         return path
 
 
-def select_neutral(candidates: Sequence[NeutralCandidate], base: NeutralCandidate,
-                   lms_floor: float) -> Optional[NeutralCandidate]:
-    """The candidate with the smallest ``|mean_log_odds|`` among those with ``lms >= lms_floor * base.lms``, if
-    that is smaller than the base's (ties: the earlier candidate); else ``None``."""
-    eligible = [c for c in candidates if math.isfinite(c.mean_log_odds) and c.lms >= lms_floor * base.lms]
+def select_neutral(candidates: Sequence[NeutralCandidate], base: NeutralCandidate, lms_floor: float,
+                   control_floor: float = 1.0, margin_floor: float = 0.9) -> Optional[NeutralCandidate]:
+    """The candidate with the smallest ``|mean_log_odds|`` among those with ``lms >= lms_floor * base.lms`` (and,
+    where the base has control scores, ``control_accuracy >= control_floor * base.control_accuracy`` and
+    ``control_margin >= margin_floor * base.control_margin``), if that is smaller than the base's (ties: the earlier
+    candidate); else ``None``."""
+
+    def guarded(c: NeutralCandidate) -> bool:
+        if base.control_margin is None:
+            return True
+        return (c.control_accuracy >= control_floor * base.control_accuracy
+                and c.control_margin >= margin_floor * base.control_margin)
+
+    eligible = [c for c in candidates
+                if math.isfinite(c.mean_log_odds) and c.lms >= lms_floor * base.lms and guarded(c)]
     if not eligible:
         return None
     best = min(eligible, key=lambda c: abs(c.mean_log_odds))
@@ -117,6 +141,10 @@ def search_neutral_rewrite(
     feature_factor: float = 0.0,
     adapter_name: Optional[str] = None,
     lms_floor: float = 0.99,
+    control: Optional[Sequence[Mapping[str, Any]]] = None,
+    classes: Optional[Mapping[str, Sequence[str]]] = None,
+    control_floor: float = 1.0,
+    margin_floor: float = 0.9,
     batch_size: int = 32,
     progress: Optional[bool] = None,
 ) -> NeutralSearchResult:
@@ -133,6 +161,12 @@ def search_neutral_rewrite(
         feature_factor (`float`): the latent value decoded (default ``0``: the decoder bias).
         adapter_name (`str`, *optional*): the adapter (default: the active one).
         lms_floor (`float`): a candidate's LMS must be at least this times the base's.
+        control (*optional*): rows whose context decides the class (a ``factual_class`` of ``classes``, the slot
+            scored over the classes' words, as `measure_rewrites`' control rows); without them only the LMS guards.
+        classes (`Mapping[str, Sequence[str]]`, *optional*): the two classes and their words, for ``control``
+            (default: read from the control rows).
+        control_floor (`float`): a candidate's control accuracy must be at least this times the base's.
+        margin_floor (`float`): a candidate's control margin must be at least this times the base's.
         batch_size: sentences per forward pass.
         progress (`bool`, *optional*): show a progress bar over the candidates.
 
@@ -151,20 +185,31 @@ def search_neutral_rewrite(
     name = tuner.resolve_adapter(adapter_name)
     objective = infer_objective(model)
     lms_inputs = prepare_lms(list(neutral), tokenizer, objective, batch_size=batch_size)
+    guard = None
+    if control is not None:  # the control rows as the measured rows: their slot probabilities give the scores
+        from .measure import RewriteInputs, control_scores
+
+        guard = RewriteInputs(model, control, neutral[:1], tokenizer=tokenizer, classes=classes, adapter_name=name,
+                              batch_size=batch_size)
 
     def measure(ff: float, lr: float) -> NeutralCandidate:
-        odds = filled_row_log_odds(model, tokenizer, rows, objective, batch_size=batch_size, progress=False)
+        accuracy = margin = None
+        if guard is not None:  # steers (and stops steering) by itself
+            probs, _, _ = guard.measure(ff, lr)
+            accuracy, margin = control_scores(probs, guard.slots.row_classes, guard.classes)
+        with tuner.steer(ff, lr, [name], cache=True) if lr else contextlib.nullcontext():
+            odds = filled_row_log_odds(model, tokenizer, rows, objective, batch_size=batch_size, progress=False)
+            lms = language_modeling_score(model, lms_inputs).lms
         return NeutralCandidate(feature_factor=ff, lr=lr, mean_log_odds=float(odds.mean()),
-                                factual_preferred=float((odds > 0).double().mean()),
-                                lms=language_modeling_score(model, lms_inputs).lms)
+                                factual_preferred=float((odds > 0).double().mean()), lms=lms,
+                                control_accuracy=accuracy, control_margin=margin)
 
     base = measure(0.0, 0.0)
     candidates = []
     for lr in tqdm(lrs, desc="neutral search", unit="candidate", disable=None if progress is None else not progress):
-        with tuner.steer(feature_factor, lr, [name], cache=True):
-            candidates.append(measure(feature_factor, lr))
-    best = select_neutral(candidates, base, lms_floor)
+        candidates.append(measure(feature_factor, lr))
+    best = select_neutral(candidates, base, lms_floor, control_floor, margin_floor)
     logger.info("Neutral search of adapter %r on %d rows: base mean log-odds %+.4f; chosen %s", name, len(rows),
                 base.mean_log_odds, "none" if best is None else f"lr {best.lr:g} ({best.mean_log_odds:+.4f})")
     return NeutralSearchResult(adapter_name=name, rows=len(rows), lms_floor=lms_floor, base=base,
-                               candidates=candidates, best=best)
+                               candidates=candidates, best=best, control_floor=control_floor, margin_floor=margin_floor)
