@@ -28,11 +28,12 @@ ALLOWED = {
     "pruning": {"objective", "tuner"},
     "training": {"atomic", "data", "saving", "loading", "objective", "tuner"},
     "evaluation": {"atomic", "data", "editing", "objective", "tuner"},
+    "bias": {"atomic", "data", "evaluation", "tuner"},  # the studies (race, religion, gender): data and benchmarks
     "plotting": {"atomic"},
     "pretrained": {"atomic", "tuner"},
     "planning": {"objective", "pretrained", "tuner"},
-    "cli": {"atomic", "data", "evaluation", "saving", "loading", "pair_adapters", "planning", "plotting", "pretrained",
-            "training", "tuner"},
+    "cli": {"atomic", "bias", "data", "evaluation", "saving", "loading", "pair_adapters", "planning", "plotting",
+            "pretrained", "training", "tuner"},
 }
 
 
