@@ -17,7 +17,7 @@ from gradiend_peft.objective.gradients import per_example_encoder_dots
 from gradiend_peft.training import GradiendTrainer
 from gradiend_peft.training.precision import float32_masters, round_to_storage, rounding_generator, stochastic_round
 
-from test_training_fixtures import arguments, one_thread, pairs, tokenizer  # noqa: F401
+from training_fixtures import arguments, one_thread, pairs, tokenizer  # noqa: F401
 from tiny import MODEL_BUILDERS
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -15,7 +15,7 @@ from gradiend_peft.data.text import iter_texts
 from gradiend_peft.embedded_models import EMBEDDED_MODELS, load_model_and_tokenizer
 from gradiend_peft.training import GradiendTrainer
 
-from test_training_fixtures import arguments, pairs, peft_model, tokenizer
+from training_fixtures import arguments, pairs, peft_model, tokenizer
 from tiny import tiny_gpt2, word_tokenizer
 
 

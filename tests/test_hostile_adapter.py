@@ -17,7 +17,7 @@ from gradiend_peft import GradiendConfig, UntrustedAdapterError, load_gradiend_m
 from gradiend_peft.evaluation import evaluate_encoder
 
 from helpers import shard_saved_adapter
-from test_training_fixtures import pairs, tokenizer
+from training_fixtures import pairs, tokenizer
 from tiny import MODEL_BUILDERS, tiny_llama
 
 

@@ -14,7 +14,7 @@ from gradiend_peft.data import collator_for
 from gradiend_peft.evaluation import evaluate_encoder
 from gradiend_peft.training import GradiendTrainer, GradiendTrainingArguments
 
-from test_training_fixtures import arguments, one_thread, pairs, peft_model, tokenizer  # noqa: F401
+from training_fixtures import arguments, one_thread, pairs, peft_model, tokenizer  # noqa: F401
 from tiny import tiny_llama
 
 pytestmark = pytest.mark.usefixtures("one_thread")

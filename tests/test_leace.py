@@ -8,7 +8,7 @@ pytest.importorskip("concept_erasure", reason="the optional LEACE baseline needs
 from gradiend_peft.bias.leace import LeaceBaseline, block_list  # noqa: E402
 from gradiend_peft.evaluation.scoring import logits_of, prepare_slots  # noqa: E402
 
-from test_training_fixtures import pairs  # noqa: E402
+from training_fixtures import pairs  # noqa: E402
 from tiny import tiny_llama, word_tokenizer  # noqa: E402
 
 

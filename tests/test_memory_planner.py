@@ -19,7 +19,7 @@ from gradiend_peft.planning.fit import scale_config
 from gradiend_peft.planning.memory import largest_share
 from gradiend_peft.planning.meta import trace_activations
 
-from test_training_fixtures import one_thread  # noqa: F401
+from training_fixtures import one_thread  # noqa: F401
 from tiny import MODEL_BUILDERS
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -37,7 +37,7 @@ from gradiend_peft.objective import batch_gradients, reconstruction_loss
 from gradiend_peft.tuner.layer import Conv1DLayer, Embedding, Linear
 
 from batches import batch_for
-from test_training_fixtures import arguments, pairs, tokenizer
+from training_fixtures import arguments, pairs, tokenizer
 from tiny import MODEL_BUILDERS
 
 CASES = [

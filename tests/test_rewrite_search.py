@@ -258,7 +258,7 @@ def test_skipping_unchanged_blocks_measures_the_same_candidates(family, skipped)
     fall back to full passes."""
     from tiny import TOKENIZER_KIND, word_tokenizer
 
-    from test_training_fixtures import pairs
+    from training_fixtures import pairs
 
     kind = TOKENIZER_KIND[family]
     tok = word_tokenizer(kind)
@@ -303,7 +303,7 @@ def test_measure_rewrites_gives_what_the_search_measured():
     from gradiend_peft.evaluation import measure_rewrites
     from tiny import word_tokenizer
 
-    from test_training_fixtures import pairs
+    from training_fixtures import pairs
 
     model = _edited_upper_block("llama")
     rows = list(pairs("llama")["test"])

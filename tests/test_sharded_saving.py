@@ -26,7 +26,7 @@ def _run(out_dir: str) -> None:
 
     import gradiend_peft.saving as hub
     from gradiend_peft.training.sharding import plan_for
-    from test_training_fixtures import peft_model
+    from training_fixtures import peft_model
 
     dist.init_process_group("gloo")
     rank = dist.get_rank()
@@ -84,7 +84,7 @@ def test_a_failed_shard_write_raises_on_every_process_and_leaves_the_saved_adapt
     assert not [name for name in os.listdir(tmp_path / "adapter") if name.startswith(".gradiend")]  # no staging left
 
     from gradiend_peft import load_gradiend_model
-    from test_training_fixtures import peft_model
+    from training_fixtures import peft_model
     from tiny import MODEL_BUILDERS
 
     expected = peft_model("bert").base_model.adapter_state_dict()
@@ -97,7 +97,7 @@ def test_a_shard_refuses_merging_steering_and_encoding():
     from batches import masked_lm_batch
     from gradiend_peft.objective import encode_rows, per_example_reconstruction_loss, reconstruction_loss
     from gradiend_peft.training.sharding import plan_for
-    from test_training_fixtures import peft_model
+    from training_fixtures import peft_model
 
     model = peft_model("bert")
     plan = plan_for(model.peft_config["default"], 2)

@@ -29,7 +29,7 @@ from gradiend_peft.training import checks as checks_module
 from gradiend_peft.training import trainer as trainer_module
 
 from batches import causal_lm_batch, masked_lm_batch
-from test_training_fixtures import arguments, one_thread, pairs, peft_model, tokenizer  # noqa: F401
+from training_fixtures import arguments, one_thread, pairs, peft_model, tokenizer  # noqa: F401
 from tiny import tiny_bert
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -156,7 +156,7 @@ def test_training_reaches_high_held_out_correlation(tmp_path, family, learning_r
 def test_trains_on_rows_mined_by_the_data_package(tmp_path):
     from gradiend_peft.data import mine_pairs
 
-    from test_training_fixtures import TRAIN_TEMPLATES, VALIDATION_TEMPLATES, rows
+    from training_fixtures import TRAIN_TEMPLATES, VALIDATION_TEMPLATES, rows
 
     texts = [r["text"].replace("[MASK]", r["factual"]) for r in rows(TRAIN_TEMPLATES + VALIDATION_TEMPLATES)]
     mined = mine_pairs(texts, {"M": ["he"], "F": ["she"]}, split_ratios=(0.75, 0.25, 0.0), seed=0, progress=False)

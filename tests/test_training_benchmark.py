@@ -24,7 +24,7 @@ def benchmark(family: str, output_dir: str, threads: int = 1) -> dict:
     from transformers import TrainerCallback
 
     from gradiend_peft.training import GradiendTrainer
-    from test_training_fixtures import arguments, pairs, peft_model, tokenizer
+    from training_fixtures import arguments, pairs, peft_model, tokenizer
 
     class StepTimer(TrainerCallback):
         def __init__(self):

@@ -21,7 +21,7 @@ def _run(out_dir: str, accumulation: int, per_example: bool) -> None:
     sys.path.insert(0, HERE)
     torch.set_num_threads(1)
     from gradiend_peft.training import GradiendTrainer
-    from test_training_fixtures import arguments, pairs, peft_model, tokenizer
+    from training_fixtures import arguments, pairs, peft_model, tokenizer
 
     data = pairs("bert")
     args = arguments(out_dir, learning_rate=1e-4, num_train_epochs=2, eval_steps=3,

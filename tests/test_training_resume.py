@@ -28,7 +28,7 @@ def _run(out_dir: str, stall_at: int = 0, resume: bool = False) -> None:
     from transformers import TrainerCallback
 
     from gradiend_peft.training import GradiendTrainer
-    from test_training_fixtures import arguments, pairs, peft_model, tokenizer
+    from training_fixtures import arguments, pairs, peft_model, tokenizer
 
     class Stall(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):

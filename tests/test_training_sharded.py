@@ -41,7 +41,7 @@ def _run(out_dir: str, shards: int, accumulation: int, max_steps: int, save_step
 
     from gradiend_peft.training import GradiendTrainer
     from gradiend_peft.training.sharding import adapter_bytes
-    from test_training_fixtures import arguments, pairs, peft_model, tokenizer
+    from training_fixtures import arguments, pairs, peft_model, tokenizer
 
     calls, phase = [], {"step": None}
     real_all_reduce = dist.all_reduce
@@ -193,7 +193,7 @@ def test_one_shard_never_enters_sharding_code(tmp_path, per_example):
     from gradiend_peft.training import GradiendTrainer
     from gradiend_peft.training.sharded_trainer import ShardedTraining
     from gradiend_peft.training.sharding import plan_for
-    from test_training_fixtures import arguments, pairs, peft_model, tokenizer
+    from training_fixtures import arguments, pairs, peft_model, tokenizer
 
     data = pairs("bert")
     few = data["validation"].select([0, 1, 2, 3, 6, 7, 8, 9])  # 4 rows of each class
@@ -245,7 +245,7 @@ def test_the_sharded_row_encoding_keeps_no_more_per_row_than_the_plain_one(one_p
     from batches import masked_lm_batch
     from gradiend_peft.objective import encode_rows
     from gradiend_peft.objective.sharded import Shard
-    from test_training_fixtures import peft_model
+    from training_fixtures import peft_model
 
     tuner = peft_model("bert", latent_dim=2).base_model
     full = masked_lm_batch()
