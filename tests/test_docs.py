@@ -100,11 +100,12 @@ def test_quickstart_runs(tmp_path):
     lines = {m.group(1): dict(re.findall(r"([\w()]+)=([+-]?[\d.]+)", m.group(2)))
              for m in re.finditer(r"^(base|best) +(.*)$", result.stdout, re.M)}
     base, best = ({k: float(v) for k, v in lines[name].items()} for name in ("base", "best"))
-    assert best["gap"] <= 0.5 * base["gap"]  # the docs show 0.208 -> 0.078 on the search rows
-    # "raising 'she' rather than lowering 'he' much" (the docs): no guard of the search enforces it
-    assert best["P(F)"] - base["P(F)"] > max(0.0, base["P(M)"] - best["P(M)"])
+    # the docs show 0.2083 -> 0.1893 on the search rows (the margin guard binding)
+    assert best["gap"] < base["gap"] and best["gap"] == pytest.approx(0.1893, abs=0.03)
+    # "by moving probability from 'he' to 'she'" (the docs): no guard of the search enforces it
+    assert best["P(F)"] > base["P(F)"] and best["P(M)"] < base["P(M)"]
     # the merged model that the quick start returns, measured on its own (a plain forward, no steering, no block
     # skipping): the gap the search printed for its choice, and the control rows the guard kept for it
     merged = json.loads(re.search(r"^MERGED (.*)$", result.stdout, re.M).group(1))
     assert abs(merged["gap"] - best["gap"]) <= 0.5e-4 + 1000 * torch.finfo(torch.float32).eps  # printed to 4 places
-    assert merged["control"] >= base["control"]
+    assert merged["control"] >= base["accuracy"]
