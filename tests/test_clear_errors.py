@@ -61,7 +61,7 @@ def test_config_values_are_read_as_their_options_type(tmp_path):
     config = tmp_path / "run.yaml"
     # YAML reads 1e-3 as a string and 7 as a number; a single learning rate stands for a grid of one
     config.write_text("learning_rate: 1e-3\nlayers: 7\nlrs: 3\nplots: 'no'\nmax_steps: '20'\n")
-    run, model_args, _, rewrite_args, train_args = parse_command("demo", ["--config", str(config)])
+    run, model_args, _, rewrite_args, _, train_args = parse_command("demo", ["--config", str(config)])
     assert train_args.learning_rate == 0.001 and train_args.max_steps == 20
     assert model_args.layers == "7" and rewrite_args.lrs == [3.0] and run.plots is False
 

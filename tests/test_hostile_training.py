@@ -244,7 +244,7 @@ def test_a_broken_yaml_config_is_one_clear_line(capsys, tmp_path):
 
 def test_errors_after_parsing_print_one_line_and_debug_shows_the_traceback(capsys, tmp_path):
     missing = str(tmp_path / "no-model-here")
-    argv = ["evaluate", "--model", missing, "--output_dir", str(tmp_path / "out")]
+    argv = ["evaluate", "--model", missing, "--classes", "SG:is,PL:are", "--output_dir", str(tmp_path / "out")]
     assert main(argv) == 1
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("gradiend-peft evaluate:")]
