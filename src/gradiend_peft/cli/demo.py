@@ -131,7 +131,7 @@ def edit_lines(edit: dict[str, Any]) -> list[str]:
                      f"norm kept {projection.kept_norm['bias']:.3f})")
     chosen = edit["edits"]
     pronoun = chosen.get("default")
-    lines.append(f"pronoun edit chosen by the debias policy on the search split: "
+    lines.append("pronoun edit chosen by the debias policy on the search split: "
                  + ("none passed the guards" if pronoun is None else f"ff {pronoun[0]:+g}, lr {pronoun[1]:.3g}"))
     if edit["attribute"] is not None:
         picked = chosen.get("attribute")
