@@ -44,6 +44,7 @@ DEMO_DEFAULTS: dict[str, Any] = {
     "max_steps": 100,
     "eval_steps": 25,
     "save_steps": 25,
+    "save_total_limit": 1,
     "logging_steps": 5,
     "max_test_rows": 64,
     "neutral_rows": 48,
